@@ -1,0 +1,279 @@
+//! The gateway's admin API: liveness and readiness, configuration versions, reload and
+//! rollback, and read-only views of routes and services. Binds to loopback by default and
+//! requires a bearer token for everything except `/health` and `/ready`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gatehouse_config::ConfigErrors;
+use gatehouse_proxy::reload::RollbackError;
+use gatehouse_proxy::snapshot::RouteAction;
+use gatehouse_proxy::ConfigStore;
+use serde_json::{json, Value};
+
+/// Environment variable read when the configuration sets no admin token.
+pub const TOKEN_ENV: &str = "GATEHOUSE_ADMIN_TOKEN";
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub store: Arc<ConfigStore>,
+    /// True once the listeners are bound and until shutdown begins.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    let protected = Router::new()
+        .route("/admin/config", get(get_config).post(post_config))
+        .route("/admin/config/versions", get(get_versions))
+        .route("/admin/config/rollback/{version}", post(post_rollback))
+        .route("/admin/routes", get(get_routes))
+        .route("/admin/services", get(get_services))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(get_ready))
+        .merge(protected)
+        .fallback(|| async {
+            problem(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such admin endpoint".into(),
+                None,
+            )
+        })
+        .with_state(state)
+}
+
+/// Serve the admin API on an already bound listener until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+pub fn admin_addr(store: &ConfigStore) -> Option<SocketAddr> {
+    store
+        .snapshot()
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.listen.value.parse().ok())
+}
+
+fn configured_token(store: &ConfigStore) -> Option<String> {
+    let snapshot = store.snapshot();
+    snapshot
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_ref())
+        .map(|t| t.0.clone())
+        .filter(|t| !t.is_empty())
+        .or_else(|| std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()))
+}
+
+/// Compare without an early exit so response time does not reveal how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = configured_token(&state.store) else {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "admin_token_not_configured",
+            format!("set admin.token in the configuration or {TOKEN_ENV} to use the admin API"),
+            None,
+        );
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => {
+            let mut response = problem(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required".into(),
+                None,
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+    }
+}
+
+fn problem(
+    status: StatusCode,
+    code: &str,
+    detail: String,
+    extra: Option<(&str, Value)>,
+) -> Response {
+    let mut body = json!({
+        "type": format!("https://gatehouse.dev/problems/{code}"),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "code": code,
+        "detail": detail,
+    });
+    if let Some((key, value)) = extra {
+        body[key] = value;
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn config_problem(errors: &ConfigErrors) -> Response {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "invalid_configuration",
+        "the configuration was rejected; the running configuration is unchanged".into(),
+        Some(("errors", json!(errors.lines()))),
+    )
+}
+
+async fn get_ready(State(state): State<AdminState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn get_config(State(state): State<AdminState>) -> Json<Value> {
+    let snapshot = state.store.snapshot();
+    Json(json!({ "version": snapshot.version, "config": &*snapshot.config }))
+}
+
+async fn post_config(State(state): State<AdminState>, body: Bytes) -> Response {
+    let Ok(text) = String::from_utf8(body.to_vec()) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_configuration",
+            "the body is not UTF-8".into(),
+            None,
+        );
+    };
+    let store = state.store.clone();
+    let applied =
+        tokio::task::spawn_blocking(move || store.apply_text(&text, "request", "admin api")).await;
+    match applied {
+        Ok(Ok(version)) => Json(json!({ "version": version })).into_response(),
+        Ok(Err(errors)) => {
+            tracing::warn!("configuration from the admin API rejected:\n{errors}");
+            config_problem(&errors)
+        }
+        Err(err) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            err.to_string(),
+            None,
+        ),
+    }
+}
+
+async fn get_versions(State(state): State<AdminState>) -> Json<Value> {
+    let snapshot = state.store.snapshot();
+    Json(json!({ "active": snapshot.version, "versions": state.store.versions() }))
+}
+
+async fn post_rollback(State(state): State<AdminState>, Path(version): Path<u64>) -> Response {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.rollback(version)).await {
+        Ok(Ok(new_version)) => {
+            Json(json!({ "version": new_version, "rolled_back_to": version })).into_response()
+        }
+        Ok(Err(RollbackError::UnknownVersion(v))) => problem(
+            StatusCode::NOT_FOUND,
+            "unknown_version",
+            format!("version {v} is not in the history"),
+            None,
+        ),
+        Ok(Err(RollbackError::Invalid(errors))) => config_problem(&errors),
+        Err(err) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            err.to_string(),
+            None,
+        ),
+    }
+}
+
+async fn get_routes(State(state): State<AdminState>) -> Json<Value> {
+    let snapshot = state.store.snapshot();
+    let routes: Vec<Value> = snapshot
+        .router
+        .routes()
+        .iter()
+        .map(|route| {
+            let config = &snapshot.config.routes[route.index];
+            let action = match &route.action {
+                RouteAction::Forward { service, .. } => json!({ "service": service.name }),
+                RouteAction::Redirect(redirect) => json!({ "redirect": redirect }),
+                RouteAction::Respond { status, .. } => json!({ "respond": status.as_u16() }),
+            };
+            json!({ "name": route.name, "priority": config.priority, "match": config.matches.value, "action": action })
+        })
+        .collect();
+    Json(json!({ "version": snapshot.version, "routes": routes }))
+}
+
+async fn get_services(State(state): State<AdminState>) -> Json<Value> {
+    let snapshot = state.store.snapshot();
+    let now = gatehouse_proxy::upstream::endpoint::now_ms();
+    let mut services: Vec<Value> = snapshot
+        .services
+        .values()
+        .map(|service| {
+            let endpoints: Vec<Value> = service
+                .endpoints()
+                .endpoints
+                .iter()
+                .map(|e| {
+                    json!({
+                        "address": e.addr.to_string(),
+                        "weight": e.weight,
+                        "healthy": e.is_healthy(),
+                        "ejected": e.is_ejected(now),
+                        "ejections": e.ejection_count(),
+                        "in_flight": e.in_flight(),
+                    })
+                })
+                .collect();
+            json!({ "name": service.name, "load_balancing": service.config.load_balancing, "endpoints": endpoints })
+        })
+        .collect();
+    services.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Json(json!({ "version": snapshot.version, "services": services }))
+}

@@ -1,0 +1,18 @@
+//! Gatehouse configuration: the YAML model, loading with `${ENV_VAR}` substitution, and
+//! validation that reports every problem as `FILE:LINE:COLUMN: message`.
+//!
+//! The data plane compiles a validated [`Config`] into its runtime snapshot; this crate only
+//! knows what a configuration says, not how it runs.
+
+mod load;
+pub mod model;
+mod problem;
+pub mod units;
+mod validate;
+
+pub use load::{load_file, parse_str, schema_json};
+pub use model::*;
+pub use problem::{ConfigErrors, Problem};
+pub use serde_saphyr::{Location, Spanned};
+pub use units::{ByteSize, HumanDuration};
+pub use validate::template_captures;

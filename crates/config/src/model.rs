@@ -1,0 +1,604 @@
+//! The YAML configuration model. Every type here is documented in `docs/configuration.md`;
+//! the JSON Schema (`gatehouse schema`) is derived from these definitions.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_saphyr::{Location, Spanned};
+
+use crate::units::{ByteSize, HumanDuration};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin listener (health, readiness, config versions and reload).
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Where the gateway accepts client traffic.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// Upstream groups the routes send traffic to.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    /// Routes, matched by host, path, method, headers and query.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Behaviour on SIGTERM.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// A secret value (token, password). Serialized as `<redacted>` in config dumps.
+#[derive(Clone, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Socket address of the admin listener.
+    #[serde(default = "default_admin_listen")]
+    #[schemars(with = "String")]
+    pub listen: Spanned<String>,
+    /// Bearer token required for everything but `/health` and `/ready`. Use `${ENV_VAR}`.
+    /// When absent, `GATEHOUSE_ADMIN_TOKEN` from the environment is used; with neither,
+    /// protected admin endpoints answer 403.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Allow binding the admin listener to a non-loopback address.
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+fn default_admin_listen() -> Spanned<String> {
+    Spanned::new(
+        "127.0.0.1:9901".to_owned(),
+        Location::UNKNOWN,
+        Location::UNKNOWN,
+    )
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs and metrics.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Socket address to bind, e.g. `0.0.0.0:8080`.
+    #[schemars(with = "String")]
+    pub listen: Spanned<String>,
+    /// Terminate TLS on this listener.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Answer every request with a redirect to HTTPS instead of routing it.
+    #[serde(default)]
+    pub redirect_to_https: Option<HttpsRedirect>,
+    /// Accept HTTP/2 (h2c prior knowledge on plain listeners, ALPN `h2` with TLS).
+    #[serde(default = "yes")]
+    pub http2: bool,
+    /// Connection and request limits.
+    #[serde(default)]
+    pub limits: ListenerLimits,
+    /// Peers (CIDRs) whose `X-Forwarded-*` headers are trusted and extended.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: Vec<Spanned<String>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificates with their keys (PEM). Chosen by SNI; the first one is the default.
+    pub certificates: Vec<CertificateFiles>,
+    /// Lowest TLS version accepted: `"1.2"` or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// Path to the PEM certificate chain (leaf first).
+    #[schemars(with = "String")]
+    pub cert: Spanned<String>,
+    /// Path to the PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[schemars(with = "String")]
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsRedirect {
+    /// Port of the HTTPS listener (omitted from the URL when 443).
+    #[serde(default = "default_https_port")]
+    pub port: u16,
+    /// Redirect status: 301, 302, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+}
+
+fn default_https_port() -> u16 {
+    443
+}
+fn default_redirect_status() -> u16 {
+    308
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// Time a client has to send a complete request head (slowloris defence).
+    #[serde(default = "d10s")]
+    pub header_read_timeout: HumanDuration,
+    /// An idle keep-alive connection is closed after this long.
+    #[serde(default = "d60s")]
+    pub idle_timeout: HumanDuration,
+    /// Largest request head (request line and headers) accepted.
+    #[serde(default = "default_max_header")]
+    pub max_header_bytes: ByteSize,
+    /// Largest request body accepted; `0` means unlimited.
+    #[serde(default = "default_max_body")]
+    pub max_request_body: ByteSize,
+    /// Connections open at once; further clients wait in the accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: d10s(),
+            idle_timeout: d60s(),
+            max_header_bytes: default_max_header(),
+            max_request_body: default_max_body(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn d10s() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+fn d60s() -> HumanDuration {
+    HumanDuration::secs(60)
+}
+fn default_max_header() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(10 << 20)
+}
+fn default_max_connections() -> u32 {
+    10_000
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, in-flight requests get this long to finish.
+    #[serde(default = "default_drain")]
+    pub drain_timeout: HumanDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: default_drain(),
+        }
+    }
+}
+
+fn default_drain() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Unique name, referenced by routes.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Upstream endpoints: `IP:PORT` or `HOSTNAME:PORT` (re-resolved every `dns_refresh`).
+    #[schemars(with = "Vec<EndpointConfig>")]
+    pub endpoints: Spanned<Vec<EndpointConfig>>,
+    /// How an endpoint is chosen for each request.
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// Protocol spoken to the endpoints.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Originate TLS to the endpoints.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    #[serde(default)]
+    pub timeouts: UpstreamTimeouts,
+    /// Active health checking.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier detection: eject endpoints that fail repeatedly.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default)]
+    pub retries: RetryPolicy,
+    /// How often DNS names among the endpoints are resolved again.
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh: HumanDuration,
+}
+
+fn default_dns_refresh() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `IP:PORT` or `HOSTNAME:PORT`.
+    #[schemars(with = "String")]
+    pub address: Spanned<String>,
+    /// Relative share of traffic for weighted policies (1 to 1000).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Power of two random choices, weighing in-flight requests and peak-EWMA latency.
+    LeastRequest,
+    /// Consistent hashing (a ring) on a request property: sticky endpoint per key.
+    ConsistentHash(HashOn),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    /// Value of this request header.
+    Header(String),
+    /// Value of this cookie.
+    Cookie(String),
+    /// The client's IP address (after trusted-proxy handling).
+    ClientIp,
+    /// The request path.
+    Path,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 (h2c prior knowledge without TLS, ALPN `h2` with TLS). Needed for gRPC.
+    Http2,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM bundle of CAs trusted for the endpoints' certificates (default: none, so set it).
+    #[schemars(with = "String")]
+    pub ca: Spanned<String>,
+    /// Name sent as SNI and verified in the certificate (default: the endpoint host).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Client certificate for mutual TLS.
+    #[serde(default)]
+    pub client_certificate: Option<CertificateFiles>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTimeouts {
+    /// TCP (and TLS) connection establishment.
+    #[serde(default = "d2s")]
+    pub connect: HumanDuration,
+    /// From sending the request until the response headers arrive, per attempt.
+    #[serde(default = "d30s")]
+    pub request: HumanDuration,
+    /// A pooled keep-alive connection unused this long is closed.
+    #[serde(default = "d60s")]
+    pub idle: HumanDuration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: d2s(),
+            request: d30s(),
+            idle: d60s(),
+        }
+    }
+}
+
+fn d2s() -> HumanDuration {
+    HumanDuration::secs(2)
+}
+fn d30s() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path requested with GET; a 2xx answer is healthy.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default = "d5s")]
+    pub interval: HumanDuration,
+    #[serde(default = "d1s")]
+    pub timeout: HumanDuration,
+    /// Consecutive successes that bring an unhealthy endpoint back.
+    #[serde(default = "two")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that mark an endpoint unhealthy.
+    #[serde(default = "three")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_health_path() -> String {
+    "/health".to_owned()
+}
+fn d5s() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+fn d1s() -> HumanDuration {
+    HumanDuration::secs(1)
+}
+fn two() -> u32 {
+    2
+}
+fn three() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Consecutive failures (connect errors, timeouts, 5xx) that eject an endpoint.
+    #[serde(default = "five")]
+    pub consecutive_failures: u32,
+    /// First ejection time; doubled on each further ejection of the same endpoint.
+    #[serde(default = "d30s")]
+    pub base_ejection_time: HumanDuration,
+    /// Upper bound for the growing ejection time.
+    #[serde(default = "d300s")]
+    pub max_ejection_time: HumanDuration,
+    /// At most this share of a service's endpoints is ejected at once (percent).
+    #[serde(default = "fifty")]
+    pub max_ejection_percent: u32,
+}
+
+fn five() -> u32 {
+    5
+}
+fn fifty() -> u32 {
+    50
+}
+fn d300s() -> HumanDuration {
+    HumanDuration::secs(300)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 disables retries).
+    #[serde(default = "one")]
+    pub attempts: u32,
+    /// Upstream statuses that are retried (connect failures always are).
+    #[serde(default = "default_retry_statuses")]
+    pub on_status: Vec<u16>,
+    /// Also retry non-idempotent methods (POST, PATCH).
+    #[serde(default)]
+    pub non_idempotent: bool,
+    /// Delay before the first retry; doubles with each retry, with jitter.
+    #[serde(default = "d25ms")]
+    pub backoff: HumanDuration,
+    /// Request bodies up to this size are buffered so they can be replayed.
+    #[serde(default = "default_replay")]
+    pub replay_buffer: ByteSize,
+    /// Retries may add at most this share of live traffic (0.2 = 20%) ...
+    #[serde(default = "default_budget_ratio")]
+    pub budget_ratio: f64,
+    /// ... plus this many retries per second regardless of traffic.
+    #[serde(default = "ten")]
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 1,
+            on_status: default_retry_statuses(),
+            non_idempotent: false,
+            backoff: d25ms(),
+            replay_buffer: default_replay(),
+            budget_ratio: default_budget_ratio(),
+            budget_min_per_second: ten(),
+        }
+    }
+}
+
+fn default_retry_statuses() -> Vec<u16> {
+    vec![502, 503, 504]
+}
+fn d25ms() -> HumanDuration {
+    HumanDuration::millis(25)
+}
+fn default_replay() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn ten() -> u32 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name used in logs, metrics and `gatehouse explain`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What the request must look like; an empty match takes everything.
+    #[serde(default = "match_everything", rename = "match")]
+    #[schemars(with = "RouteMatch")]
+    pub matches: Spanned<RouteMatch>,
+    /// Breaks ties: among matching routes of the same kind, higher priority wins first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Forward to this service.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub service: Option<Spanned<String>>,
+    /// Answer with a redirect instead of forwarding.
+    #[serde(default)]
+    pub redirect: Option<RedirectAction>,
+    /// Answer with a fixed response instead of forwarding.
+    #[serde(default)]
+    pub respond: Option<DirectResponse>,
+    /// Rewrite the path before forwarding.
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+    /// Send this `Host` upstream instead of the client's.
+    #[serde(default)]
+    pub host_rewrite: Option<String>,
+}
+
+fn match_everything() -> Spanned<RouteMatch> {
+    Spanned::new(RouteMatch::default(), Location::UNKNOWN, Location::UNKNOWN)
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Hosts: exact (`api.example.com`) or wildcard (`*.example.com`). Empty: any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The path matcher. Absent: any path.
+    #[serde(default)]
+    pub path: Option<PathMatch>,
+    /// Methods (uppercase). Empty: any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Headers that must be present or match.
+    #[serde(default)]
+    pub headers: Vec<ValueMatch>,
+    /// Query parameters that must be present or match.
+    #[serde(default)]
+    pub query: Vec<ValueMatch>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatch {
+    /// The path is exactly this.
+    Exact(String),
+    /// The path starts with this, on a segment boundary (`/api` matches `/api` and `/api/x`, not `/apix`).
+    Prefix(String),
+    /// A template with captures: `/users/{id}`, `/files/{*rest}`.
+    Template(String),
+    /// A regular expression over the whole path (anchored); named groups are captures.
+    Regex(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMatch {
+    /// Header or query parameter name.
+    pub name: String,
+    /// Value must equal this.
+    #[serde(default)]
+    pub exact: Option<String>,
+    /// Value must match this regular expression (anchored).
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// `false`: the header or parameter must be absent.
+    #[serde(default = "yes")]
+    pub present: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Remove the matched prefix (prefix routes); `/api/users` with prefix `/api` goes up as `/users`.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the matched prefix with this one.
+    #[serde(default)]
+    pub replace_prefix: Option<String>,
+    /// New path from a template using the route's captures: `/v2/users/{id}`.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectAction {
+    /// Replace the scheme (`http`, `https`).
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// Replace the host (may include a port).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Replace the path (a template using the route's captures).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// 301, 302, 303, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    #[serde(default = "default_ok")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+    /// Extra response headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_ok() -> u16 {
+    200
+}
+fn default_content_type() -> String {
+    "text/plain; charset=utf-8".to_owned()
+}

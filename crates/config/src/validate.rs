@@ -1,0 +1,447 @@
+//! Semantic checks that YAML parsing cannot express: references, uniqueness, syntax of
+//! addresses, patterns and templates, and routes that would shadow each other.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use serde_saphyr::Location;
+
+use crate::model::*;
+use crate::problem::Problem;
+
+/// The closest candidate to `word`, if it is close enough to be a likely typo.
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// Names captured by a path template: `/users/{id}/files/{*rest}` gives `id`, `rest`.
+pub fn template_captures(template: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(end) = rest[start..].find('}') else {
+            break;
+        };
+        names.push(
+            rest[start + 1..start + end]
+                .trim_start_matches('*')
+                .to_owned(),
+        );
+        rest = &rest[start + end + 1..];
+    }
+    names
+}
+
+pub(crate) fn validate(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Some(admin) = &config.admin {
+        validate_admin(admin, &mut problems);
+    }
+    validate_listeners(&config.listeners, &mut problems);
+    let services = validate_services(&config.services, &mut problems);
+    validate_routes(&config.routes, &services, &mut problems);
+    problems.sort_by_key(|p| (p.line, p.column));
+    problems
+}
+
+fn validate_admin(admin: &AdminConfig, problems: &mut Vec<Problem>) {
+    match admin.listen.value.parse::<SocketAddr>() {
+        Ok(addr) if !addr.ip().is_loopback() && !admin.allow_remote => problems.push(Problem::at(
+            &admin.listen.referenced,
+            format!(
+                "admin listener `{addr}` is not a loopback address; set `allow_remote: true` to expose it"
+            ),
+        )),
+        Ok(_) => {}
+        Err(_) => problems.push(Problem::at(
+            &admin.listen.referenced,
+            format!("`{}` is not a socket address like 127.0.0.1:9901", admin.listen.value),
+        )),
+    }
+}
+
+fn validate_listeners(listeners: &[ListenerConfig], problems: &mut Vec<Problem>) {
+    let mut names: HashMap<&str, &Location> = HashMap::new();
+    let mut addresses: HashMap<SocketAddr, &Location> = HashMap::new();
+    for listener in listeners {
+        if let Some(first) = names.insert(&listener.name.value, &listener.name.referenced) {
+            problems.push(Problem::at(
+                &listener.name.referenced,
+                format!(
+                    "listener name `{}` is already used at line {}",
+                    listener.name.value,
+                    first.line()
+                ),
+            ));
+        }
+        match listener.listen.value.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if let Some(first) = addresses.insert(addr, &listener.listen.referenced) {
+                    problems.push(Problem::at(
+                        &listener.listen.referenced,
+                        format!(
+                            "address `{addr}` is already bound by the listener at line {}",
+                            first.line()
+                        ),
+                    ));
+                }
+            }
+            Err(_) => problems.push(Problem::at(
+                &listener.listen.referenced,
+                format!(
+                    "`{}` is not a socket address like 0.0.0.0:8080",
+                    listener.listen.value
+                ),
+            )),
+        }
+        if let Some(tls) = &listener.tls {
+            if tls.certificates.is_empty() {
+                problems.push(Problem::at(
+                    &listener.name.referenced,
+                    "`tls.certificates` needs at least one certificate",
+                ));
+            }
+        }
+        if let Some(redirect) = &listener.redirect_to_https {
+            if !matches!(redirect.status, 301 | 302 | 307 | 308) {
+                problems.push(Problem::at(
+                    &listener.name.referenced,
+                    format!(
+                        "redirect status {} is not one of 301, 302, 307, 308",
+                        redirect.status
+                    ),
+                ));
+            }
+        }
+        for cidr in &listener.trusted_proxies {
+            let value = cidr.value.as_str();
+            if value.parse::<ipnet::IpNet>().is_err() && value.parse::<IpAddr>().is_err() {
+                problems.push(Problem::at(
+                    &cidr.referenced,
+                    format!("`{value}` is not an IP address or CIDR like 10.0.0.0/8"),
+                ));
+            }
+        }
+        if listener.limits.max_connections == 0 {
+            problems.push(Problem::at(
+                &listener.name.referenced,
+                "`limits.max_connections` must be at least 1",
+            ));
+        }
+    }
+}
+
+fn validate_services<'a>(
+    services: &'a [ServiceConfig],
+    problems: &mut Vec<Problem>,
+) -> HashMap<&'a str, &'a ServiceConfig> {
+    let mut by_name: HashMap<&str, &ServiceConfig> = HashMap::new();
+    for service in services {
+        let name = &service.name;
+        if name.value.is_empty() {
+            problems.push(Problem::at(
+                &name.referenced,
+                "service name cannot be empty",
+            ));
+        }
+        if let Some(first) = by_name.insert(&name.value, service) {
+            problems.push(Problem::at(
+                &name.referenced,
+                format!(
+                    "service `{}` is already defined at line {}",
+                    name.value,
+                    first.name.referenced.line()
+                ),
+            ));
+        }
+        if service.endpoints.value.is_empty() {
+            problems.push(Problem::at(
+                &service.endpoints.referenced,
+                format!("service `{}` needs at least one endpoint", name.value),
+            ));
+        }
+        for endpoint in &service.endpoints.value {
+            if let Err(message) = check_host_port(&endpoint.address.value) {
+                problems.push(Problem::at(&endpoint.address.referenced, message));
+            }
+            if !(1..=1000).contains(&endpoint.weight) {
+                problems.push(Problem::at(
+                    &endpoint.address.referenced,
+                    format!("weight {} is outside 1..=1000", endpoint.weight),
+                ));
+            }
+        }
+        let retries = &service.retries;
+        if !(0.0..=1.0).contains(&retries.budget_ratio) {
+            problems.push(Problem::at(
+                &name.referenced,
+                format!(
+                    "`retries.budget_ratio` {} must be between 0 and 1",
+                    retries.budget_ratio
+                ),
+            ));
+        }
+        for status in &retries.on_status {
+            if !(100..=599).contains(status) {
+                problems.push(Problem::at(
+                    &name.referenced,
+                    format!("`retries.on_status` has {status}, which is not an HTTP status"),
+                ));
+            }
+        }
+        if let Some(check) = &service.health_check {
+            if !check.path.starts_with('/') {
+                problems.push(Problem::at(
+                    &name.referenced,
+                    format!("health check path `{}` must start with `/`", check.path),
+                ));
+            }
+            if check.healthy_threshold == 0 || check.unhealthy_threshold == 0 {
+                problems.push(Problem::at(
+                    &name.referenced,
+                    "health check thresholds must be at least 1",
+                ));
+            }
+        }
+        if let Some(outlier) = &service.outlier_detection {
+            if outlier.consecutive_failures == 0 || outlier.max_ejection_percent > 100 {
+                problems.push(Problem::at(
+                    &name.referenced,
+                    "`outlier_detection` needs consecutive_failures >= 1 and max_ejection_percent <= 100",
+                ));
+            }
+        }
+    }
+    by_name
+}
+
+fn check_host_port(address: &str) -> Result<(), String> {
+    if address.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let invalid =
+        || format!("`{address}` is not an endpoint like 10.0.0.5:8080 or api.internal:8080");
+    let (host, port) = address.rsplit_once(':').ok_or_else(invalid)?;
+    port.parse::<u16>().map_err(|_| invalid())?;
+    let host_ok = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if host_ok {
+        Ok(())
+    } else {
+        Err(invalid())
+    }
+}
+
+fn validate_routes(
+    routes: &[RouteConfig],
+    services: &HashMap<&str, &ServiceConfig>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut template_router = matchit::Router::new();
+    let mut templates_seen = BTreeSet::new();
+    for (index, route) in routes.iter().enumerate() {
+        let at = &route.matches.referenced;
+        let label = route
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("routes[{index}]"));
+        let actions = [
+            route.service.is_some(),
+            route.redirect.is_some(),
+            route.respond.is_some(),
+        ];
+        match actions.iter().filter(|a| **a).count() {
+            1 => {}
+            0 => problems.push(Problem::at(
+                at,
+                format!("route `{label}` needs one of `service`, `redirect` or `respond`"),
+            )),
+            _ => problems.push(Problem::at(
+                at,
+                format!("route `{label}` has more than one of `service`, `redirect`, `respond`"),
+            )),
+        }
+        if let Some(service) = &route.service {
+            if !services.contains_key(service.value.as_str()) {
+                let mut message = format!(
+                    "route `{label}` references undefined service `{}`",
+                    service.value
+                );
+                if let Some(best) = did_you_mean(&service.value, services.keys().copied()) {
+                    message.push_str(&format!(", did you mean `{best}`?"));
+                }
+                problems.push(Problem::at(&service.referenced, message));
+            }
+        }
+        let matches = &route.matches.value;
+        for host in &matches.hosts {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            let valid = !bare.is_empty()
+                && bare.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !valid {
+                problems.push(Problem::at(
+                    at,
+                    format!("host `{host}` is not a host name or a wildcard like *.example.com"),
+                ));
+            }
+        }
+        for method in &matches.methods {
+            if method.is_empty() || !method.chars().all(|c| c.is_ascii_uppercase()) {
+                problems.push(Problem::at(
+                    at,
+                    format!("method `{method}` must be an uppercase token like GET"),
+                ));
+            }
+        }
+        for value_match in matches.headers.iter().chain(&matches.query) {
+            if value_match.exact.is_some() && value_match.regex.is_some() {
+                problems.push(Problem::at(
+                    at,
+                    format!(
+                        "`{}`: use either `exact` or `regex`, not both",
+                        value_match.name
+                    ),
+                ));
+            }
+            if let Some(pattern) = &value_match.regex {
+                if let Err(err) = regex::Regex::new(&format!("^(?:{pattern})$")) {
+                    problems.push(Problem::at(at, format!("invalid regex `{pattern}`: {err}")));
+                }
+            }
+        }
+        let mut captures: Vec<String> = Vec::new();
+        match &matches.path {
+            Some(PathMatch::Exact(path) | PathMatch::Prefix(path)) if !path.starts_with('/') => {
+                problems.push(Problem::at(
+                    at,
+                    format!("path `{path}` must start with `/`"),
+                ))
+            }
+            Some(PathMatch::Template(template)) => {
+                captures = template_captures(template);
+                if !template.starts_with('/') {
+                    problems.push(Problem::at(
+                        at,
+                        format!("template `{template}` must start with `/`"),
+                    ));
+                } else if templates_seen.insert(template.clone()) {
+                    if let Err(err) = template_router.insert(template.as_str(), ()) {
+                        problems.push(Problem::at(at, format!("template `{template}`: {err}")));
+                    }
+                }
+            }
+            Some(PathMatch::Regex(pattern)) => match regex::Regex::new(&format!("^(?:{pattern})$"))
+            {
+                Ok(re) => captures = re.capture_names().flatten().map(str::to_owned).collect(),
+                Err(err) => {
+                    problems.push(Problem::at(at, format!("invalid regex `{pattern}`: {err}")))
+                }
+            },
+            _ => {}
+        }
+        let is_prefix = matches!(matches.path, Some(PathMatch::Prefix(_)));
+        if let Some(rewrite) = &route.rewrite {
+            let kinds = [
+                rewrite.strip_prefix,
+                rewrite.replace_prefix.is_some(),
+                rewrite.path.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                problems.push(Problem::at(
+                    at,
+                    "`rewrite` takes exactly one of `strip_prefix`, `replace_prefix`, `path`",
+                ));
+            }
+            if (rewrite.strip_prefix || rewrite.replace_prefix.is_some()) && !is_prefix {
+                problems.push(Problem::at(
+                    at,
+                    "`strip_prefix` and `replace_prefix` need a `prefix` path match",
+                ));
+            }
+            if let Some(path) = &rewrite.path {
+                check_template_uses(path, &captures, at, problems);
+            }
+        }
+        if let Some(redirect) = &route.redirect {
+            if !matches!(redirect.status, 301 | 302 | 303 | 307 | 308) {
+                problems.push(Problem::at(
+                    at,
+                    format!(
+                        "redirect status {} is not one of 301, 302, 303, 307, 308",
+                        redirect.status
+                    ),
+                ));
+            }
+            if let Some(path) = &redirect.path {
+                check_template_uses(path, &captures, at, problems);
+            }
+        }
+        if let Some(respond) = &route.respond {
+            if !(200..=599).contains(&respond.status) {
+                problems.push(Problem::at(
+                    at,
+                    format!("response status {} is outside 200..=599", respond.status),
+                ));
+            }
+        }
+        let key = conflict_key(matches, route.priority);
+        if let Some(first_line) = seen.insert(key, at.line()) {
+            problems.push(Problem::at(
+                at,
+                format!(
+                    "route `{label}` has the same match and priority as the route at line {first_line}; it could never be chosen"
+                ),
+            ));
+        }
+    }
+}
+
+fn check_template_uses(
+    template: &str,
+    captures: &[String],
+    at: &Location,
+    problems: &mut Vec<Problem>,
+) {
+    for name in template_captures(template) {
+        if !captures.contains(&name) {
+            problems.push(Problem::at(
+                at,
+                format!("`{{{name}}}` is not captured by this route's path match"),
+            ));
+        }
+    }
+}
+
+/// Two routes with equal keys match exactly the same requests at the same priority.
+fn conflict_key(matches: &RouteMatch, priority: i32) -> String {
+    let mut hosts: Vec<String> = matches
+        .hosts
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    hosts.sort();
+    let mut methods = matches.methods.clone();
+    methods.sort();
+    let mut headers: Vec<String> = matches.headers.iter().map(|h| format!("{h:?}")).collect();
+    headers.sort();
+    let mut query: Vec<String> = matches.query.iter().map(|q| format!("{q:?}")).collect();
+    query.sort();
+    format!(
+        "{hosts:?}|{:?}|{methods:?}|{headers:?}|{query:?}|{priority}",
+        matches.path
+    )
+}

@@ -1,0 +1,186 @@
+//! Start-up of the gateway role: load configuration, bind listeners and the admin API, react
+//! to signals (SIGHUP reload, SIGTERM/SIGINT drain and stop) and file changes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use gatehouse_admin::AdminState;
+use gatehouse_proxy::{listener, reload, ConfigStore, Snapshot};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+pub fn check(path: &Path) -> ExitCode {
+    let errors = match gatehouse_config::load_file(path) {
+        Ok((config, _)) => {
+            let summary = (
+                config.listeners.len(),
+                config.services.len(),
+                config.routes.len(),
+            );
+            match Snapshot::compile(config, 0, None) {
+                Ok(_) => {
+                    println!(
+                        "{}: ok ({} listeners, {} services, {} routes)",
+                        path.display(),
+                        summary.0,
+                        summary.1,
+                        summary.2
+                    );
+                    return ExitCode::SUCCESS;
+                }
+                Err(problems) => gatehouse_config::ConfigErrors {
+                    file: path.display().to_string(),
+                    problems,
+                },
+            }
+        }
+        Err(errors) => errors,
+    };
+    for line in errors.lines() {
+        println!("{line}");
+    }
+    ExitCode::FAILURE
+}
+
+pub async fn run_file(path: &Path) -> Result<ExitCode, ExitCode> {
+    let store = ConfigStore::from_file(path).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::FAILURE
+    })?;
+    run(store).await
+}
+
+pub async fn run_demo(listen: SocketAddr, admin: SocketAddr) -> Result<ExitCode, ExitCode> {
+    let upstreams = gatehouse_demo::start_upstreams().await.map_err(|err| {
+        eprintln!("gatehouse demo: cannot start demo services: {err}");
+        ExitCode::FAILURE
+    })?;
+    let text = gatehouse_demo::demo_config(&upstreams, listen, admin);
+    let store = ConfigStore::from_text(&text, "examples/demo.yaml").map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::FAILURE
+    })?;
+    let token = store
+        .snapshot()
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_ref())
+        .map(|t| t.0.clone())
+        .unwrap_or_default();
+    println!(
+        "Gatehouse demo\n\
+         \n  gateway  http://{listen}\n  admin    http://{admin}  (token: {token})\n\
+         \n  demo services: catalog at {c0} and {c1}, echo at {e0} and {e1}\n\
+         \nTry:\n\
+         \n  curl -i http://{listen}/api/books            # JSON API, round robin over two instances (see x-demo-instance)\
+         \n  curl -i http://{listen}/api/books/2\
+         \n  curl -i -X POST http://{listen}/api/books -H 'content-type: application/json' -d '{{\"title\":\"Ubik\",\"author_id\":2}}'\
+         \n  curl -i http://{listen}/echo/hello?x=1        # the echo service shows what the upstream received\
+         \n  curl -i http://{listen}/v1/books/1           # a redirect route\
+         \n  curl -i http://{listen}/nowhere              # problem+json 404\
+         \n  curl -s http://{admin}/admin/services -H 'authorization: Bearer {token}'\
+         \n  curl -s http://{admin}/admin/config/versions -H 'authorization: Bearer {token}'\
+         \n\nPress Ctrl-C to stop.\n",
+        c0 = upstreams.catalog[0],
+        c1 = upstreams.catalog[1],
+        e0 = upstreams.echo[0],
+        e1 = upstreams.echo[1],
+    );
+    run(store).await
+}
+
+/// Serve until SIGTERM or SIGINT, then drain.
+pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
+    let failed = |message: String| {
+        eprintln!("gatehouse: {message}");
+        ExitCode::FAILURE
+    };
+    let bound = listener::bind_all(&store)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let admin_listener = match gatehouse_admin::admin_addr(&store) {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| failed(format!("cannot bind the admin listener on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let drain = store.snapshot().config.shutdown.drain_timeout.0;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let mut serving = tokio::task::JoinSet::new();
+    for listener in bound {
+        let addr = listener.local_addr().map_err(|e| failed(e.to_string()))?;
+        println!("gatehouse: listener {} on {addr}", listener.name());
+        serving.spawn(listener::serve(
+            store.clone(),
+            listener,
+            stop_rx.clone(),
+            drain,
+        ));
+    }
+    if let Some(admin_listener) = admin_listener {
+        let addr = admin_listener
+            .local_addr()
+            .map_err(|e| failed(e.to_string()))?;
+        println!("gatehouse: admin on {addr}");
+        let state = AdminState {
+            store: store.clone(),
+            ready: ready.clone(),
+        };
+        let mut stop = stop_rx.clone();
+        serving.spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(err) = gatehouse_admin::serve(admin_listener, state, shutdown).await {
+                tracing::error!(%err, "admin listener failed");
+            }
+        });
+    }
+    let _watcher = match reload::watch_file(store.clone()) {
+        Ok(watcher) => watcher,
+        Err(err) => {
+            tracing::warn!(%err, "cannot watch the configuration file; reload with SIGHUP or the admin API");
+            None
+        }
+    };
+    ready.store(true, Ordering::Relaxed);
+    println!(
+        "gatehouse: ready (configuration version {})",
+        store.snapshot().version
+    );
+
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| failed(e.to_string()))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| failed(e.to_string()))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| failed(e.to_string()))?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || store.reload_file("SIGHUP")).await {
+                    Ok(Ok(version)) => tracing::info!(version, "reloaded on SIGHUP"),
+                    Ok(Err(errors)) => tracing::error!("reload rejected, the running configuration stays:\n{errors}"),
+                    Err(err) => tracing::error!(%err, "reload task failed"),
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!(
+        drain_ms = drain.as_millis() as u64,
+        "shutting down: no new connections, draining"
+    );
+    ready.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    while serving.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

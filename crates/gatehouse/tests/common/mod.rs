@@ -1,0 +1,213 @@
+//! Test harness: runs the real `gatehouse` binary against real upstreams on loopback.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A running gateway process; killed when dropped.
+pub struct Gateway {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    /// Listener name → bound address.
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub admin: Option<SocketAddr>,
+    pub stderr_log: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_gatehouse")
+}
+
+impl Gateway {
+    /// Write `yaml` to a temporary file and start `gatehouse gateway -c` on it; waits until ready.
+    pub fn start(yaml: &str) -> Gateway {
+        Self::start_with_args(yaml, &[])
+    }
+
+    pub fn start_with_args(yaml: &str, extra: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("gatehouse.yaml");
+        std::fs::write(&config_path, yaml).expect("write config");
+        let stderr_log = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
+        let mut child = Command::new(binary())
+            .arg("gateway")
+            .arg("-c")
+            .arg(&config_path)
+            .args(extra)
+            .env("GATEHOUSE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start gatehouse");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut listeners = Vec::new();
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "gateway did not become ready");
+            let Some(Ok(line)) = lines.next() else {
+                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                panic!("gateway exited before it was ready:\n{log}");
+            };
+            if let Some(rest) = line.strip_prefix("gatehouse: listener ") {
+                let (name, addr) = rest.split_once(" on ").expect("listener line");
+                listeners.push((name.to_owned(), addr.parse().expect("listener addr")));
+            } else if let Some(addr) = line.strip_prefix("gatehouse: admin on ") {
+                admin = Some(addr.parse().expect("admin addr"));
+            } else if line.starts_with("gatehouse: ready") {
+                break;
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Gateway {
+            child,
+            dir,
+            config_path,
+            listeners,
+            admin,
+            stderr_log,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listeners[0].1
+    }
+
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .expect("listener by name")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin.expect("admin listener"), path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Peak resident memory of the gateway process in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A client that never uses a proxy from the environment and does not follow redirects.
+pub fn client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Start the demo echo service on a free port; `name` shows in `x-demo-instance`.
+pub async fn echo(name: &'static str) -> SocketAddr {
+    gatehouse_demo::spawn(gatehouse_demo::echo_router(name), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("echo upstream")
+}
+
+/// Start any axum router on a free port.
+pub async fn upstream(router: axum::Router) -> SocketAddr {
+    gatehouse_demo::spawn(router, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("upstream")
+}
+
+/// A loopback port with nothing listening.
+pub fn closed_port() -> SocketAddr {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
+}
+
+pub fn admin_block() -> String {
+    format!("admin:\n  listen: 127.0.0.1:0\n  token: {ADMIN_TOKEN}\n")
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write file");
+}
+
+/// Send `count` GET requests and count responses per `x-demo-instance`.
+pub async fn distribution(client: &reqwest::Client, url: &str, count: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..count {
+        let response = client.get(url).send().await.expect("request");
+        let instance = response
+            .headers()
+            .get("x-demo-instance")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_else(|| format!("status-{}", response.status().as_u16()));
+        *seen.entry(instance).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// reqwest is built without a default crypto provider; use the one the gateway uses.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

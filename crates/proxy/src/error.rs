@@ -1,0 +1,93 @@
+//! The one place where failures become responses: `application/problem+json` (RFC 9457)
+//! with a stable machine-readable `code`.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{full, ProxyBody};
+
+/// Everything the gateway itself answers with an error status.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route matches {method} {host}{path}")]
+    NoRoute {
+        method: String,
+        host: String,
+        path: String,
+    },
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("no healthy endpoint in service `{service}`")]
+    NoHealthyEndpoint { service: String },
+    #[error("upstream did not answer within {timeout_ms} ms")]
+    UpstreamTimeout { timeout_ms: u128 },
+    #[error("cannot connect to upstream: {0}")]
+    UpstreamConnect(String),
+    #[error("upstream failed: {0}")]
+    BadGateway(String),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NoHealthyEndpoint { .. } | Self::UpstreamConnect(_) | Self::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Stable identifier clients and dashboards can rely on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoRoute { .. } => "route_not_found",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::BadRequest(_) => "bad_request",
+            Self::NoHealthyEndpoint { .. } => "no_healthy_upstream",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::UpstreamConnect(_) => "upstream_unavailable",
+            Self::BadGateway(_) => "bad_gateway",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Whether the client connection must be closed after this answer (framing is in doubt).
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Self::BadRequest(_) | Self::PayloadTooLarge { .. })
+    }
+
+    pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
+        let status = self.status();
+        let mut problem = serde_json::json!({
+            "type": format!("https://gatehouse.dev/problems/{}", self.code()),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "code": self.code(),
+            "detail": self.to_string(),
+        });
+        if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
+            problem["request_id"] = serde_json::Value::from(id);
+        }
+        let mut response = Response::new(full(problem.to_string()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(id) = request_id {
+            headers.insert(crate::forward::X_REQUEST_ID, id.clone());
+        }
+        if self.closes_connection() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}

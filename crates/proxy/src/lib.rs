@@ -1,0 +1,19 @@
+//! The Gatehouse data plane: listeners, the request pipeline, routing and upstreams.
+//!
+//! Request path (see `pipeline`): accept (`listener`) → TLS/ALPN → HTTP/1.1 or HTTP/2 →
+//! snapshot load → route (`router`) → action → upstream (`upstream`: balance, send, retry)
+//! → response. Failures become responses in exactly one place (`error`).
+
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod listener;
+pub mod pipeline;
+pub mod reload;
+pub mod router;
+pub mod snapshot;
+pub mod tls;
+pub mod upstream;
+
+pub use reload::ConfigStore;
+pub use snapshot::Snapshot;

@@ -1,0 +1,410 @@
+//! The request path of the gateway role, top to bottom:
+//! reject malformed framing → listener redirect → route → action (respond, redirect or
+//! forward: rewrite, forwarding headers, body limits, upstream call, upgrade) → response headers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::body::{self, BoxError, ProxyBody};
+use crate::error::GatewayError;
+use crate::forward::{self, X_REQUEST_ID};
+use crate::router::RequestView;
+use crate::snapshot::{fill_template, ListenerRuntime, RouteAction, Snapshot};
+use crate::upstream::{hash_of, OutgoingBody, Service, UpstreamRequest};
+
+/// What the pipeline knows about the client connection.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub listener: Arc<ListenerRuntime>,
+}
+
+/// The request body exceeded the listener's `max_request_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {0} bytes")]
+pub struct BodyLimitExceeded(pub u64);
+
+/// Handle one request against `snapshot`. Never fails: errors become problem responses.
+pub async fn handle(
+    snapshot: Arc<Snapshot>,
+    conn: &ConnInfo,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let request_id = forward::request_id(request.headers());
+    let mut response = match route_and_respond(&snapshot, conn, request, &request_id).await {
+        Ok(response) => response,
+        Err(err) => {
+            if matches!(err.status().as_u16(), 500..=599) {
+                tracing::warn!(request_id = ?request_id, error = %err, "request failed");
+            }
+            err.into_response(Some(&request_id))
+        }
+    };
+    response.headers_mut().insert(X_REQUEST_ID, request_id);
+    response
+}
+
+async fn route_and_respond(
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    request: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    reject_ambiguous_framing(&request)?;
+    let (host, authority) = request_host(&request)?;
+    if let Some(redirect) = &conn.listener.redirect_to_https {
+        let port = if redirect.port == 443 {
+            String::new()
+        } else {
+            format!(":{}", redirect.port)
+        };
+        let location = format!("https://{host}{port}{}", path_and_query(request.uri()));
+        return Ok(redirect_response(redirect.status, &location));
+    }
+    let path = normalize_path(request.uri().path())
+        .ok_or(GatewayError::BadRequest("path escapes the root"))?;
+    let view = RequestView {
+        host: &host,
+        method: request.method(),
+        path: &path,
+        query: request.uri().query(),
+        headers: request.headers(),
+    };
+    let Some(matched) = snapshot.router.find(&view) else {
+        return Err(GatewayError::NoRoute {
+            method: request.method().to_string(),
+            host,
+            path,
+        });
+    };
+    match &matched.route.action {
+        RouteAction::Respond {
+            status,
+            body,
+            headers,
+        } => {
+            let mut response = Response::new(body::full(body.clone()));
+            *response.status_mut() = *status;
+            *response.headers_mut() = headers.clone();
+            Ok(response)
+        }
+        RouteAction::Redirect(redirect) => {
+            let scheme =
+                redirect
+                    .scheme
+                    .as_deref()
+                    .unwrap_or(if conn.tls { "https" } else { "http" });
+            let target_host = redirect.host.as_deref().unwrap_or(&authority);
+            let target_path = match &redirect.path {
+                Some(template) => fill_template(template, &matched.captures),
+                None => path.clone(),
+            };
+            let query = request
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            Ok(redirect_response(
+                redirect.status,
+                &format!("{scheme}://{target_host}{target_path}{query}"),
+            ))
+        }
+        RouteAction::Forward {
+            service,
+            rewrite,
+            host_rewrite,
+        } => {
+            let upstream_path = match rewrite {
+                Some(rewrite) => rewrite.apply(&path, &matched.captures),
+                None => path,
+            };
+            proxy(
+                service,
+                conn,
+                request,
+                upstream_path,
+                host_rewrite.as_ref(),
+                request_id,
+            )
+            .await
+        }
+    }
+}
+
+async fn proxy(
+    service: &Service,
+    conn: &ConnInfo,
+    mut request: Request<Incoming>,
+    upstream_path: String,
+    host_rewrite: Option<&HeaderValue>,
+    request_id: &HeaderValue,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let limit = conn.listener.limits.max_request_body.0;
+    let declared_length = content_length(request.headers());
+    if limit > 0 && declared_length.is_some_and(|len| len > limit) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    let upgrade =
+        request.version() == Version::HTTP_11 && forward::is_upgrade_request(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (parts, incoming) = request.into_parts();
+    let mut headers = parts.headers;
+    let original_host = headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let peer_trusted = forward::is_trusted(conn.peer.ip(), &conn.listener.trusted_proxies);
+    let client_ip = forward::client_ip(conn.peer, &headers, &conn.listener.trusted_proxies);
+    forward::strip_hop_by_hop(&mut headers, upgrade);
+    headers.remove(header::EXPECT); // 100-continue is answered here, when the body is read
+    forward::set_forwarded(
+        &mut headers,
+        conn.peer,
+        peer_trusted,
+        if conn.tls { "https" } else { "http" },
+        original_host.as_ref(),
+    );
+    forward::add_via(&mut headers, parts.version);
+    headers.insert(X_REQUEST_ID, request_id.clone());
+    match host_rewrite.or(original_host.as_ref()) {
+        Some(host) => {
+            headers.insert(header::HOST, host.clone());
+        }
+        None => {
+            headers.remove(header::HOST);
+        }
+    }
+
+    let hash_key = service.hash_on().and_then(|on| match on {
+        gatehouse_config::HashOn::Header(name) => {
+            headers.get(name.as_str()).map(|v| hash_of(&v.as_bytes()))
+        }
+        gatehouse_config::HashOn::Cookie(name) => {
+            forward::cookie(&headers, name).map(|v| hash_of(&v))
+        }
+        gatehouse_config::HashOn::ClientIp => Some(hash_of(&client_ip)),
+        gatehouse_config::HashOn::Path => Some(hash_of(&upstream_path)),
+    });
+
+    let retry_policy = &service.config.retries;
+    let retryable = !upgrade && (is_idempotent(&parts.method) || retry_policy.non_idempotent);
+    let body = if http_body::Body::is_end_stream(&incoming) {
+        OutgoingBody::Buffered(Bytes::new())
+    } else if retryable
+        && retry_policy.attempts > 0
+        && declared_length.is_some_and(|len| len <= retry_policy.replay_buffer.0)
+    {
+        let collected = Limited::new(incoming, retry_policy.replay_buffer.0 as usize)
+            .collect()
+            .await
+            .map_err(|_| GatewayError::BadRequest("request body ended early"))?;
+        OutgoingBody::Buffered(collected.to_bytes())
+    } else if limit > 0 {
+        let limited = Limited::new(incoming, limit as usize).map_err(move |err| -> BoxError {
+            if err.is::<LengthLimitError>() {
+                Box::new(BodyLimitExceeded(limit))
+            } else {
+                err
+            }
+        });
+        OutgoingBody::Streaming(body::boxed(limited))
+    } else {
+        OutgoingBody::Streaming(body::boxed(incoming))
+    };
+
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{upstream_path}?{query}"),
+        None => upstream_path,
+    };
+    let path_and_query = path_and_query
+        .parse()
+        .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
+    let mut response = service
+        .call(UpstreamRequest {
+            method: parts.method,
+            path_and_query,
+            headers,
+            body,
+            hash_key,
+            retryable,
+            upgrade,
+        })
+        .await?;
+
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    if let Err(err) =
+                        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    {
+                        tracing::debug!(%err, "upgraded connection ended with an error");
+                    }
+                }
+                Err(err) => tracing::debug!(%err, "protocol upgrade failed"),
+            }
+        });
+    }
+    let (mut parts, body) = response.into_parts();
+    forward::strip_hop_by_hop(&mut parts.headers, switching);
+    forward::add_via(&mut parts.headers, parts.version);
+    Ok(Response::from_parts(parts, body::boxed(body)))
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Request smuggling defence for HTTP/1: framing that two parsers could read differently is
+/// refused before anything is forwarded (RFC 9112 section 6.3).
+fn reject_ambiguous_framing<B>(request: &Request<B>) -> Result<(), GatewayError> {
+    let headers = request.headers();
+    let transfer_encoding: Vec<&HeaderValue> =
+        headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    if !transfer_encoding.is_empty() {
+        if request.version() != Version::HTTP_11 {
+            return Err(GatewayError::BadRequest(
+                "Transfer-Encoding is only valid in HTTP/1.1",
+            ));
+        }
+        if !lengths.is_empty() {
+            return Err(GatewayError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        let codings: Vec<String> = transfer_encoding
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|c| c.trim().to_owned())
+            .collect();
+        if codings.len() != 1 || codings[0] != "chunked" {
+            return Err(GatewayError::BadRequest(
+                "Transfer-Encoding must be exactly `chunked`",
+            ));
+        }
+    }
+    if lengths.len() > 1
+        || lengths.iter().any(|v| {
+            v.to_str().map_or(true, |s| {
+                s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit())
+            })
+        })
+    {
+        return Err(GatewayError::BadRequest(
+            "invalid or repeated Content-Length",
+        ));
+    }
+    Ok(())
+}
+
+/// The request's host, lowercase and without port (for routing), and its authority as sent
+/// (for redirects): from `:authority` (HTTP/2, absolute form) or `Host`.
+fn request_host<B>(request: &Request<B>) -> Result<(String, String), GatewayError> {
+    if request.headers().get_all(header::HOST).iter().count() > 1 {
+        return Err(GatewayError::BadRequest("repeated Host header"));
+    }
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.clone(),
+        None => match request.headers().get(header::HOST) {
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<http::uri::Authority>().ok())
+                .ok_or(GatewayError::BadRequest("invalid Host header"))?,
+            None if request.version() == Version::HTTP_11 => {
+                return Err(GatewayError::BadRequest("HTTP/1.1 request without Host"))
+            }
+            None => return Ok((String::new(), String::new())),
+        },
+    };
+    Ok((
+        authority.host().to_ascii_lowercase(),
+        authority.as_str().to_owned(),
+    ))
+}
+
+/// Resolve `.` and `..` segments (RFC 3986 section 5.2.4) so routing and the upstream see the
+/// same path; `None` when `..` would climb above the root.
+pub fn normalize_path(path: &str) -> Option<String> {
+    if !path.contains("/.") {
+        return Some(if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path.to_owned()
+        });
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
+    for segment in path.split('/').skip(1) {
+        match segment {
+            "." => {}
+            ".." => {
+                segments.pop()?;
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut normalized = String::with_capacity(path.len());
+    for segment in &segments {
+        normalized.push('/');
+        normalized.push_str(segment);
+    }
+    if trailing && !normalized.ends_with('/') || normalized.is_empty() {
+        normalized.push('/');
+    }
+    Some(normalized)
+}
+
+fn path_and_query(uri: &http::Uri) -> &str {
+    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+}
+
+fn redirect_response(status: u16, location: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::PERMANENT_REDIRECT);
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_resolved() {
+        assert_eq!(normalize_path("/a/./b/../c").as_deref(), Some("/a/c"));
+        assert_eq!(normalize_path("/a/b/..").as_deref(), Some("/a/"));
+        assert_eq!(
+            normalize_path("/plain/path").as_deref(),
+            Some("/plain/path")
+        );
+        assert_eq!(normalize_path("/../etc/passwd"), None);
+    }
+}

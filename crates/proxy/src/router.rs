@@ -1,0 +1,392 @@
+//! Route matching, compiled once per snapshot.
+//!
+//! Precedence (documented in `docs/routing.md`):
+//! 1. Host: exact host, then wildcard hosts (longest suffix first), then routes without hosts.
+//!    If no route of a host group matches, the next group is tried.
+//! 2. Within a host group, higher `priority` first.
+//! 3. Within one priority: exact path, then template (static segments beat captures), then
+//!    prefix (longest first), then regex (in file order), then routes without a path.
+//! 4. Routes sharing a path are tried in file order; the first whose method, header and query
+//!    conditions hold wins.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gatehouse_config::{PathMatch, RouteConfig, ValueMatch};
+use http::{HeaderMap, Method};
+use regex::Regex;
+
+/// What the router needs to know about a request.
+pub struct RequestView<'a> {
+    /// Lowercase host without port.
+    pub host: &'a str,
+    pub method: &'a Method,
+    /// Normalized path (no query).
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// A compiled route with its payload (what to do when it matches).
+pub struct CompiledRoute<A> {
+    pub name: String,
+    pub index: usize,
+    pub path: Option<PathMatch>,
+    methods: Vec<Method>,
+    headers: Vec<CompiledValueMatch>,
+    query: Vec<CompiledValueMatch>,
+    pub action: A,
+}
+
+struct CompiledValueMatch {
+    name: String,
+    header_name: Option<http::HeaderName>,
+    test: ValueTest,
+}
+
+enum ValueTest {
+    Present,
+    Absent,
+    Exact(String),
+    Regex(Regex),
+}
+
+impl ValueTest {
+    fn holds(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (Self::Absent, value) => value.is_none(),
+            (_, None) => false,
+            (Self::Present, Some(_)) => true,
+            (Self::Exact(expected), Some(v)) => v == expected,
+            (Self::Regex(re), Some(v)) => re.is_match(v),
+        }
+    }
+}
+
+/// A successful match: the route and the path captures (template parameters or named regex groups).
+pub struct Matched<'r, A> {
+    pub route: &'r Arc<CompiledRoute<A>>,
+    pub captures: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct PathTable {
+    exact: HashMap<String, Vec<usize>>,
+    /// Template to slot in `template_routes`; matchit yields the slot.
+    templates: Option<matchit::Router<usize>>,
+    template_slots: HashMap<String, usize>,
+    template_routes: Vec<Vec<usize>>,
+    /// Prefix without trailing slash (`/` stays `/`) to routes.
+    prefixes: HashMap<String, Vec<usize>>,
+    regexes: Vec<(Regex, usize)>,
+    any_path: Vec<usize>,
+}
+
+/// Routes of one host group, by descending priority.
+#[derive(Default)]
+struct HostGroup {
+    levels: Vec<(i32, PathTable)>,
+}
+
+pub struct Router<A> {
+    routes: Vec<Arc<CompiledRoute<A>>>,
+    exact_hosts: HashMap<String, HostGroup>,
+    /// (".example.com", group), longest suffix first.
+    wildcard_hosts: Vec<(String, HostGroup)>,
+    any_host: HostGroup,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("route #{index}: {message}")]
+pub struct RouterError {
+    pub index: usize,
+    pub message: String,
+}
+
+impl<A> Router<A> {
+    /// Compile routes; `action` builds each route's payload.
+    pub fn compile(
+        configs: &[RouteConfig],
+        mut action: impl FnMut(usize, &RouteConfig) -> Result<A, String>,
+    ) -> Result<Self, RouterError> {
+        let mut router = Router {
+            routes: Vec::with_capacity(configs.len()),
+            exact_hosts: HashMap::new(),
+            wildcard_hosts: Vec::new(),
+            any_host: HostGroup::default(),
+        };
+        for (index, config) in configs.iter().enumerate() {
+            let error = |message: String| RouterError { index, message };
+            let matches = &config.matches.value;
+            let route = CompiledRoute {
+                name: config
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("route-{index}")),
+                index,
+                path: matches.path.clone(),
+                methods: matches
+                    .methods
+                    .iter()
+                    .map(|m| Method::from_bytes(m.as_bytes()).map_err(|e| error(e.to_string())))
+                    .collect::<Result<_, _>>()?,
+                headers: compile_value_matches(&matches.headers, true).map_err(error)?,
+                query: compile_value_matches(&matches.query, false).map_err(error)?,
+                action: action(index, config).map_err(error)?,
+            };
+            router.routes.push(Arc::new(route));
+            if matches.hosts.is_empty() {
+                router.any_host.add(index, config).map_err(error)?;
+            }
+            for host in &matches.hosts {
+                let host = host.to_ascii_lowercase();
+                let group = match host.strip_prefix('*') {
+                    Some(suffix) => {
+                        match router.wildcard_hosts.iter().position(|(s, _)| s == suffix) {
+                            Some(at) => &mut router.wildcard_hosts[at].1,
+                            None => {
+                                router
+                                    .wildcard_hosts
+                                    .push((suffix.to_owned(), HostGroup::default()));
+                                &mut router.wildcard_hosts.last_mut().expect("just pushed").1
+                            }
+                        }
+                    }
+                    None => router.exact_hosts.entry(host).or_default(),
+                };
+                group.add(index, config).map_err(error)?;
+            }
+        }
+        router.wildcard_hosts.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        Ok(router)
+    }
+
+    pub fn routes(&self) -> &[Arc<CompiledRoute<A>>] {
+        &self.routes
+    }
+
+    /// Find the route for a request, following the documented precedence.
+    pub fn find(&self, request: &RequestView<'_>) -> Option<Matched<'_, A>> {
+        if let Some(group) = self.exact_hosts.get(request.host) {
+            if let Some(found) = self.find_in(group, request) {
+                return Some(found);
+            }
+        }
+        for (suffix, group) in &self.wildcard_hosts {
+            if request.host.len() > suffix.len() && request.host.ends_with(suffix.as_str()) {
+                if let Some(found) = self.find_in(group, request) {
+                    return Some(found);
+                }
+            }
+        }
+        self.find_in(&self.any_host, request)
+    }
+
+    fn find_in(&self, group: &HostGroup, request: &RequestView<'_>) -> Option<Matched<'_, A>> {
+        for (_, table) in &group.levels {
+            if let Some(found) = self.find_in_table(table, request) {
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    fn find_in_table(
+        &self,
+        table: &PathTable,
+        request: &RequestView<'_>,
+    ) -> Option<Matched<'_, A>> {
+        let path = request.path;
+        if let Some(candidates) = table.exact.get(path) {
+            if let Some(route) = self.first_passing(candidates, request) {
+                return Some(Matched {
+                    route,
+                    captures: Vec::new(),
+                });
+            }
+        }
+        if let Some(templates) = &table.templates {
+            if let Ok(found) = templates.at(path) {
+                if let Some(route) =
+                    self.first_passing(&table.template_routes[*found.value], request)
+                {
+                    let captures = found
+                        .params
+                        .iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect();
+                    return Some(Matched { route, captures });
+                }
+            }
+        }
+        if !table.prefixes.is_empty() {
+            // Walk segment boundaries from the longest: /a/b/c, /a/b, /a, /
+            let mut end = path.len();
+            loop {
+                let candidate = if end == 0 { "/" } else { &path[..end] };
+                if let Some(candidates) = table.prefixes.get(candidate) {
+                    if let Some(route) = self.first_passing(candidates, request) {
+                        return Some(Matched {
+                            route,
+                            captures: Vec::new(),
+                        });
+                    }
+                }
+                if end == 0 {
+                    break;
+                }
+                end = path[..end].rfind('/').unwrap_or(0);
+            }
+        }
+        for (regex, index) in &table.regexes {
+            if let Some(caps) = regex.captures(path) {
+                if let Some(route) = self.first_passing(std::slice::from_ref(index), request) {
+                    let captures = regex
+                        .capture_names()
+                        .flatten()
+                        .filter_map(|name| {
+                            caps.name(name)
+                                .map(|m| (name.to_owned(), m.as_str().to_owned()))
+                        })
+                        .collect();
+                    return Some(Matched { route, captures });
+                }
+            }
+        }
+        self.first_passing(&table.any_path, request)
+            .map(|route| Matched {
+                route,
+                captures: Vec::new(),
+            })
+    }
+
+    fn first_passing(
+        &self,
+        candidates: &[usize],
+        request: &RequestView<'_>,
+    ) -> Option<&Arc<CompiledRoute<A>>> {
+        candidates
+            .iter()
+            .map(|&i| &self.routes[i])
+            .find(|route| route.conditions_hold(request))
+    }
+}
+
+impl<A> CompiledRoute<A> {
+    fn conditions_hold(&self, request: &RequestView<'_>) -> bool {
+        if !self.methods.is_empty() && !self.methods.contains(request.method) {
+            return false;
+        }
+        let headers_hold = self.headers.iter().all(|m| {
+            let value = m
+                .header_name
+                .as_ref()
+                .and_then(|name| request.headers.get(name))
+                .and_then(|v| v.to_str().ok());
+            m.test.holds(value)
+        });
+        if !headers_hold {
+            return false;
+        }
+        self.query.iter().all(|m| {
+            let value = request.query.and_then(|q| query_value(q, &m.name));
+            m.test.holds(value.as_deref())
+        })
+    }
+}
+
+/// The first value of a query parameter, percent-decoded.
+pub fn query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode_component(key) == name).then(|| decode_component(value))
+    })
+}
+
+fn decode_component(text: &str) -> String {
+    let plus_decoded = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_decoded)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+impl HostGroup {
+    fn add(&mut self, index: usize, config: &RouteConfig) -> Result<(), String> {
+        let level = match self.levels.iter().position(|(p, _)| *p == config.priority) {
+            Some(at) => at,
+            None => {
+                self.levels.push((config.priority, PathTable::default()));
+                self.levels.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
+                self.levels
+                    .iter()
+                    .position(|(p, _)| *p == config.priority)
+                    .unwrap_or(0)
+            }
+        };
+        let table = &mut self.levels[level].1;
+        match &config.matches.value.path {
+            None => table.any_path.push(index),
+            Some(PathMatch::Exact(path)) => {
+                table.exact.entry(path.clone()).or_default().push(index)
+            }
+            Some(PathMatch::Prefix(prefix)) => {
+                let key = match prefix.trim_end_matches('/') {
+                    "" => "/".to_owned(),
+                    trimmed => trimmed.to_owned(),
+                };
+                table.prefixes.entry(key).or_default().push(index)
+            }
+            Some(PathMatch::Template(template)) => {
+                if let Some(&slot) = table.template_slots.get(template) {
+                    table.template_routes[slot].push(index);
+                } else {
+                    let slot = table.template_routes.len();
+                    table
+                        .templates
+                        .get_or_insert_with(matchit::Router::new)
+                        .insert(template.clone(), slot)
+                        .map_err(|e| format!("template `{template}`: {e}"))?;
+                    table.template_slots.insert(template.clone(), slot);
+                    table.template_routes.push(vec![index]);
+                }
+            }
+            Some(PathMatch::Regex(pattern)) => {
+                let regex = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| e.to_string())?;
+                table.regexes.push((regex, index))
+            }
+        }
+        Ok(())
+    }
+}
+
+fn compile_value_matches(
+    matches: &[ValueMatch],
+    is_header: bool,
+) -> Result<Vec<CompiledValueMatch>, String> {
+    matches
+        .iter()
+        .map(|m| {
+            let test = match (&m.exact, &m.regex, m.present) {
+                (_, _, false) => ValueTest::Absent,
+                (Some(exact), _, true) => ValueTest::Exact(exact.clone()),
+                (None, Some(pattern), true) => ValueTest::Regex(
+                    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| e.to_string())?,
+                ),
+                (None, None, true) => ValueTest::Present,
+            };
+            let header_name = if is_header {
+                Some(
+                    http::HeaderName::from_bytes(m.name.as_bytes())
+                        .map_err(|_| format!("`{}` is not a valid header name", m.name))?,
+                )
+            } else {
+                None
+            };
+            Ok(CompiledValueMatch {
+                name: m.name.clone(),
+                header_name,
+                test,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,275 @@
+//! The immutable runtime form of a configuration. Requests load the current snapshot once
+//! and keep it until they finish; a reload compiles a new one and swaps it in.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gatehouse_config::{
+    Config, HttpsRedirect, ListenerLimits, Problem, RedirectAction, RouteConfig,
+};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use ipnet::IpNet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::router::Router;
+use crate::tls;
+use crate::upstream::Service;
+
+pub struct Snapshot {
+    pub version: u64,
+    pub config: Arc<Config>,
+    pub router: Router<RouteAction>,
+    pub services: HashMap<String, Arc<Service>>,
+    pub listeners: HashMap<String, Arc<ListenerRuntime>>,
+}
+
+/// Per-listener settings read at each accepted connection.
+pub struct ListenerRuntime {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub limits: ListenerLimits,
+    pub trusted_proxies: Vec<IpNet>,
+    pub redirect_to_https: Option<HttpsRedirect>,
+    pub tls: Option<TlsAcceptor>,
+    pub http2: bool,
+}
+
+pub enum RouteAction {
+    Forward {
+        service: Arc<Service>,
+        rewrite: Option<PathRewrite>,
+        host_rewrite: Option<HeaderValue>,
+    },
+    Redirect(RedirectAction),
+    Respond {
+        status: StatusCode,
+        body: Bytes,
+        headers: HeaderMap,
+    },
+}
+
+pub enum PathRewrite {
+    /// Replace the matched prefix (empty string strips it).
+    ReplacePrefix { prefix: String, with: String },
+    /// A template filled from the route's captures.
+    Template(String),
+}
+
+impl Snapshot {
+    /// Compile a validated configuration. Services whose definition did not change are taken
+    /// over from `previous`, keeping their connection pools and health state.
+    pub fn compile(
+        config: Config,
+        version: u64,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut services = HashMap::new();
+        for service_config in &config.services {
+            let name = &service_config.name;
+            let reused = previous
+                .and_then(|p| p.services.get(&name.value))
+                .filter(|s| s.fingerprint() == crate::upstream::fingerprint(service_config))
+                .cloned();
+            let service = match reused {
+                Some(service) => service,
+                None => match Service::new(service_config) {
+                    Ok(service) => {
+                        if tokio::runtime::Handle::try_current().is_ok() {
+                            service.start_background_tasks();
+                        }
+                        service
+                    }
+                    Err(err) => {
+                        problems.push(Problem::at(
+                            &name.referenced,
+                            format!("service `{}`: {err}", name.value),
+                        ));
+                        continue;
+                    }
+                },
+            };
+            services.insert(name.value.clone(), service);
+        }
+
+        let mut listeners = HashMap::new();
+        for listener in &config.listeners {
+            let Ok(addr) = listener.listen.value.parse::<SocketAddr>() else {
+                continue; // validation already reported it
+            };
+            let tls = match &listener.tls {
+                Some(tls_config) => match tls::server_config(tls_config, listener.http2) {
+                    Ok(server) => Some(TlsAcceptor::from(server)),
+                    Err(err) => {
+                        let at = tls_config
+                            .certificates
+                            .first()
+                            .map(|c| c.cert.referenced)
+                            .unwrap_or(listener.name.referenced);
+                        problems.push(Problem::at(
+                            &at,
+                            format!("listener `{}`: {err}", listener.name.value),
+                        ));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let trusted_proxies = listener
+                .trusted_proxies
+                .iter()
+                .filter_map(|entry| {
+                    entry
+                        .value
+                        .parse::<IpNet>()
+                        .or_else(|_| entry.value.parse::<std::net::IpAddr>().map(IpNet::from))
+                        .ok()
+                })
+                .collect();
+            listeners.insert(
+                listener.name.value.clone(),
+                Arc::new(ListenerRuntime {
+                    name: listener.name.value.clone(),
+                    addr,
+                    limits: listener.limits.clone(),
+                    trusted_proxies,
+                    redirect_to_https: listener.redirect_to_https.clone(),
+                    tls,
+                    http2: listener.http2,
+                }),
+            );
+        }
+
+        let router = Router::compile(&config.routes, |_, route| route_action(route, &services));
+        let router = match router {
+            Ok(router) => Some(router),
+            Err(err) => {
+                let at = config.routes[err.index].matches.referenced;
+                problems.push(Problem::at(&at, err.message));
+                None
+            }
+        };
+        match router {
+            Some(router) if problems.is_empty() => Ok(Self {
+                version,
+                config: Arc::new(config),
+                router,
+                services,
+                listeners,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRuntime>> {
+        self.listeners.get(name)
+    }
+}
+
+fn route_action(
+    route: &RouteConfig,
+    services: &HashMap<String, Arc<Service>>,
+) -> Result<RouteAction, String> {
+    if let Some(redirect) = &route.redirect {
+        return Ok(RouteAction::Redirect(redirect.clone()));
+    }
+    if let Some(respond) = &route.respond {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &respond.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("invalid header name `{name}`"))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("invalid value for header `{name}`"))?;
+            headers.append(name, value);
+        }
+        let content_type = HeaderValue::from_str(&respond.content_type)
+            .map_err(|_| format!("invalid content type `{}`", respond.content_type))?;
+        headers.insert(http::header::CONTENT_TYPE, content_type);
+        return Ok(RouteAction::Respond {
+            status: StatusCode::from_u16(respond.status).map_err(|e| e.to_string())?,
+            body: Bytes::from(respond.body.clone()),
+            headers,
+        });
+    }
+    let service_name = route
+        .service
+        .as_ref()
+        .map(|s| s.value.as_str())
+        .ok_or("route has no action")?;
+    let service = services
+        .get(service_name)
+        .cloned()
+        .ok_or_else(|| format!("undefined service `{service_name}`"))?;
+    let prefix = match &route.matches.value.path {
+        Some(gatehouse_config::PathMatch::Prefix(p)) => Some(p.trim_end_matches('/').to_owned()),
+        _ => None,
+    };
+    let rewrite = route.rewrite.as_ref().and_then(|rewrite| {
+        if let Some(template) = &rewrite.path {
+            Some(PathRewrite::Template(template.clone()))
+        } else if let Some(with) = &rewrite.replace_prefix {
+            prefix.clone().map(|prefix| PathRewrite::ReplacePrefix {
+                prefix,
+                with: with.trim_end_matches('/').to_owned(),
+            })
+        } else if rewrite.strip_prefix {
+            prefix.clone().map(|prefix| PathRewrite::ReplacePrefix {
+                prefix,
+                with: String::new(),
+            })
+        } else {
+            None
+        }
+    });
+    let host_rewrite = route
+        .host_rewrite
+        .as_ref()
+        .map(|h| HeaderValue::from_str(h).map_err(|_| format!("invalid host `{h}`")))
+        .transpose()?;
+    Ok(RouteAction::Forward {
+        service,
+        rewrite,
+        host_rewrite,
+    })
+}
+
+impl PathRewrite {
+    pub fn apply(&self, path: &str, captures: &[(String, String)]) -> String {
+        match self {
+            Self::ReplacePrefix { prefix, with } => {
+                let rest = path.strip_prefix(prefix.as_str()).unwrap_or(path);
+                let joined = format!("{with}{rest}");
+                if joined.is_empty() {
+                    "/".to_owned()
+                } else if joined.starts_with('/') {
+                    joined
+                } else {
+                    format!("/{joined}")
+                }
+            }
+            Self::Template(template) => fill_template(template, captures),
+        }
+    }
+}
+
+/// Replace `{name}` (and `{*name}`) with captured values.
+pub fn fill_template(template: &str, captures: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let name = rest[start + 1..start + end].trim_start_matches('*');
+        if let Some((_, value)) = captures.iter().find(|(k, _)| k == name) {
+            out.push_str(value);
+        }
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out
+}

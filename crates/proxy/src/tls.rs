@@ -1,0 +1,138 @@
+//! TLS material: PEM loading, server certificates chosen by SNI, and client configurations
+//! for upstream TLS. rustls with the aws-lc-rs provider only.
+
+use std::fmt;
+use std::sync::Arc;
+
+use gatehouse_config::{CertificateFiles, ListenerTls, TlsVersion, UpstreamTls};
+use rustls::crypto::aws_lc_rs;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificate `{path}`: {reason}")]
+    Certificate { path: String, reason: String },
+    #[error("cannot read private key `{path}`: {reason}")]
+    Key { path: String, reason: String },
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("invalid server name `{0}`")]
+    ServerName(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(aws_lc_rs::default_provider())
+}
+
+pub fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Certificate {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Certificate {
+            path: path.to_owned(),
+            reason: "no PEM certificate found".to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn certified_key(files: &CertificateFiles) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = load_certs(&files.cert.value)?;
+    let key = load_key(&files.key.value)?;
+    let key = CertifiedKey::from_der(chain, key, &provider())?;
+    Ok(Arc::new(key))
+}
+
+/// Chooses the certificate whose names cover the SNI (wildcards included); the first
+/// certificate answers clients that send no SNI or an unknown name.
+struct SniResolver {
+    keys: Vec<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SniResolver({} certificates)", self.keys.len())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let default = self.keys.first().cloned();
+        let Some(name) = hello.server_name() else {
+            return default;
+        };
+        let Ok(name) = ServerName::try_from(name) else {
+            return default;
+        };
+        self.keys
+            .iter()
+            .find(|key| {
+                key.end_entity_cert()
+                    .ok()
+                    .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+                    .is_some_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+            })
+            .cloned()
+            .or(default)
+    }
+}
+
+/// Server configuration for a TLS listener; `http2` adds `h2` to ALPN.
+pub fn server_config(
+    tls: &ListenerTls,
+    http2: bool,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let keys = tls
+        .certificates
+        .iter()
+        .map(certified_key)
+        .collect::<Result<Vec<_>, _>>()?;
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { keys }));
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(Arc::new(config))
+}
+
+/// Client configuration for upstream TLS, trusting only the configured CA bundle. ALPN is
+/// left to the connector, which offers what the service's protocol allows.
+pub fn client_config(tls: Option<&UpstreamTls>) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(tls) = tls {
+        for cert in load_certs(&tls.ca.value)? {
+            roots.add(cert)?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match tls.and_then(|t| t.client_certificate.as_ref()) {
+        Some(files) => builder
+            .with_client_auth_cert(load_certs(&files.cert.value)?, load_key(&files.key.value)?)?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(config)
+}

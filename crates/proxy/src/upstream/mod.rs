@@ -1,0 +1,452 @@
+//! Upstream services: endpoints, load balancing, pooled clients, health checks, outlier
+//! detection, timeouts and retries within a budget.
+
+mod balancer;
+mod budget;
+pub mod endpoint;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use gatehouse_config::{HashOn, ServiceConfig, UpstreamProtocol};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use balancer::Balancer;
+pub use balancer::{hash_of, EndpointSet};
+use budget::RetryBudget;
+pub use endpoint::Endpoint;
+
+use crate::body::{self, ProxyBody};
+use crate::error::GatewayError;
+use crate::tls;
+
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+pub struct Service {
+    pub name: String,
+    /// The service's configuration as JSON; equal fingerprints let a reload keep the service
+    /// (its pools, health and outlier state).
+    fingerprint: String,
+    pub config: ServiceConfig,
+    endpoints: ArcSwap<EndpointSet>,
+    balancer: Balancer,
+    client: UpstreamClient,
+    scheme: http::uri::Scheme,
+    budget: RetryBudget,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.lock() {
+            tasks.iter().for_each(|t| t.abort());
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// The body sent upstream: buffered bodies can be replayed on retry, streamed ones cannot.
+pub enum OutgoingBody {
+    Buffered(Bytes),
+    Streaming(ProxyBody),
+}
+
+/// A request ready to be sent to whichever endpoint the balancer picks.
+pub struct UpstreamRequest {
+    pub method: Method,
+    pub path_and_query: http::uri::PathAndQuery,
+    pub headers: HeaderMap,
+    pub body: OutgoingBody,
+    pub hash_key: Option<u64>,
+    /// Idempotent (or explicitly allowed) and not an upgrade: may be retried.
+    pub retryable: bool,
+    /// Keep the connection-upgrade machinery (WebSocket): never retried.
+    pub upgrade: bool,
+}
+
+pub fn fingerprint(config: &ServiceConfig) -> String {
+    serde_json::to_string(config).unwrap_or_default()
+}
+
+impl Service {
+    pub fn new(config: &ServiceConfig) -> Result<Arc<Self>, ServiceError> {
+        let http2 = config.protocol == UpstreamProtocol::Http2;
+        let tls_config = tls::client_config(config.tls.as_ref())?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.timeouts.connect.0));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config)
+            .https_or_http();
+        let builder = match config.tls.as_ref().and_then(|t| t.server_name.clone()) {
+            Some(name) => {
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
+                    rustls_pki_types::ServerName::try_from(name.clone())
+                        .map_err(|_| tls::TlsError::ServerName(name))?,
+                ))
+            }
+            None => builder,
+        };
+        let connector = if http2 {
+            builder.enable_http2().wrap_connector(http)
+        } else {
+            builder.enable_http1().wrap_connector(http)
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.timeouts.idle.0)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(http2)
+            .build(connector);
+        let endpoints = resolve_blocking(config);
+        let service = Arc::new(Self {
+            name: config.name.value.clone(),
+            fingerprint: fingerprint(config),
+            config: config.clone(),
+            endpoints: ArcSwap::from_pointee(EndpointSet::new(endpoints, &config.load_balancing)),
+            balancer: Balancer::new(config.load_balancing.clone()),
+            client,
+            scheme: if config.tls.is_some() {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            },
+            budget: RetryBudget::new(
+                config.retries.budget_ratio,
+                config.retries.budget_min_per_second,
+            ),
+            tasks: Mutex::new(Vec::new()),
+        });
+        Ok(service)
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Start health checking and DNS refresh. Needs a Tokio runtime; the tasks end with the
+    /// service.
+    pub fn start_background_tasks(self: &Arc<Self>) {
+        let mut handles = Vec::new();
+        if let Some(check) = self.config.health_check.clone() {
+            let weak = Arc::downgrade(self);
+            handles.push(tokio::spawn(health_check_loop(weak, check)).abort_handle());
+        }
+        let has_names = self
+            .config
+            .endpoints
+            .value
+            .iter()
+            .any(|e| e.address.value.parse::<SocketAddr>().is_err());
+        if has_names {
+            let weak = Arc::downgrade(self);
+            let every = self.config.dns_refresh.0;
+            handles.push(tokio::spawn(dns_refresh_loop(weak, every)).abort_handle());
+        }
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.extend(handles);
+        }
+    }
+
+    pub fn endpoints(&self) -> Arc<EndpointSet> {
+        self.endpoints.load_full()
+    }
+
+    pub fn hash_on(&self) -> Option<&HashOn> {
+        self.balancer.hash_on()
+    }
+
+    /// Send the request, retrying within policy and budget; returns the response and the
+    /// endpoint that produced it.
+    pub async fn call(
+        &self,
+        mut request: UpstreamRequest,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let policy = &self.config.retries;
+        self.budget.deposit();
+        let replayable = matches!(request.body, OutgoingBody::Buffered(_));
+        let mut retries_left = if request.upgrade { 0 } else { policy.attempts };
+        let mut previous: Option<Arc<Endpoint>> = None;
+        let mut attempt: u32 = 0;
+        loop {
+            let set = self.endpoints.load();
+            let endpoint = self
+                .balancer
+                .pick(&set, request.hash_key, previous.as_deref())
+                .ok_or_else(|| GatewayError::NoHealthyEndpoint {
+                    service: self.name.clone(),
+                })?;
+            drop(set);
+            let may_retry_after = retries_left > 0 && replayable;
+            let body = match &mut request.body {
+                OutgoingBody::Buffered(bytes) => body::full(bytes.clone()),
+                OutgoingBody::Streaming(stream) => std::mem::replace(stream, body::empty()),
+            };
+            let headers = if may_retry_after || retries_left > 0 {
+                request.headers.clone()
+            } else {
+                std::mem::take(&mut request.headers)
+            };
+            let target = (request.method.clone(), request.path_and_query.clone());
+            let outcome = self.attempt(&endpoint, target, headers, body).await;
+            let (retry_reason, error) = match outcome {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    self.record(&endpoint, status < 500);
+                    let retry_status = policy.on_status.contains(&status) && request.retryable;
+                    if !(retry_status && may_retry_after && self.budget.try_withdraw()) {
+                        return Ok(response);
+                    }
+                    ("status", None)
+                }
+                Err(AttemptError::Connect(message)) => {
+                    self.record(&endpoint, false);
+                    // Nothing reached the upstream: safe to retry any method whose body we still have.
+                    let retry = retries_left > 0
+                        && (replayable || request_body_untouched(&request))
+                        && self.budget.try_withdraw();
+                    if !retry {
+                        return Err(GatewayError::UpstreamConnect(message));
+                    }
+                    ("connect", Some(message))
+                }
+                Err(AttemptError::Timeout(timeout)) => {
+                    self.record(&endpoint, false);
+                    if !(request.retryable && may_retry_after && self.budget.try_withdraw()) {
+                        return Err(GatewayError::UpstreamTimeout {
+                            timeout_ms: timeout.as_millis(),
+                        });
+                    }
+                    ("timeout", None)
+                }
+                Err(AttemptError::BodyTooLarge(limit)) => {
+                    return Err(GatewayError::PayloadTooLarge { limit })
+                }
+                Err(AttemptError::Other(message)) => {
+                    self.record(&endpoint, false);
+                    if !(request.retryable && may_retry_after && self.budget.try_withdraw()) {
+                        return Err(GatewayError::BadGateway(message));
+                    }
+                    ("reset", Some(message))
+                }
+            };
+            attempt += 1;
+            retries_left -= 1;
+            tracing::debug!(service = %self.name, endpoint = %endpoint.addr, attempt, reason = retry_reason, error = ?error, "retrying upstream request");
+            previous = Some(endpoint);
+            let base = policy.backoff.0.saturating_mul(1 << (attempt - 1).min(10));
+            // Full jitter: spread retries of many clients over the backoff interval.
+            let delay = base.mul_f64(0.5 + fastrand::f64() * 0.5);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        endpoint: &Endpoint,
+        (method, path_and_query): (Method, http::uri::PathAndQuery),
+        headers: HeaderMap,
+        body: ProxyBody,
+    ) -> Result<Response<Incoming>, AttemptError> {
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(endpoint.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| AttemptError::Other(e.to_string()))?;
+        let mut outgoing = Request::new(body);
+        *outgoing.method_mut() = method;
+        *outgoing.uri_mut() = uri;
+        *outgoing.headers_mut() = headers;
+        *outgoing.version_mut() = match self.config.protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::Http2 => Version::HTTP_2,
+        };
+        let _in_flight = endpoint.start_request();
+        let started = Instant::now();
+        let timeout = self.config.timeouts.request.0;
+        let result = tokio::time::timeout(timeout, self.client.request(outgoing)).await;
+        endpoint.observe_latency(started.elapsed());
+        match result {
+            Err(_) => Err(AttemptError::Timeout(timeout)),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) => Err(classify(&err)),
+        }
+    }
+
+    fn record(&self, endpoint: &Endpoint, success: bool) {
+        let Some(policy) = &self.config.outlier_detection else {
+            return;
+        };
+        let may_eject = !success && {
+            let set = self.endpoints.load();
+            let now = endpoint::now_ms();
+            let ejected = set.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+            ejected == 0
+                || (ejected + 1) * 100 <= policy.max_ejection_percent as usize * set.endpoints.len()
+        };
+        if endpoint.record_outcome(success, policy, may_eject) {
+            tracing::warn!(service = %self.name, endpoint = %endpoint.addr, ejections = endpoint.ejection_count(), "outlier detection ejected endpoint");
+        }
+    }
+}
+
+fn request_body_untouched(request: &UpstreamRequest) -> bool {
+    // A streamed body is handed over on the first attempt; only an empty one can be resent.
+    matches!(&request.body, OutgoingBody::Streaming(b) if http_body::Body::is_end_stream(b))
+}
+
+enum AttemptError {
+    Connect(String),
+    Timeout(Duration),
+    BodyTooLarge(u64),
+    Other(String),
+}
+
+fn classify(err: &hyper_util::client::legacy::Error) -> AttemptError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if let Some(limit) = current.downcast_ref::<crate::pipeline::BodyLimitExceeded>() {
+            return AttemptError::BodyTooLarge(limit.0);
+        }
+        source = current.source();
+    }
+    let mut message = err.to_string();
+    if let Some(cause) = std::error::Error::source(err) {
+        message = format!("{message}: {cause}");
+    }
+    if err.is_connect() {
+        AttemptError::Connect(message)
+    } else {
+        AttemptError::Other(message)
+    }
+}
+
+/// Resolve the configured endpoints now (startup and reload); names that do not resolve are
+/// left out and retried by the DNS refresh task.
+fn resolve_blocking(config: &ServiceConfig) -> Vec<Arc<Endpoint>> {
+    let mut endpoints = Vec::new();
+    for entry in &config.endpoints.value {
+        let address = &entry.address.value;
+        match address.parse::<SocketAddr>() {
+            Ok(addr) => endpoints.push(Arc::new(Endpoint::new(addr, entry.weight))),
+            Err(_) => match address.to_socket_addrs() {
+                Ok(addrs) => {
+                    endpoints.extend(addrs.map(|addr| Arc::new(Endpoint::new(addr, entry.weight))))
+                }
+                Err(err) => {
+                    tracing::warn!(service = %config.name.value, %address, %err, "cannot resolve endpoint yet")
+                }
+            },
+        }
+    }
+    endpoints
+}
+
+async fn dns_refresh_loop(service: Weak<Service>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        let current = service.endpoints.load_full();
+        let mut next: Vec<Arc<Endpoint>> = Vec::new();
+        let mut failed = false;
+        for entry in &service.config.endpoints.value {
+            let address = &entry.address.value;
+            let resolved: Vec<SocketAddr> = match address.parse::<SocketAddr>() {
+                Ok(addr) => vec![addr],
+                Err(_) => match tokio::net::lookup_host(address.as_str()).await {
+                    Ok(addrs) => addrs.collect(),
+                    Err(err) => {
+                        tracing::warn!(service = %service.name, %address, %err, "DNS refresh failed; keeping previous endpoints");
+                        failed = true;
+                        break;
+                    }
+                },
+            };
+            for addr in resolved {
+                if !next.iter().any(|e| e.addr == addr) {
+                    let existing = current.endpoints.iter().find(|e| e.addr == addr).cloned();
+                    next.push(
+                        existing.unwrap_or_else(|| Arc::new(Endpoint::new(addr, entry.weight))),
+                    );
+                }
+            }
+        }
+        if failed {
+            continue;
+        }
+        let changed = next.len() != current.endpoints.len()
+            || next
+                .iter()
+                .zip(current.endpoints.iter())
+                .any(|(a, b)| a.addr != b.addr);
+        if changed {
+            tracing::info!(service = %service.name, endpoints = next.len(), "DNS refresh changed endpoints");
+            service
+                .endpoints
+                .store(Arc::new(EndpointSet::new(next, service.balancer.policy())));
+        }
+    }
+}
+
+async fn health_check_loop(service: Weak<Service>, check: gatehouse_config::HealthCheck) {
+    let mut ticker = tokio::time::interval(check.interval.0);
+    loop {
+        ticker.tick().await;
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        let set = service.endpoints.load_full();
+        let probes = set.endpoints.iter().map(|endpoint| {
+            let service = &service;
+            let check = &check;
+            async move {
+                let passed = service.probe(endpoint, check).await;
+                endpoint.record_check(passed, check.healthy_threshold, check.unhealthy_threshold);
+            }
+        });
+        futures_util::future::join_all(probes).await;
+    }
+}
+
+impl Service {
+    async fn probe(&self, endpoint: &Endpoint, check: &gatehouse_config::HealthCheck) -> bool {
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(endpoint.authority.clone())
+            .path_and_query(check.path.as_str())
+            .build();
+        let Ok(uri) = uri else { return false };
+        let mut request = Request::new(body::empty());
+        *request.uri_mut() = uri;
+        if self.config.protocol == UpstreamProtocol::Http2 {
+            *request.version_mut() = Version::HTTP_2;
+        }
+        request.headers_mut().insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("gatehouse-health-check"),
+        );
+        match tokio::time::timeout(check.timeout.0, self.client.request(request)).await {
+            Ok(Ok(response)) => response.status().is_success(),
+            _ => false,
+        }
+    }
+}
