@@ -15,7 +15,8 @@ pub fn load_file(path: &Path) -> Result<(Config, String), ConfigErrors> {
             Problem::new(0, 0, format!("cannot read file: {err}")),
         )
     })?;
-    let config = parse_str(&text, &origin)?;
+    let mut config = parse_str(&text, &origin)?;
+    config.base_dir = path.parent().map(Path::to_path_buf);
     Ok((config, text))
 }
 
@@ -32,7 +33,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
         Config::default()
     } else {
         serde_saphyr::from_str(&substituted)
-            .map_err(|err| ConfigErrors::single(origin, yaml_problem(&err)))?
+            .map_err(|err| ConfigErrors::single(origin, yaml_problem(&err, &substituted)))?
     };
     let problems = validate(&config);
     if problems.is_empty() {
@@ -45,7 +46,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
-fn yaml_problem(err: &YamlError) -> Problem {
+fn yaml_problem(err: &YamlError, text: &str) -> Problem {
     let err = err.without_snippet();
     let (line, column) = err
         .location()
@@ -75,11 +76,38 @@ fn yaml_problem(err: &YamlError) -> Problem {
             }
             message
         }
+        YamlError::InvalidScalar { ty, .. } => {
+            let expected = match *ty {
+                "bool" => "true or false",
+                "f32" | "f64" => "a number",
+                "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number that is not negative",
+                "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+                other => other,
+            };
+            match scalar_at(text, line, column) {
+                Some(found) => format!("expected {expected}, found `{found}`"),
+                None => format!("expected {expected}"),
+            }
+        }
         other => serde_saphyr::DefaultMessageFormatter
             .format_message(other)
             .into_owned(),
     };
     Problem::new(line, column, message)
+}
+
+/// The plain scalar that starts at a 1-based line and column, for error messages.
+fn scalar_at(text: &str, line: u64, column: u64) -> Option<&str> {
+    let line_text = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let start = line_text
+        .char_indices()
+        .nth(usize::try_from(column).ok()?.checked_sub(1)?)?
+        .0;
+    let rest = &line_text[start..];
+    let end = rest.find([',', '}', ']', '#']).unwrap_or(rest.len());
+    Some(rest[..end].trim()).filter(|s| !s.is_empty())
 }
 
 /// Replace `${NAME}` (or `${NAME:-default}`) with the environment value; `$${` is a literal `${`.

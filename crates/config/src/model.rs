@@ -25,9 +25,24 @@ pub struct Config {
     /// Routes, matched by host, path, method, headers and query.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
-    /// Behaviour on SIGTERM.
+    /// Behaviour on SIGTERM and SIGINT.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Where relative file paths (certificates, keys) are resolved: the configuration
+    /// file's directory. Not part of the file.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub base_dir: Option<std::path::PathBuf>,
+}
+
+impl Config {
+    /// A path from the configuration, relative ones taken from the configuration's directory.
+    pub fn resolve_path(&self, path: &str) -> std::path::PathBuf {
+        match &self.base_dir {
+            Some(base) if std::path::Path::new(path).is_relative() => base.join(path),
+            _ => std::path::PathBuf::from(path),
+        }
+    }
 }
 
 /// A secret value (token, password). Serialized as `<redacted>` in config dumps.
@@ -166,7 +181,8 @@ pub struct ListenerLimits {
     /// Largest request body accepted; `0` means unlimited.
     #[serde(default = "default_max_body")]
     pub max_request_body: ByteSize,
-    /// Connections open at once; further clients wait in the accept queue.
+    /// Connections open at once; further clients wait in the accept queue (read when the
+    /// listener is bound: a change needs a restart).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
 }
@@ -202,7 +218,7 @@ fn default_max_connections() -> u32 {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// After SIGTERM, in-flight requests get this long to finish.
+    /// After SIGTERM or SIGINT, in-flight requests get this long to finish (read at start-up).
     #[serde(default = "default_drain")]
     pub drain_timeout: HumanDuration,
 }
@@ -292,7 +308,7 @@ pub enum HashOn {
     Cookie(String),
     /// The client's IP address (after trusted-proxy handling).
     ClientIp,
-    /// The request path.
+    /// The request path as sent upstream (after rewrites).
     Path,
 }
 
@@ -311,7 +327,8 @@ pub struct UpstreamTls {
     /// PEM bundle of CAs trusted for the endpoints' certificates (default: none, so set it).
     #[schemars(with = "String")]
     pub ca: Spanned<String>,
-    /// Name sent as SNI and verified in the certificate (default: the endpoint host).
+    /// Name sent as SNI and verified in the certificate. Without it the endpoint's IP
+    /// address is verified, which few certificates cover: set it.
     #[serde(default)]
     pub server_name: Option<String>,
     /// Client certificate for mutual TLS.
@@ -322,10 +339,10 @@ pub struct UpstreamTls {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTimeouts {
-    /// TCP (and TLS) connection establishment.
+    /// TCP connection establishment (a TLS handshake counts against `request`).
     #[serde(default = "d2s")]
     pub connect: HumanDuration,
-    /// From sending the request until the response headers arrive, per attempt.
+    /// From asking for a connection until the response headers arrive, per attempt.
     #[serde(default = "d30s")]
     pub request: HumanDuration,
     /// A pooled keep-alive connection unused this long is closed.
@@ -417,7 +434,8 @@ pub struct RetryPolicy {
     /// Retries after the first attempt (0 disables retries).
     #[serde(default = "one")]
     pub attempts: u32,
-    /// Upstream statuses that are retried (connect failures always are).
+    /// Upstream statuses that are retried. Connect failures are retried for any method
+    /// whose body can be replayed; all retries count against `attempts` and the budget.
     #[serde(default = "default_retry_statuses")]
     pub on_status: Vec<u16>,
     /// Also retry non-idempotent methods (POST, PATCH).
@@ -470,7 +488,7 @@ fn ten() -> u32 {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Name used in logs, metrics and `gatehouse explain`.
+    /// Name shown by the admin API (`/admin/routes`).
     #[serde(default)]
     pub name: Option<String>,
     /// What the request must look like; an empty match takes everything.

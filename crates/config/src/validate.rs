@@ -83,6 +83,8 @@ fn validate_listeners(listeners: &[ListenerConfig], problems: &mut Vec<Problem>)
             ));
         }
         match listener.listen.value.parse::<SocketAddr>() {
+            // Port 0 asks the kernel for a free port: never a clash.
+            Ok(addr) if addr.port() == 0 => {}
             Ok(addr) => {
                 if let Some(first) = addresses.insert(addr, &listener.listen.referenced) {
                     problems.push(Problem::at(
@@ -194,6 +196,26 @@ fn validate_services<'a>(
                 problems.push(Problem::at(
                     &name.referenced,
                     format!("`retries.on_status` has {status}, which is not an HTTP status"),
+                ));
+            }
+        }
+        let mut durations = vec![
+            ("timeouts.connect", service.timeouts.connect),
+            ("timeouts.request", service.timeouts.request),
+            ("dns_refresh", service.dns_refresh),
+        ];
+        if let Some(check) = &service.health_check {
+            durations.push(("health_check.interval", check.interval));
+            durations.push(("health_check.timeout", check.timeout));
+        }
+        for (field, duration) in durations {
+            if duration.0.is_zero() {
+                problems.push(Problem::at(
+                    &name.referenced,
+                    format!(
+                        "`{field}` of service `{}` must be greater than 0",
+                        name.value
+                    ),
                 ));
             }
         }
@@ -319,7 +341,7 @@ fn validate_routes(
             }
             if let Some(pattern) = &value_match.regex {
                 if let Err(err) = regex::Regex::new(&format!("^(?:{pattern})$")) {
-                    problems.push(Problem::at(at, format!("invalid regex `{pattern}`: {err}")));
+                    problems.push(Problem::at(at, regex_problem(pattern, &err)));
                 }
             }
         }
@@ -347,9 +369,7 @@ fn validate_routes(
             Some(PathMatch::Regex(pattern)) => match regex::Regex::new(&format!("^(?:{pattern})$"))
             {
                 Ok(re) => captures = re.capture_names().flatten().map(str::to_owned).collect(),
-                Err(err) => {
-                    problems.push(Problem::at(at, format!("invalid regex `{pattern}`: {err}")))
-                }
+                Err(err) => problems.push(Problem::at(at, regex_problem(pattern, &err))),
             },
             _ => {}
         }
@@ -408,6 +428,20 @@ fn validate_routes(
             ));
         }
     }
+}
+
+/// One line: the regex crate's own message spans several lines with a caret diagram.
+fn regex_problem(pattern: &str, err: &regex::Error) -> String {
+    let text = err.to_string();
+    let reason = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid");
+    format!(
+        "invalid regex `{pattern}`: {}",
+        reason.trim_start_matches("error: ")
+    )
 }
 
 fn check_template_uses(

@@ -271,7 +271,11 @@ async fn websocket(upgrade: WebSocketUpgrade) -> Response {
             let reply = match message {
                 Message::Text(text) => Message::Text(text),
                 Message::Binary(data) => Message::Binary(data),
-                Message::Close(_) => break,
+                Message::Close(frame) => {
+                    // Complete the closing handshake before going away.
+                    let _ = socket.send(Message::Close(frame)).await;
+                    break;
+                }
                 _ => continue,
             };
             if socket.send(reply).await.is_err() {

@@ -99,6 +99,10 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
         eprintln!("gatehouse: {message}");
         ExitCode::FAILURE
     };
+    // Handlers first: a SIGHUP that arrives once we say "ready" must reload, not kill us.
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| failed(e.to_string()))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| failed(e.to_string()))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| failed(e.to_string()))?;
     let bound = listener::bind_all(&store)
         .await
         .map_err(|e| failed(e.to_string()))?;
@@ -157,14 +161,11 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
         store.snapshot().version
     );
 
-    let mut hangup = signal(SignalKind::hangup()).map_err(|e| failed(e.to_string()))?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| failed(e.to_string()))?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| failed(e.to_string()))?;
     loop {
         tokio::select! {
             _ = hangup.recv() => {
                 let store = store.clone();
-                match tokio::task::spawn_blocking(move || store.reload_file("SIGHUP")).await {
+                match tokio::task::spawn_blocking(move || store.reload_file("SIGHUP", true)).await {
                     Ok(Ok(version)) => tracing::info!(version, "reloaded on SIGHUP"),
                     Ok(Err(errors)) => tracing::error!("reload rejected, the running configuration stays:\n{errors}"),
                     Err(err) => tracing::error!(%err, "reload task failed"),

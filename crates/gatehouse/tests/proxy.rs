@@ -43,7 +43,11 @@ routes:
 }
 
 async fn echo_json(response: reqwest::Response) -> Value {
-    assert!(response.status().is_success(), "status {}", response.status());
+    assert!(
+        response.status().is_success(),
+        "status {}",
+        response.status()
+    );
     response.json().await.unwrap()
 }
 
@@ -101,7 +105,10 @@ async fn request_ids_are_generated_when_missing() {
     let upstream = echo("echo-1").await;
     let gateway = Gateway::start(&config(upstream, "10.0.0.0/8"));
     let response = client().get(gateway.url("/x")).send().await.unwrap();
-    let returned = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let returned = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(returned.len(), 32);
     let seen = echo_json(response).await;
     assert_eq!(seen["headers"]["x-request-id"], returned.as_str());
@@ -113,20 +120,41 @@ async fn rewrites_redirects_and_direct_responses() {
     let gateway = Gateway::start(&config(upstream, "10.0.0.0/8"));
     let client = client();
 
-    let seen = echo_json(client.get(gateway.url("/strip/a/b?k=v")).send().await.unwrap()).await;
+    let seen = echo_json(
+        client
+            .get(gateway.url("/strip/a/b?k=v"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(seen["path"], "/a/b");
     assert_eq!(seen["query"], "k=v");
     let seen = echo_json(client.get(gateway.url("/strip")).send().await.unwrap()).await;
     assert_eq!(seen["path"], "/");
     let seen = echo_json(client.get(gateway.url("/old/thing")).send().await.unwrap()).await;
     assert_eq!(seen["path"], "/new/thing");
-    let seen = echo_json(client.get(gateway.url("/users/7/avatar")).send().await.unwrap()).await;
+    let seen = echo_json(
+        client
+            .get(gateway.url("/users/7/avatar"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(seen["path"], "/images/7.png");
     assert_eq!(seen["headers"]["host"], "images.internal");
 
-    let response = client.get(gateway.url("/v1/items/9?full=1")).send().await.unwrap();
+    let response = client
+        .get(gateway.url("/v1/items/9?full=1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 308);
-    assert_eq!(response.headers()["location"], "https://api.example.com/v2/items/9?full=1");
+    assert_eq!(
+        response.headers()["location"],
+        "https://api.example.com/v2/items/9?full=1"
+    );
 
     let response = client.get(gateway.url("/teapot")).send().await.unwrap();
     assert_eq!(response.status(), 418);
@@ -144,17 +172,31 @@ async fn request_bodies_stream_through_and_oversized_ones_get_413() {
     );
     let gateway = Gateway::start(&yaml);
     let client = client();
-    let seen = echo_json(client.post(gateway.url("/post")).body("hello body").send().await.unwrap()).await;
+    let seen = echo_json(
+        client
+            .post(gateway.url("/post"))
+            .body("hello body")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(seen["body"], "hello body");
     assert_eq!(seen["method"], "POST");
 
-    let response = client.post(gateway.url("/post")).body(vec![b'a'; 4096]).send().await.unwrap();
+    let response = client
+        .post(gateway.url("/post"))
+        .body(vec![b'a'; 4096])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 413);
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["code"], "payload_too_large");
 
     // Without a Content-Length (chunked), the limit applies while streaming.
-    let chunks = futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b'b'; 512])));
+    let chunks =
+        futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b'b'; 512])));
     let response = client
         .post(gateway.url("/post"))
         .body(reqwest::Body::wrap_stream(chunks))

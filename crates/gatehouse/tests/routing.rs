@@ -62,37 +62,93 @@ routes:
     respond: { body: promo-priority }
 "#;
 
+/// (method, host, path and query, extra header, expected route)
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    &'static str,
+);
+
 #[tokio::test]
 async fn precedence_table() {
     let gateway = Gateway::start(CONFIG);
     let client = client();
-    // (method, host, path and query, extra header, expected route)
-    let table: &[(&str, &str, &str, Option<(&str, &str)>, &str)] = &[
+    let table: &[Case] = &[
         ("GET", "localhost", "/users/me", None, "exact-users-me"),
         ("GET", "localhost", "/users/42", None, "template-user"),
         ("POST", "localhost", "/users/42", None, "post-user"),
         ("GET", "localhost", "/users/42/orders", None, "prefix-users"),
         ("GET", "localhost", "/users", None, "prefix-users"),
-        ("GET", "localhost", "/users/admin/settings", None, "prefix-users-admin"),
+        (
+            "GET",
+            "localhost",
+            "/users/admin/settings",
+            None,
+            "prefix-users-admin",
+        ),
         ("GET", "localhost", "/usersx", None, "catch-all"),
         ("GET", "localhost", "/orders/17", None, "regex-orders"),
         ("GET", "localhost", "/orders/abc", None, "catch-all"),
         ("GET", "localhost", "/files/x.png", None, "png-files"),
-        ("GET", "localhost", "/files/public/x.png", None, "public-files"),
+        (
+            "GET",
+            "localhost",
+            "/files/public/x.png",
+            None,
+            "public-files",
+        ),
         ("GET", "api.example.com", "/users/me", None, "host-exact"),
-        ("GET", "API.Example.com:8080", "/users/me", None, "host-exact"),
+        (
+            "GET",
+            "API.Example.com:8080",
+            "/users/me",
+            None,
+            "host-exact",
+        ),
         ("GET", "www.example.com", "/users/me", None, "host-wildcard"),
         ("GET", "a.b.example.com", "/users/me", None, "host-wildcard"),
         ("GET", "example.com", "/users/me", None, "exact-users-me"),
         ("GET", "api.example.com", "/other", None, "catch-all"),
-        ("GET", "localhost", "/beta/x", Some(("x-beta", "1")), "beta-header"),
-        ("GET", "localhost", "/beta/x", Some(("x-beta", "2")), "beta-default"),
+        (
+            "GET",
+            "localhost",
+            "/beta/x",
+            Some(("x-beta", "1")),
+            "beta-header",
+        ),
+        (
+            "GET",
+            "localhost",
+            "/beta/x",
+            Some(("x-beta", "2")),
+            "beta-default",
+        ),
         ("GET", "localhost", "/beta/x", None, "beta-default"),
-        ("GET", "localhost", "/search?debug=true", None, "search-debug"),
-        ("GET", "localhost", "/search?q=1&debug=true", None, "search-debug"),
+        (
+            "GET",
+            "localhost",
+            "/search?debug=true",
+            None,
+            "search-debug",
+        ),
+        (
+            "GET",
+            "localhost",
+            "/search?q=1&debug=true",
+            None,
+            "search-debug",
+        ),
         ("GET", "localhost", "/search?debug=false", None, "search"),
         ("GET", "localhost", "/promo/x", None, "promo-priority"),
-        ("GET", "localhost", "/users/./me/../me", None, "exact-users-me"),
+        (
+            "GET",
+            "localhost",
+            "/users/./me/../me",
+            None,
+            "exact-users-me",
+        ),
     ];
     let mut failures = Vec::new();
     for (method, host, path, header, expected) in table {
@@ -106,10 +162,16 @@ async fn precedence_table() {
         let status = response.status();
         let body = response.text().await.unwrap();
         if !status.is_success() || body != *expected {
-            failures.push(format!("{method} {host}{path} {header:?}: expected {expected}, got {status} {body}"));
+            failures.push(format!(
+                "{method} {host}{path} {header:?}: expected {expected}, got {status} {body}"
+            ));
         }
     }
-    assert!(failures.is_empty(), "routing mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "routing mismatches:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -117,10 +179,20 @@ async fn no_route_is_a_problem_json_404() {
     let gateway = Gateway::start(
         "listeners:\n  - name: public\n    listen: 127.0.0.1:0\nroutes:\n  - match: { path: { exact: /only } }\n    respond: { body: x }\n",
     );
-    let response = client().get(gateway.url("/elsewhere")).send().await.unwrap();
+    let response = client()
+        .get(gateway.url("/elsewhere"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
-    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let problem: serde_json::Value = response.json().await.unwrap();
     assert_eq!(problem["code"], "route_not_found");
     assert_eq!(problem["status"], 404);

@@ -26,8 +26,6 @@ pub enum GatewayError {
     UpstreamConnect(String),
     #[error("upstream failed: {0}")]
     BadGateway(String),
-    #[error("the gateway is shutting down")]
-    ShuttingDown,
 }
 
 impl GatewayError {
@@ -36,7 +34,7 @@ impl GatewayError {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::NoHealthyEndpoint { .. } | Self::UpstreamConnect(_) | Self::ShuttingDown => {
+            Self::NoHealthyEndpoint { .. } | Self::UpstreamConnect(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -54,7 +52,6 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamConnect(_) => "upstream_unavailable",
             Self::BadGateway(_) => "bad_gateway",
-            Self::ShuttingDown => "shutting_down",
         }
     }
 

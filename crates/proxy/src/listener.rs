@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -119,12 +119,53 @@ pub async fn serve(
     }
 }
 
+/// Per-connection timing state shared by the IO wrapper, the service and the connection loop.
+struct ConnState {
+    /// When the last byte was read or written (ms, see `now_ms`).
+    activity: AtomicU64,
+    /// When bytes of a request head started to arrive with no request in progress; 0 = none.
+    head_started: AtomicU64,
+    in_flight: AtomicU64,
+    /// HTTP/2 multiplexes: request-head deadlines apply only before its first request.
+    http2: AtomicBool,
+}
+
+/// Counts a request as in progress until dropped (also when the client goes away mid-request).
+struct RequestGuard(Arc<ConnState>);
+
+impl RequestGuard {
+    fn start(state: &Arc<ConnState>, version: http::Version) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.head_started.store(0, Ordering::Relaxed);
+        if version == http::Version::HTTP_2 {
+            state.http2.store(true, Ordering::Relaxed);
+        }
+        Self(state.clone())
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.head_started.store(0, Ordering::Relaxed);
+        self.0.activity.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Protocol {
+    /// Plain listener with HTTP/2 enabled: HTTP/1.1 or h2c prior knowledge, detected.
+    Detect,
+    Http1,
+    Http2,
+}
+
 async fn serve_connection(
     store: Arc<ConfigStore>,
     listener_name: &str,
     stream: TcpStream,
     peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let snapshot = store.snapshot();
     let Some(listener) = snapshot.listener(listener_name).cloned() else {
@@ -133,22 +174,16 @@ async fn serve_connection(
     drop(snapshot);
     let _ = stream.set_nodelay(true);
     let limits = listener.limits.clone();
-    let activity = Arc::new(AtomicU64::new(now_ms()));
+    let now = now_ms();
+    let state = Arc::new(ConnState {
+        activity: AtomicU64::new(now),
+        // The connection itself starts the clock for the first request head.
+        head_started: AtomicU64::new(now),
+        in_flight: AtomicU64::new(0),
+        http2: AtomicBool::new(false),
+    });
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.0)
-        .max_buf_size((limits.max_header_bytes.0 as usize).max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes.0.min(u64::from(u32::MAX)) as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-
-    let (io, is_tls): (Box<dyn Io>, bool) = match &listener.tls {
+    let (io, protocol, is_tls): (Box<dyn Io>, Protocol, bool) = match &listener.tls {
         Some(acceptor) => {
             let handshake =
                 tokio::time::timeout(limits.header_read_timeout.0, acceptor.accept(stream)).await;
@@ -160,19 +195,24 @@ async fn serve_connection(
                 }
                 Err(_) => return,
             };
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            builder = if h2 {
-                builder.http2_only()
-            } else {
-                builder.http1_only()
+            // ALPN decided the protocol; the client must stick to it.
+            let protocol = match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
             };
-            (Box::new(Tracked::new(tls, activity.clone())), true)
+            (Box::new(Tracked::new(tls, state.clone())), protocol, true)
         }
         None => {
-            if !listener.http2 {
-                builder = builder.http1_only();
-            }
-            (Box::new(Tracked::new(stream, activity.clone())), false)
+            let protocol = if listener.http2 {
+                Protocol::Detect
+            } else {
+                Protocol::Http1
+            };
+            (
+                Box::new(Tracked::new(stream, state.clone())),
+                protocol,
+                false,
+            )
         }
     };
 
@@ -181,46 +221,142 @@ async fn serve_connection(
         tls: is_tls,
         listener: listener.clone(),
     });
-    let in_flight = Arc::new(AtomicU64::new(0));
     let service = {
-        let in_flight = in_flight.clone();
-        let activity = activity.clone();
-        service_fn(move |request| {
+        let state = state.clone();
+        service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let store = store.clone();
             let conn_info = conn_info.clone();
-            let in_flight = in_flight.clone();
-            let activity = activity.clone();
+            let guard = RequestGuard::start(&state, request.version());
             async move {
-                in_flight.fetch_add(1, Ordering::Relaxed);
                 let response = pipeline::handle(store.snapshot(), &conn_info, request).await;
-                in_flight.fetch_sub(1, Ordering::Relaxed);
-                activity.store(now_ms(), Ordering::Relaxed);
+                drop(guard);
                 Ok::<_, std::convert::Infallible>(response)
             }
         })
     };
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+
+    let io = TokioIo::new(io);
+    let max_header_list = limits.max_header_bytes.0.min(u64::from(u32::MAX)) as u32;
+    let timer = TokioTimer::new();
+    // hyper's own header timeout would also cut idle keep-alive connections; the connection
+    // loop below enforces `header_read_timeout` and `idle_timeout` separately.
+    match protocol {
+        Protocol::Detect => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(timer.clone())
+                .header_read_timeout(None)
+                .max_buf_size((limits.max_header_bytes.0 as usize).max(8192));
+            builder
+                .http2()
+                .timer(timer)
+                .max_header_list_size(max_header_list)
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            drive(
+                connection,
+                |c| c.graceful_shutdown(),
+                &state,
+                &limits,
+                shutdown,
+                peer,
+            )
+            .await;
+        }
+        Protocol::Http1 => {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(timer)
+                .header_read_timeout(None)
+                .max_buf_size((limits.max_header_bytes.0 as usize).max(8192))
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive(
+                connection,
+                |c| c.graceful_shutdown(),
+                &state,
+                &limits,
+                shutdown,
+                peer,
+            )
+            .await;
+        }
+        Protocol::Http2 => {
+            state.http2.store(true, Ordering::Relaxed);
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(timer)
+                .max_header_list_size(max_header_list)
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .serve_connection(io, service);
+            drive(
+                connection,
+                |c| c.graceful_shutdown(),
+                &state,
+                &limits,
+                shutdown,
+                peer,
+            )
+            .await;
+        }
+    }
+}
+
+/// Run a connection to its end, enforcing the request-head deadline (slowloris, and silent
+/// connections), the idle timeout, and graceful shutdown.
+async fn drive<C, E>(
+    connection: C,
+    graceful_shutdown: fn(Pin<&mut C>),
+    state: &ConnState,
+    limits: &gatehouse_config::ListenerLimits,
+    mut shutdown: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(connection);
+    let head_limit = limits.header_read_timeout.0.as_millis() as u64;
     let idle_limit = limits.idle_timeout.0.as_millis() as u64;
     let mut closing = false;
     loop {
-        let idle_for = now_ms().saturating_sub(activity.load(Ordering::Relaxed));
-        let wake_in = Duration::from_millis(idle_limit.saturating_sub(idle_for).max(10));
+        let head_started = state.head_started.load(Ordering::Relaxed);
+        let head_clock = head_started != 0 && !state.http2.load(Ordering::Relaxed);
+        let head_deadline = if head_clock {
+            head_started + head_limit
+        } else {
+            u64::MAX
+        };
+        let idle_deadline = state.activity.load(Ordering::Relaxed) + idle_limit;
+        // Wake at the next deadline, and at least every `head_limit`: a request head that
+        // starts arriving while we sleep is noticed within twice the header read timeout.
+        let now = now_ms();
+        let wake_in = Duration::from_millis(
+            head_deadline
+                .min(idle_deadline)
+                .min(now + head_limit)
+                .saturating_sub(now)
+                .max(5),
+        );
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
-                    tracing::debug!(%peer, err = %err, "connection ended with an error");
+                    tracing::debug!(%peer, %err, "connection ended with an error");
                 }
                 return;
             }
             _ = shutdown.wait_for(|s| *s), if !closing => {
-                connection.as_mut().graceful_shutdown();
+                graceful_shutdown(connection.as_mut());
                 closing = true;
             }
             _ = tokio::time::sleep(wake_in), if !closing => {
-                let idle = now_ms().saturating_sub(activity.load(Ordering::Relaxed)) >= idle_limit;
-                if idle && in_flight.load(Ordering::Relaxed) == 0 {
-                    connection.as_mut().graceful_shutdown();
+                let now = now_ms();
+                let idle = state.in_flight.load(Ordering::Relaxed) == 0;
+                if idle && head_clock && now >= head_deadline {
+                    tracing::debug!(%peer, "no complete request head within the header read timeout");
+                    return;
+                }
+                if idle && !head_clock && now >= idle_deadline {
+                    graceful_shutdown(connection.as_mut());
                     closing = true;
                 }
             }
@@ -231,18 +367,19 @@ async fn serve_connection(
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// Records the time of the last byte read or written, for the idle timeout.
+/// Records activity for the idle timeout, and the arrival of request-head bytes on a
+/// connection with no request in progress for the header read timeout.
 struct Tracked<T> {
     inner: T,
-    activity: Arc<AtomicU64>,
+    state: Arc<ConnState>,
 }
 
 impl<T> Tracked<T> {
-    fn new(inner: T, activity: Arc<AtomicU64>) -> Self {
-        Self { inner, activity }
+    fn new(inner: T, state: Arc<ConnState>) -> Self {
+        Self { inner, state }
     }
     fn touch(&self) {
-        self.activity.store(now_ms(), Ordering::Relaxed);
+        self.state.activity.store(now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -255,12 +392,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.touch();
+            let now = now_ms();
+            self.state.activity.store(now, Ordering::Relaxed);
+            if self.state.in_flight.load(Ordering::Relaxed) == 0 {
+                let _ = self.state.head_started.compare_exchange(
+                    0,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
         }
         result
     }
 }
-
 impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,

@@ -26,10 +26,16 @@ pub struct ConnInfo {
     pub listener: Arc<ListenerRuntime>,
 }
 
-/// The request body exceeded the listener's `max_request_body`.
+/// A failure of the client's request body while it streams upstream. The upstream call
+/// reports it as its own error; this marker lets the answer blame the client (4xx), not
+/// the upstream (502).
 #[derive(Debug, thiserror::Error)]
-#[error("request body exceeds {0} bytes")]
-pub struct BodyLimitExceeded(pub u64);
+pub enum ClientBodyError {
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(u64),
+    #[error("malformed request body: {0}")]
+    Malformed(BoxError),
+}
 
 /// Handle one request against `snapshot`. Never fails: errors become problem responses.
 pub async fn handle(
@@ -199,26 +205,27 @@ async fn proxy(
     let retryable = !upgrade && (is_idempotent(&parts.method) || retry_policy.non_idempotent);
     let body = if http_body::Body::is_end_stream(&incoming) {
         OutgoingBody::Buffered(Bytes::new())
-    } else if retryable
+    } else if !upgrade
         && retry_policy.attempts > 0
         && declared_length.is_some_and(|len| len <= retry_policy.replay_buffer.0)
     {
         let collected = Limited::new(incoming, retry_policy.replay_buffer.0 as usize)
             .collect()
             .await
-            .map_err(|_| GatewayError::BadRequest("request body ended early"))?;
+            .map_err(|_| GatewayError::BadRequest("malformed request body"))?;
         OutgoingBody::Buffered(collected.to_bytes())
     } else if limit > 0 {
-        let limited = Limited::new(incoming, limit as usize).map_err(move |err| -> BoxError {
+        let limited = Limited::new(incoming, limit as usize).map_err(move |err| {
             if err.is::<LengthLimitError>() {
-                Box::new(BodyLimitExceeded(limit))
+                ClientBodyError::TooLarge(limit)
             } else {
-                err
+                ClientBodyError::Malformed(err)
             }
         });
         OutgoingBody::Streaming(body::boxed(limited))
     } else {
-        OutgoingBody::Streaming(body::boxed(incoming))
+        let marked = incoming.map_err(|err| ClientBodyError::Malformed(Box::new(err)));
+        OutgoingBody::Streaming(body::boxed(marked))
     };
 
     let path_and_query = match parts.uri.query() {
@@ -302,7 +309,7 @@ fn reject_ambiguous_framing<B>(request: &Request<B>) -> Result<(), GatewayError>
             .flat_map(|v| v.split(','))
             .map(|c| c.trim().to_owned())
             .collect();
-        if codings.len() != 1 || codings[0] != "chunked" {
+        if codings.len() != 1 || !codings[0].eq_ignore_ascii_case("chunked") {
             return Err(GatewayError::BadRequest(
                 "Transfer-Encoding must be exactly `chunked`",
             ));

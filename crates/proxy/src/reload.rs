@@ -96,8 +96,10 @@ impl ConfigStore {
         self.path.as_deref()
     }
 
-    /// Re-read the configuration file (file watcher, SIGHUP).
-    pub fn reload_file(&self, reason: &str) -> Result<u64, ConfigErrors> {
+    /// Re-read the configuration file. `force` recompiles even when the text is unchanged,
+    /// so SIGHUP also picks up renewed certificate files; the file watcher does not force,
+    /// because editors write a file in several events.
+    pub fn reload_file(&self, reason: &str, force: bool) -> Result<u64, ConfigErrors> {
         let Some(path) = &self.path else {
             return Err(ConfigErrors::single(
                 "<none>",
@@ -112,7 +114,7 @@ impl ConfigStore {
             )
         })?;
         let unchanged = self.lock_history().back().is_some_and(|r| r.text == text);
-        if unchanged {
+        if unchanged && !force {
             return Ok(self.current.load().version);
         }
         self.apply_text(&text, &origin, reason)
@@ -124,7 +126,12 @@ impl ConfigStore {
             .applying
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let config = gatehouse_config::parse_str(text, origin)?;
+        let mut config = gatehouse_config::parse_str(text, origin)?;
+        config.base_dir = self
+            .path
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf);
         let current = self.snapshot();
         let errors = |problems| ConfigErrors {
             file: origin.to_owned(),
@@ -278,7 +285,7 @@ pub fn watch_file(store: Arc<ConfigStore>) -> notify::Result<Option<notify::Reco
             while rx.try_recv().is_ok() {}
             let store = store.clone();
             let result =
-                tokio::task::spawn_blocking(move || store.reload_file("file changed")).await;
+                tokio::task::spawn_blocking(move || store.reload_file("file changed", false)).await;
             match result {
                 Ok(Ok(_)) => {}
                 Ok(Err(errors)) => {

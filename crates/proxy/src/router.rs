@@ -157,7 +157,9 @@ impl<A> Router<A> {
                 group.add(index, config).map_err(error)?;
             }
         }
-        router.wildcard_hosts.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        router
+            .wildcard_hosts
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         Ok(router)
     }
 
@@ -316,7 +318,8 @@ impl HostGroup {
             Some(at) => at,
             None => {
                 self.levels.push((config.priority, PathTable::default()));
-                self.levels.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
+                self.levels
+                    .sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
                 self.levels
                     .iter()
                     .position(|(p, _)| *p == config.priority)

@@ -75,7 +75,7 @@ impl Snapshot {
                 .cloned();
             let service = match reused {
                 Some(service) => service,
-                None => match Service::new(service_config) {
+                None => match Service::new(service_config, &config) {
                     Ok(service) => {
                         if tokio::runtime::Handle::try_current().is_ok() {
                             service.start_background_tasks();
@@ -100,7 +100,7 @@ impl Snapshot {
                 continue; // validation already reported it
             };
             let tls = match &listener.tls {
-                Some(tls_config) => match tls::server_config(tls_config, listener.http2) {
+                Some(tls_config) => match tls::server_config(tls_config, listener.http2, &config) {
                     Ok(server) => Some(TlsAcceptor::from(server)),
                     Err(err) => {
                         let at = tls_config

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use gatehouse_config::{CertificateFiles, ListenerTls, TlsVersion, UpstreamTls};
+use gatehouse_config::{CertificateFiles, Config, ListenerTls, TlsVersion, UpstreamTls};
 use rustls::crypto::aws_lc_rs;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -27,32 +27,32 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(aws_lc_rs::default_provider())
 }
 
-pub fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn load_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Certificate {
-            path: path.to_owned(),
+            path: path.display().to_string(),
             reason: e.to_string(),
         })?;
     if certs.is_empty() {
         return Err(TlsError::Certificate {
-            path: path.to_owned(),
+            path: path.display().to_string(),
             reason: "no PEM certificate found".to_owned(),
         });
     }
     Ok(certs)
 }
 
-pub fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub fn load_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
-        path: path.to_owned(),
+        path: path.display().to_string(),
         reason: e.to_string(),
     })
 }
 
-fn certified_key(files: &CertificateFiles) -> Result<Arc<CertifiedKey>, TlsError> {
-    let chain = load_certs(&files.cert.value)?;
-    let key = load_key(&files.key.value)?;
+fn certified_key(files: &CertificateFiles, config: &Config) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = load_certs(&config.resolve_path(&files.cert.value))?;
+    let key = load_key(&config.resolve_path(&files.key.value))?;
     let key = CertifiedKey::from_der(chain, key, &provider())?;
     Ok(Arc::new(key))
 }
@@ -95,11 +95,12 @@ impl ResolvesServerCert for SniResolver {
 pub fn server_config(
     tls: &ListenerTls,
     http2: bool,
+    config: &Config,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let keys = tls
         .certificates
         .iter()
-        .map(certified_key)
+        .map(|files| certified_key(files, config))
         .collect::<Result<Vec<_>, _>>()?;
     let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -119,10 +120,13 @@ pub fn server_config(
 
 /// Client configuration for upstream TLS, trusting only the configured CA bundle. ALPN is
 /// left to the connector, which offers what the service's protocol allows.
-pub fn client_config(tls: Option<&UpstreamTls>) -> Result<rustls::ClientConfig, TlsError> {
+pub fn client_config(
+    tls: Option<&UpstreamTls>,
+    config: &Config,
+) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     if let Some(tls) = tls {
-        for cert in load_certs(&tls.ca.value)? {
+        for cert in load_certs(&config.resolve_path(&tls.ca.value))? {
             roots.add(cert)?;
         }
     }
@@ -130,8 +134,10 @@ pub fn client_config(tls: Option<&UpstreamTls>) -> Result<rustls::ClientConfig, 
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
     let config = match tls.and_then(|t| t.client_certificate.as_ref()) {
-        Some(files) => builder
-            .with_client_auth_cert(load_certs(&files.cert.value)?, load_key(&files.key.value)?)?,
+        Some(files) => builder.with_client_auth_cert(
+            load_certs(&config.resolve_path(&files.cert.value))?,
+            load_key(&config.resolve_path(&files.key.value))?,
+        )?,
         None => builder.with_no_client_auth(),
     };
     Ok(config)

@@ -41,7 +41,10 @@ impl Gateway {
             .arg("-c")
             .arg(&config_path)
             .args(extra)
-            .env("GATEHOUSE_LOG", "info")
+            .env(
+                "GATEHOUSE_LOG",
+                std::env::var("GATEHOUSE_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -138,6 +141,10 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failing test shows what the gateway logged.
+            eprintln!("---- gateway stderr ----\n{}", self.stderr());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -166,9 +173,12 @@ pub fn client() -> reqwest::Client {
 
 /// Start the demo echo service on a free port; `name` shows in `x-demo-instance`.
 pub async fn echo(name: &'static str) -> SocketAddr {
-    gatehouse_demo::spawn(gatehouse_demo::echo_router(name), "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("echo upstream")
+    gatehouse_demo::spawn(
+        gatehouse_demo::echo_router(name),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .expect("echo upstream")
 }
 
 /// Start any axum router on a free port.
@@ -193,7 +203,11 @@ pub fn write(path: &Path, text: &str) {
 }
 
 /// Send `count` GET requests and count responses per `x-demo-instance`.
-pub async fn distribution(client: &reqwest::Client, url: &str, count: usize) -> std::collections::BTreeMap<String, usize> {
+pub async fn distribution(
+    client: &reqwest::Client,
+    url: &str,
+    count: usize,
+) -> std::collections::BTreeMap<String, usize> {
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..count {
         let response = client.get(url).send().await.expect("request");

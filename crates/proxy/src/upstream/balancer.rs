@@ -23,9 +23,12 @@ pub struct EndpointSet {
 
 impl EndpointSet {
     pub fn new(endpoints: Vec<Arc<Endpoint>>, policy: &LoadBalancing) -> Self {
+        // Consistent hashing falls back to round robin for requests without a hash key.
         let schedule = match policy {
-            LoadBalancing::RoundRobin => weighted_schedule(&endpoints),
-            _ => Vec::new(),
+            LoadBalancing::RoundRobin | LoadBalancing::ConsistentHash(_) => {
+                weighted_schedule(&endpoints)
+            }
+            LoadBalancing::LeastRequest => Vec::new(),
         };
         let ring = match policy {
             LoadBalancing::ConsistentHash(_) => build_ring(&endpoints),
@@ -112,27 +115,34 @@ impl Balancer {
         let usable =
             |e: &Endpoint| e.is_available(now) && !avoid.is_some_and(|a| std::ptr::eq(a, e));
         let chosen = match &self.policy {
-            LoadBalancing::RoundRobin => self.round_robin(set, &usable),
+            LoadBalancing::RoundRobin => self.round_robin(set, &usable, avoid.is_some()),
             LoadBalancing::LeastRequest => least_request(set, &usable),
             LoadBalancing::ConsistentHash(_) => match hash_key {
                 Some(key) => ring_lookup(set, key, &usable),
-                None => self.round_robin(set, &usable),
+                None => self.round_robin(set, &usable, avoid.is_some()),
             },
         };
         // A retry may go back to the endpoint it avoided if nothing else is left.
         chosen.or_else(|| avoid.and_then(|_| self.pick(set, hash_key, None)))
     }
 
+    /// `retry`: a retry takes the next endpoint without advancing the shared cursor, so
+    /// retries do not shift first attempts onto the endpoint that just failed.
     fn round_robin(
         &self,
         set: &EndpointSet,
         usable: &dyn Fn(&Endpoint) -> bool,
+        retry: bool,
     ) -> Option<Arc<Endpoint>> {
         let len = set.schedule.len();
         if len == 0 {
             return None;
         }
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let start = if retry {
+            self.cursor.load(Ordering::Relaxed)
+        } else {
+            self.cursor.fetch_add(1, Ordering::Relaxed)
+        };
         (0..len)
             .map(|step| &set.endpoints[set.schedule[(start + step) % len] as usize])
             .find(|e| usable(e))

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use gatehouse_config::OutlierDetection;
 
-/// Milliseconds since the process started; a cheap monotonic clock for atomics.
+/// Milliseconds since the clock was first read, plus one (so 0 can mean "never"); a cheap
+/// monotonic clock for atomics.
 pub fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// Peak-EWMA decay: how quickly a latency spike is forgotten.

@@ -82,9 +82,13 @@ pub fn fingerprint(config: &ServiceConfig) -> String {
 }
 
 impl Service {
-    pub fn new(config: &ServiceConfig) -> Result<Arc<Self>, ServiceError> {
+    /// `root` is the whole configuration, for resolving file paths.
+    pub fn new(
+        config: &ServiceConfig,
+        root: &gatehouse_config::Config,
+    ) -> Result<Arc<Self>, ServiceError> {
         let http2 = config.protocol == UpstreamProtocol::Http2;
-        let tls_config = tls::client_config(config.tls.as_ref())?;
+        let tls_config = tls::client_config(config.tls.as_ref(), root)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -236,6 +240,9 @@ impl Service {
                 Err(AttemptError::BodyTooLarge(limit)) => {
                     return Err(GatewayError::PayloadTooLarge { limit })
                 }
+                Err(AttemptError::MalformedBody) => {
+                    return Err(GatewayError::BadRequest("malformed request body"))
+                }
                 Err(AttemptError::Other(message)) => {
                     self.record(&endpoint, false);
                     if !(request.retryable && may_retry_after && self.budget.try_withdraw()) {
@@ -249,7 +256,7 @@ impl Service {
             tracing::debug!(service = %self.name, endpoint = %endpoint.addr, attempt, reason = retry_reason, error = ?error, "retrying upstream request");
             previous = Some(endpoint);
             let base = policy.backoff.0.saturating_mul(1 << (attempt - 1).min(10));
-            // Full jitter: spread retries of many clients over the backoff interval.
+            // Jitter (50-100 % of the backoff) keeps many clients' retries from lining up.
             let delay = base.mul_f64(0.5 + fastrand::f64() * 0.5);
             tokio::time::sleep(delay).await;
         }
@@ -314,14 +321,22 @@ enum AttemptError {
     Connect(String),
     Timeout(Duration),
     BodyTooLarge(u64),
+    /// The client's body broke framing mid-stream (bad chunk): the client's fault.
+    MalformedBody,
     Other(String),
 }
 
 fn classify(err: &hyper_util::client::legacy::Error) -> AttemptError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(current) = source {
-        if let Some(limit) = current.downcast_ref::<crate::pipeline::BodyLimitExceeded>() {
-            return AttemptError::BodyTooLarge(limit.0);
+        match current.downcast_ref::<crate::pipeline::ClientBodyError>() {
+            Some(crate::pipeline::ClientBodyError::TooLarge(limit)) => {
+                return AttemptError::BodyTooLarge(*limit)
+            }
+            Some(crate::pipeline::ClientBodyError::Malformed(_)) => {
+                return AttemptError::MalformedBody
+            }
+            None => {}
         }
         source = current.source();
     }
@@ -358,7 +373,7 @@ fn resolve_blocking(config: &ServiceConfig) -> Vec<Arc<Endpoint>> {
 }
 
 async fn dns_refresh_loop(service: Weak<Service>, every: Duration) {
-    let mut ticker = tokio::time::interval(every);
+    let mut ticker = tokio::time::interval(every.max(Duration::from_millis(100)));
     ticker.tick().await;
     loop {
         ticker.tick().await;
@@ -408,7 +423,7 @@ async fn dns_refresh_loop(service: Weak<Service>, every: Duration) {
 }
 
 async fn health_check_loop(service: Weak<Service>, check: gatehouse_config::HealthCheck) {
-    let mut ticker = tokio::time::interval(check.interval.0);
+    let mut ticker = tokio::time::interval(check.interval.0.max(Duration::from_millis(10)));
     loop {
         ticker.tick().await;
         let Some(service) = service.upgrade() else {

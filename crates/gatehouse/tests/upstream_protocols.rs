@@ -1,0 +1,157 @@
+//! How the gateway talks to upstreams: HTTP/2 (h2c), TLS with CA verification and SNI, DNS
+//! names, and `Expect: 100-continue` answered at the edge.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{admin_block, client, echo, Gateway, ADMIN_TOKEN};
+use serde_json::Value;
+
+fn example_cert(file: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/certs")
+        .join(file)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn single_service(service: &str) -> String {
+    format!("listeners:\n  - name: public\n    listen: 127.0.0.1:0\nservices:\n{service}\nroutes:\n  - service: up\n")
+}
+
+#[tokio::test]
+async fn http2_upstreams_get_http2() {
+    let upstream = echo("echo-h2").await;
+    let gateway = Gateway::start(&single_service(&format!(
+        "  - name: up\n    protocol: http2\n    endpoints: [{{ address: \"{upstream}\" }}]"
+    )));
+    let seen: Value = client()
+        .get(gateway.url("/h2?x=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["version"], "HTTP/2.0");
+    assert_eq!(seen["path"], "/h2");
+    assert_eq!(seen["query"], "x=1");
+}
+
+#[tokio::test]
+async fn upstream_tls_verifies_the_certificate_against_the_configured_ca() {
+    let upstream = echo("echo-behind-tls").await;
+    // The upstream is itself a TLS listener (a second gateway) in front of the echo service.
+    let tls_front = Gateway::start(&format!(
+        "listeners:\n  - name: tls\n    listen: 127.0.0.1:0\n    tls:\n      certificates: [{{ cert: \"{}\", key: \"{}\" }}]\nservices:\n  - name: echo\n    endpoints: [{{ address: \"{upstream}\" }}]\nroutes:\n  - service: echo\n",
+        example_cert("api.example.test.pem"),
+        example_cert("api.example.test.key"),
+    ));
+    let tls_addr = tls_front.addr();
+    let trusted = Gateway::start(&single_service(&format!(
+        "  - name: up\n    endpoints: [{{ address: \"{tls_addr}\" }}]\n    tls: {{ ca: \"{}\", server_name: api.example.test }}",
+        example_cert("ca.pem")
+    )));
+    let response = client().get(trusted.url("/over-tls")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["path"], "/over-tls");
+    assert_eq!(
+        seen["headers"]["x-forwarded-proto"], "https",
+        "the TLS front saw a TLS connection"
+    );
+
+    // A CA that did not sign the upstream's certificate: the connection is refused.
+    let untrusting = Gateway::start(&single_service(&format!(
+        "  - name: up\n    endpoints: [{{ address: \"{tls_addr}\" }}]\n    retries: {{ attempts: 0 }}\n    tls: {{ ca: \"{}\", server_name: api.example.test }}",
+        example_cert("api.example.test.pem")
+    )));
+    let response = client()
+        .get(untrusting.url("/over-tls"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+
+    // A name the certificate does not cover: refused as well.
+    let wrong_name = Gateway::start(&single_service(&format!(
+        "  - name: up\n    endpoints: [{{ address: \"{tls_addr}\" }}]\n    retries: {{ attempts: 0 }}\n    tls: {{ ca: \"{}\", server_name: other.test }}",
+        example_cert("ca.pem")
+    )));
+    let response = client()
+        .get(wrong_name.url("/over-tls"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+}
+
+#[tokio::test]
+async fn dns_names_are_resolved() {
+    let upstream = echo("echo-dns").await;
+    let port = upstream.port();
+    let gateway = Gateway::start(&format!(
+        "{}{}",
+        admin_block(),
+        single_service(&format!(
+            "  - name: up\n    endpoints: [{{ address: \"localhost:{port}\" }}]"
+        ))
+    ));
+    let response = client().get(gateway.url("/by-name")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let services: Value = client()
+        .get(gateway.admin_url("/admin/services"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let addresses: Vec<&str> = services["services"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["address"].as_str().unwrap())
+        .collect();
+    assert!(
+        addresses.contains(&format!("127.0.0.1:{port}").as_str()),
+        "{addresses:?}"
+    );
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let upstream = echo("echo-expect").await;
+    let gateway = Gateway::start(&single_service(&format!(
+        "  - name: up\n    endpoints: [{{ address: \"{upstream}\" }}]"
+    )));
+    let addr = gateway.addr();
+    tokio::task::spawn_blocking(move || {
+        let mut socket = std::net::TcpStream::connect(addr).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        socket
+            .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap();
+        let mut interim = [0u8; 25];
+        socket.read_exact(&mut interim).unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        socket.write_all(b"hello").unwrap();
+        let mut response = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !String::from_utf8_lossy(&response).contains("\"body\":\"hello\"") {
+            let n = socket.read(&mut buffer).unwrap();
+            assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(&response));
+            response.extend_from_slice(&buffer[..n]);
+        }
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        assert!(!text.to_ascii_lowercase().contains("\"expect\""), "Expect is handled at the edge, not forwarded: {text}");
+    })
+    .await
+    .unwrap();
+}
