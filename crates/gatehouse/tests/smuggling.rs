@@ -824,6 +824,29 @@ async fn idle_keep_alive_connection_is_closed_by_idle_timeout() {
     );
 }
 
+/// The header read timeout covers reading a request head, not the wait between requests:
+/// a keep-alive connection that answered quickly stays usable past it.
+#[tokio::test]
+async fn keep_alive_connection_outlives_the_header_read_timeout() {
+    let (upstream, seen) = counting_upstream().await;
+    let gateway = Gateway::start(&config(
+        upstream,
+        "header_read_timeout: 300ms, idle_timeout: 30s",
+    ));
+    let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    for round in 0..3 {
+        stream
+            .write_all(b"GET /again HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .expect("request");
+        let head = read_one_response(&mut stream).await;
+        assert!(head.starts_with("http/1.1 200 "), "round {round}: {head}");
+        // Idle for more than twice the header read timeout.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    assert_eq!(seen.complete(), 3);
+}
+
 #[tokio::test]
 async fn oversized_request_head_gets_431_and_never_reaches_the_upstream() {
     let (upstream, seen) = counting_upstream().await;

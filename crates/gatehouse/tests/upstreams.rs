@@ -403,3 +403,36 @@ async fn connect_timeout_and_refused_connections_answer_503() {
     assert_eq!(response.status(), 503);
     drop(fillers);
 }
+
+/// A streamed body goes with the first attempt; when that attempt cannot connect, the request
+/// fails rather than being retried without its body.
+#[tokio::test]
+async fn streamed_bodies_are_never_replayed_empty() {
+    let upstream = common::echo("echo-1").await;
+    let dead = common::closed_port();
+    let config = gateway_config(&format!(
+        "{}    retries: {{ attempts: 1, backoff: 1ms }}",
+        endpoints(&[(dead, 1), (upstream, 1)])
+    ));
+    let gateway = Gateway::start(&config);
+    let client = client();
+    let mut statuses = BTreeMap::new();
+    for _ in 0..6 {
+        let chunks = futures_util::stream::iter(
+            ["stream", "ed-", "body"].map(|c| Ok::<_, std::io::Error>(c.as_bytes().to_vec())),
+        );
+        let response = client
+            .post(gateway.url("/echo"))
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        if status == 200 {
+            let seen: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(seen["body"], "streamed-body", "a retry lost the body");
+        }
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, BTreeMap::from([(200, 3), (503, 3)]));
+}

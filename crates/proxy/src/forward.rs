@@ -102,23 +102,19 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
         .unwrap_or(peer_ip)
 }
 
-fn version_token(version: Version) -> &'static str {
-    match version {
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
-    }
-}
-
 /// Append `Via: <version> gatehouse`.
 pub fn add_via(headers: &mut HeaderMap, version: Version) {
-    let entry = format!("{} gatehouse", version_token(version));
-    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {entry}"),
-        None => entry,
+    let entry = match version {
+        Version::HTTP_10 => "1.0 gatehouse",
+        Version::HTTP_2 => "2 gatehouse",
+        Version::HTTP_3 => "3 gatehouse",
+        _ => "1.1 gatehouse",
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(existing) => HeaderValue::from_str(&format!("{existing}, {entry}")).ok(),
+        None => Some(HeaderValue::from_static(entry)),
+    };
+    if let Some(value) = value {
         headers.insert(header::VIA, value);
     }
 }
@@ -127,27 +123,27 @@ pub fn add_via(headers: &mut HeaderMap, version: Version) {
 /// otherwise (so clients cannot spoof their address).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: SocketAddr,
+    peer_ip: &HeaderValue,
     peer_trusted: bool,
     scheme: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let peer_ip = peer.ip().to_string();
-    let existing_for: Vec<String> = if peer_trusted {
+    let existing_for: Vec<&str> = if peer_trusted {
         headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .filter_map(|v| v.to_str().ok())
             .collect()
     } else {
         Vec::new()
     };
     let forwarded_for = if existing_for.is_empty() {
-        peer_ip
+        Some(peer_ip.clone())
     } else {
-        format!("{}, {peer_ip}", existing_for.join(", "))
+        let peer = peer_ip.to_str().unwrap_or_default();
+        HeaderValue::from_str(&format!("{}, {peer}", existing_for.join(", "))).ok()
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -165,7 +161,8 @@ pub fn set_forwarded(
     }
 }
 
-/// Keep a client-supplied request id when it is sane, or make a new one.
+/// Keep a client-supplied request id when it is sane, or make a new one (128 random bits,
+/// hex).
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(existing) = headers.get(&X_REQUEST_ID) {
         let bytes = existing.as_bytes();
@@ -178,8 +175,13 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return existing.clone();
         }
     }
-    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((random >> (4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Value of one cookie from the `Cookie` header(s).

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::body::ProxyBody;
 use crate::pipeline::{self, ConnInfo};
 use crate::reload::ConfigStore;
 use crate::upstream::endpoint::now_ms;
@@ -121,7 +122,8 @@ pub async fn serve(
 
 /// Per-connection timing state shared by the IO wrapper, the service and the connection loop.
 struct ConnState {
-    /// When the last byte was read or written (ms, see `now_ms`).
+    /// When the last request started or finished (ms, see `now_ms`). Requests, not bytes:
+    /// HTTP/2 keep-alive pings must not keep an unused connection open forever.
     activity: AtomicU64,
     /// When bytes of a request head started to arrive with no request in progress; 0 = none.
     head_started: AtomicU64,
@@ -218,6 +220,8 @@ async fn serve_connection(
 
     let conn_info = Arc::new(ConnInfo {
         peer,
+        peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
         tls: is_tls,
         listener: listener.clone(),
     });
@@ -229,8 +233,10 @@ async fn serve_connection(
             let guard = RequestGuard::start(&state, request.version());
             async move {
                 let response = pipeline::handle(store.snapshot(), &conn_info, request).await;
-                drop(guard);
-                Ok::<_, std::convert::Infallible>(response)
+                Ok::<_, std::convert::Infallible>(response.map(|inner| GuardedBody {
+                    inner,
+                    _guard: guard,
+                }))
             }
         })
     };
@@ -349,8 +355,13 @@ async fn drive<C, E>(
                 closing = true;
             }
             _ = tokio::time::sleep(wake_in), if !closing => {
+                // Requests may have come and gone while we slept: judge the state as it is now.
                 let now = now_ms();
                 let idle = state.in_flight.load(Ordering::Relaxed) == 0;
+                let head_started = state.head_started.load(Ordering::Relaxed);
+                let head_clock = head_started != 0 && !state.http2.load(Ordering::Relaxed);
+                let head_deadline = head_started.saturating_add(head_limit);
+                let idle_deadline = state.activity.load(Ordering::Relaxed) + idle_limit;
                 if idle && head_clock && now >= head_deadline {
                     tracing::debug!(%peer, "no complete request head within the header read timeout");
                     return;
@@ -367,8 +378,8 @@ async fn drive<C, E>(
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// Records activity for the idle timeout, and the arrival of request-head bytes on a
-/// connection with no request in progress for the header read timeout.
+/// Notes when request-head bytes start arriving on a connection with no request in progress,
+/// for the header read timeout.
 struct Tracked<T> {
     inner: T,
     state: Arc<ConnState>,
@@ -377,9 +388,6 @@ struct Tracked<T> {
 impl<T> Tracked<T> {
     fn new(inner: T, state: Arc<ConnState>) -> Self {
         Self { inner, state }
-    }
-    fn touch(&self) {
-        self.state.activity.store(now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -391,43 +399,32 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            let now = now_ms();
-            self.state.activity.store(now, Ordering::Relaxed);
-            if self.state.in_flight.load(Ordering::Relaxed) == 0 {
-                let _ = self.state.head_started.compare_exchange(
-                    0,
-                    now,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            }
+        if buf.filled().len() > before && self.state.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ = self.state.head_started.compare_exchange(
+                0,
+                now_ms(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
         result
     }
 }
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        result
+        Pin::new(&mut self.inner).poll_write(cx, data)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        result
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -437,5 +434,30 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body that keeps its request counted as in progress until the last byte is
+/// sent (or the body is dropped), so idle and head timers never cut a streaming response.
+struct GuardedBody {
+    inner: ProxyBody,
+    _guard: RequestGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -2,6 +2,7 @@
 //! reject malformed framing → listener redirect → route → action (respond, redirect or
 //! forward: rewrite, forwarding headers, body limits, upstream call, upgrade) → response headers.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,6 +23,8 @@ use crate::upstream::{hash_of, OutgoingBody, Service, UpstreamRequest};
 /// What the pipeline knows about the client connection.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's IP as a header value, made once per connection for `X-Forwarded-For`.
+    pub peer_ip: HeaderValue,
     pub tls: bool,
     pub listener: Arc<ListenerRuntime>,
 }
@@ -87,7 +90,7 @@ async fn route_and_respond(
         return Err(GatewayError::NoRoute {
             method: request.method().to_string(),
             host,
-            path,
+            path: path.into_owned(),
         });
     };
     match &matched.route.action {
@@ -110,7 +113,7 @@ async fn route_and_respond(
             let target_host = redirect.host.as_deref().unwrap_or(&authority);
             let target_path = match &redirect.path {
                 Some(template) => fill_template(template, &matched.captures),
-                None => path.clone(),
+                None => path.clone().into_owned(),
             };
             let query = request
                 .uri()
@@ -127,9 +130,11 @@ async fn route_and_respond(
             rewrite,
             host_rewrite,
         } => {
-            let upstream_path = match rewrite {
-                Some(rewrite) => rewrite.apply(&path, &matched.captures),
-                None => path,
+            // `None`: the path goes upstream exactly as the client sent it.
+            let upstream_path = match (rewrite, path) {
+                (Some(rewrite), path) => Some(rewrite.apply(&path, &matched.captures)),
+                (None, Cow::Owned(normalized)) => Some(normalized),
+                (None, Cow::Borrowed(_)) => None,
             };
             proxy(
                 service,
@@ -148,7 +153,7 @@ async fn proxy(
     service: &Service,
     conn: &ConnInfo,
     mut request: Request<Incoming>,
-    upstream_path: String,
+    upstream_path: Option<String>,
     host_rewrite: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, GatewayError> {
@@ -174,7 +179,7 @@ async fn proxy(
     headers.remove(header::EXPECT); // 100-continue is answered here, when the body is read
     forward::set_forwarded(
         &mut headers,
-        conn.peer,
+        &conn.peer_ip,
         peer_trusted,
         if conn.tls { "https" } else { "http" },
         original_host.as_ref(),
@@ -198,7 +203,9 @@ async fn proxy(
             forward::cookie(&headers, name).map(|v| hash_of(&v))
         }
         gatehouse_config::HashOn::ClientIp => Some(hash_of(&client_ip)),
-        gatehouse_config::HashOn::Path => Some(hash_of(&upstream_path)),
+        gatehouse_config::HashOn::Path => Some(hash_of(
+            &upstream_path.as_deref().unwrap_or(parts.uri.path()),
+        )),
     });
 
     let retry_policy = &service.config.retries;
@@ -228,13 +235,17 @@ async fn proxy(
         OutgoingBody::Streaming(body::boxed(marked))
     };
 
-    let path_and_query = match parts.uri.query() {
-        Some(query) => format!("{upstream_path}?{query}"),
-        None => upstream_path,
+    let path_and_query = match (upstream_path, parts.uri.path_and_query()) {
+        (None, Some(original)) => original.clone(),
+        (upstream_path, _) => {
+            let path = upstream_path.as_deref().unwrap_or("/");
+            match parts.uri.query() {
+                Some(query) => format!("{path}?{query}").parse(),
+                None => path.parse(),
+            }
+            .map_err(|_| GatewayError::BadRequest("invalid request target"))?
+        }
     };
-    let path_and_query = path_and_query
-        .parse()
-        .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
     let mut response = service
         .call(UpstreamRequest {
             method: parts.method,
@@ -357,13 +368,12 @@ fn request_host<B>(request: &Request<B>) -> Result<(String, String), GatewayErro
 
 /// Resolve `.` and `..` segments (RFC 3986 section 5.2.4) so routing and the upstream see the
 /// same path; `None` when `..` would climb above the root.
-pub fn normalize_path(path: &str) -> Option<String> {
+pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
+    if path.is_empty() {
+        return Some(Cow::Borrowed("/"));
+    }
     if !path.contains("/.") {
-        return Some(if path.is_empty() {
-            "/".to_owned()
-        } else {
-            path.to_owned()
-        });
+        return Some(Cow::Borrowed(path));
     }
     let mut segments: Vec<&str> = Vec::new();
     let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
@@ -384,7 +394,7 @@ pub fn normalize_path(path: &str) -> Option<String> {
     if trailing && !normalized.ends_with('/') || normalized.is_empty() {
         normalized.push('/');
     }
-    Some(normalized)
+    Some(Cow::Owned(normalized))
 }
 
 fn path_and_query(uri: &http::Uri) -> &str {

@@ -219,10 +219,9 @@ impl Service {
                 }
                 Err(AttemptError::Connect(message)) => {
                     self.record(&endpoint, false);
-                    // Nothing reached the upstream: safe to retry any method whose body we still have.
-                    let retry = retries_left > 0
-                        && (replayable || request_body_untouched(&request))
-                        && self.budget.try_withdraw();
+                    // Nothing reached the upstream: safe to retry any method whose body we
+                    // still have. A streamed body went with the failed attempt.
+                    let retry = retries_left > 0 && replayable && self.budget.try_withdraw();
                     if !retry {
                         return Err(GatewayError::UpstreamConnect(message));
                     }
@@ -310,11 +309,6 @@ impl Service {
             tracing::warn!(service = %self.name, endpoint = %endpoint.addr, ejections = endpoint.ejection_count(), "outlier detection ejected endpoint");
         }
     }
-}
-
-fn request_body_untouched(request: &UpstreamRequest) -> bool {
-    // A streamed body is handed over on the first attempt; only an empty one can be resent.
-    matches!(&request.body, OutgoingBody::Streaming(b) if http_body::Body::is_end_stream(b))
 }
 
 enum AttemptError {
