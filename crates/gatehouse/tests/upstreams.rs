@@ -415,24 +415,32 @@ async fn streamed_bodies_are_never_replayed_empty() {
         endpoints(&[(dead, 1), (upstream, 1)])
     ));
     let gateway = Gateway::start(&config);
-    let client = client();
     let mut statuses = BTreeMap::new();
     for _ in 0..6 {
         let chunks = futures_util::stream::iter(
             ["stream", "ed-", "body"].map(|c| Ok::<_, std::io::Error>(c.as_bytes().to_vec())),
         );
-        let response = client
+        // A fresh connection each time: the gateway closes a connection whose request body it
+        // could not read, and a pooled client might otherwise pick that one up.
+        let sent = common::client()
             .post(gateway.url("/echo"))
             .body(reqwest::Body::wrap_stream(chunks))
             .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        if status == 200 {
-            let seen: serde_json::Value = response.json().await.unwrap();
-            assert_eq!(seen["body"], "streamed-body", "a retry lost the body");
-        }
-        *statuses.entry(status).or_insert(0) += 1;
+            .await;
+        // The 503 comes while the client may still be sending the body the failed attempt
+        // dropped; the client can then see the connection close before the answer.
+        let outcome = match sent {
+            Ok(response) if response.status() == 200 => {
+                let seen: serde_json::Value = response.json().await.unwrap();
+                assert_eq!(seen["body"], "streamed-body", "a retry lost the body");
+                "200"
+            }
+            Ok(response) if response.status() == 503 => "503 or closed",
+            Ok(response) => panic!("unexpected status {}", response.status()),
+            Err(_) => "503 or closed",
+        };
+        *statuses.entry(outcome).or_insert(0) += 1;
     }
-    assert_eq!(statuses, BTreeMap::from([(200, 3), (503, 3)]));
+    // Round robin alternates the dead and the live endpoint; nothing was retried.
+    assert_eq!(statuses, BTreeMap::from([("200", 3), ("503 or closed", 3)]));
 }
