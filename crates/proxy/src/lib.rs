@@ -7,6 +7,7 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod framing;
 pub mod listener;
 pub mod pipeline;
 pub mod reload;

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::body::ProxyBody;
+use crate::framing::{Http1Framing, Verdict, REJECT_TAIL};
 use crate::pipeline::{self, ConnInfo};
 use crate::reload::ConfigStore;
 use crate::upstream::endpoint::now_ms;
@@ -202,7 +203,11 @@ async fn serve_connection(
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,
             };
-            (Box::new(Tracked::new(tls, state.clone())), protocol, true)
+            (
+                Box::new(Tracked::new(tls, state.clone(), protocol)),
+                protocol,
+                true,
+            )
         }
         None => {
             let protocol = if listener.http2 {
@@ -211,7 +216,7 @@ async fn serve_connection(
                 Protocol::Http1
             };
             (
-                Box::new(Tracked::new(stream, state.clone())),
+                Box::new(Tracked::new(stream, state.clone(), protocol)),
                 protocol,
                 false,
             )
@@ -378,34 +383,65 @@ async fn drive<C, E>(
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// Notes when request-head bytes start arriving on a connection with no request in progress,
-/// for the header read timeout.
+/// Notes when request-head bytes start arriving on a connection with no request in progress
+/// (for the header read timeout), and puts HTTP/1 framing through `framing` (smuggling).
 struct Tracked<T> {
     inner: T,
     state: Arc<ConnState>,
+    /// HTTP/1 (or not yet known) connections: the smuggling check in front of hyper.
+    framing: Option<Http1Framing>,
 }
 
 impl<T> Tracked<T> {
-    fn new(inner: T, state: Arc<ConnState>) -> Self {
-        Self { inner, state }
+    fn new(inner: T, state: Arc<ConnState>, protocol: Protocol) -> Self {
+        let framing = match protocol {
+            Protocol::Http2 => None,
+            Protocol::Http1 | Protocol::Detect => Some(Http1Framing::new()),
+        };
+        Self {
+            inner,
+            state,
+            framing,
+        }
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before && self.state.in_flight.load(Ordering::Relaxed) == 0 {
-            let _ = self.state.head_started.compare_exchange(
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() == before {
+            return result;
+        }
+        if this.state.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ = this.state.head_started.compare_exchange(
                 0,
                 now_ms(),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             );
+        }
+        if let Some(framing) = &mut this.framing {
+            match framing.inspect(&buf.filled()[before..]) {
+                Verdict::Pass => {}
+                Verdict::Reject { keep } => {
+                    tracing::debug!("ambiguous HTTP/1 request framing refused");
+                    buf.set_filled(before + keep);
+                    if buf.remaining() < REJECT_TAIL.len() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "ambiguous HTTP/1 request framing",
+                        )));
+                    }
+                    buf.put_slice(REJECT_TAIL);
+                }
+                Verdict::Closed => buf.set_filled(before),
+            }
         }
         result
     }
