@@ -119,15 +119,7 @@ async fn reload_through_the_api_with_versions_and_rollback() {
     );
     assert_eq!(version(client.clone(), url.clone()).await, "two");
 
-    let versions: Value = client
-        .get(gateway.admin_url("/admin/config/versions"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let versions: Value = gateway.admin_json("/admin/config/versions").await;
     assert_eq!(versions["active"], 2);
     assert_eq!(versions["versions"].as_array().unwrap().len(), 2);
 
@@ -150,15 +142,7 @@ async fn reload_through_the_api_with_versions_and_rollback() {
         .unwrap();
     assert_eq!(response.status(), 404);
 
-    let routes: Value = client
-        .get(gateway.admin_url("/admin/routes"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let routes: Value = gateway.admin_json("/admin/routes").await;
     assert_eq!(routes["version"], 3);
     assert_eq!(routes["routes"][0]["match"]["path"]["exact"], "/version");
 }

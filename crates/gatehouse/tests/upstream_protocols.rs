@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{admin_block, client, echo, Gateway, ADMIN_TOKEN};
+use common::{admin_block, client, echo, Gateway};
 use serde_json::Value;
 
 fn example_cert(file: &str) -> String {
@@ -103,15 +103,7 @@ async fn dns_names_are_resolved() {
     ));
     let response = client().get(gateway.url("/by-name")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let services: Value = client()
-        .get(gateway.admin_url("/admin/services"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let services: Value = gateway.admin_json("/admin/services").await;
     let addresses: Vec<&str> = services["services"][0]["endpoints"]
         .as_array()
         .unwrap()

@@ -101,6 +101,22 @@ impl Gateway {
         format!("http://{}{}", self.admin.expect("admin listener"), path)
     }
 
+    /// GET an admin endpoint with the test token; the JSON body.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let response = client()
+            .get(self.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin request");
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.expect("admin JSON")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
