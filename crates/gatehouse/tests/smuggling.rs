@@ -892,3 +892,37 @@ async fn oversized_request_head_gets_431_and_never_reaches_the_upstream() {
     );
     assert_eq!(seen.complete(), 1);
 }
+
+/// With `max_connections: 1`, a second client waits until the first connection closes.
+#[tokio::test]
+async fn max_connections_holds_further_clients_until_a_slot_frees() {
+    let (upstream, seen) = counting_upstream().await;
+    let gateway = Gateway::start(&config(upstream, "max_connections: 1"));
+    let mut first = TcpStream::connect(gateway.addr()).await.expect("connect");
+    first
+        .write_all(b"GET /one HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .expect("request");
+    assert!(read_one_response(&mut first)
+        .await
+        .starts_with("http/1.1 200 "));
+
+    // The kernel completes the second handshake, but the gateway does not take the connection.
+    let mut second = TcpStream::connect(gateway.addr()).await.expect("connect");
+    second
+        .write_all(b"GET /two HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .expect("request");
+    let mut buf = [0u8; 64];
+    let waited = tokio::time::timeout(Duration::from_millis(500), second.read(&mut buf)).await;
+    assert!(
+        waited.is_err(),
+        "the second connection was served while the first held the only slot"
+    );
+    assert_eq!(seen.complete(), 1);
+
+    drop(first);
+    let head = read_one_response(&mut second).await;
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    assert_eq!(seen.complete(), 2);
+}
