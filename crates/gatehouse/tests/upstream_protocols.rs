@@ -147,3 +147,58 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     .await
     .unwrap();
 }
+
+/// An HTTP/1.1 upstream that counts the connections it accepts.
+async fn connection_counting_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_closed_when_idle() {
+    use std::sync::atomic::Ordering;
+    let (upstream, accepted) = connection_counting_upstream().await;
+    let gateway = Gateway::start(&single_service(&format!(
+        "  - name: up\n    endpoints: [{{ address: \"{upstream}\" }}]\n    timeouts: {{ idle: 400ms }}"
+    )));
+    let client = client();
+    for _ in 0..5 {
+        let response = client.get(gateway.url("/reuse")).send().await.unwrap();
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "sequential requests share one pooled connection"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let response = client.get(gateway.url("/after-idle")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "ok");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the idle connection was closed, a new one opened"
+    );
+}

@@ -20,6 +20,8 @@ const EWMA_DECAY_MS: f64 = 10_000.0;
 
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// Connections to this endpoint.
+    pub pool: super::Pool,
     pub authority: http::uri::Authority,
     pub weight: u32,
     healthy: AtomicBool,
@@ -41,6 +43,7 @@ impl Endpoint {
             .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
         Self {
             addr,
+            pool: super::Pool::default(),
             authority,
             weight,
             healthy: AtomicBool::new(true),

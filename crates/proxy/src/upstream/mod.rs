@@ -4,6 +4,7 @@
 mod balancer;
 mod budget;
 pub mod endpoint;
+mod pool;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, Weak};
@@ -13,22 +14,17 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use gatehouse_config::{HashOn, ServiceConfig, UpstreamProtocol};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use balancer::Balancer;
 pub use balancer::{hash_of, EndpointSet};
 use budget::RetryBudget;
 pub use endpoint::Endpoint;
+use pool::{Connector, SendError};
+pub use pool::{Pool, PooledBody};
 
 use crate::body::{self, ProxyBody};
 use crate::error::GatewayError;
 use crate::tls;
-
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 pub struct Service {
     pub name: String,
@@ -38,7 +34,7 @@ pub struct Service {
     pub config: ServiceConfig,
     endpoints: ArcSwap<EndpointSet>,
     balancer: Balancer,
-    client: UpstreamClient,
+    connector: Connector,
     scheme: http::uri::Scheme,
     budget: RetryBudget,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
@@ -88,34 +84,35 @@ impl Service {
         root: &gatehouse_config::Config,
     ) -> Result<Arc<Self>, ServiceError> {
         let http2 = config.protocol == UpstreamProtocol::Http2;
-        let tls_config = tls::client_config(config.tls.as_ref(), root)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.timeouts.connect.0));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config)
-            .https_or_http();
-        let builder = match config.tls.as_ref().and_then(|t| t.server_name.clone()) {
-            Some(name) => {
-                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
-                    rustls_pki_types::ServerName::try_from(name.clone())
-                        .map_err(|_| tls::TlsError::ServerName(name))?,
+        let tls = match &config.tls {
+            Some(upstream_tls) => {
+                let mut client_config = tls::client_config(Some(upstream_tls), root)?;
+                client_config.alpn_protocols = if http2 {
+                    vec![b"h2".to_vec()]
+                } else {
+                    vec![b"http/1.1".to_vec()]
+                };
+                let server_name = upstream_tls
+                    .server_name
+                    .clone()
+                    .map(|name| {
+                        rustls_pki_types::ServerName::try_from(name.clone())
+                            .map_err(|_| tls::TlsError::ServerName(name))
+                    })
+                    .transpose()?;
+                Some((
+                    tokio_rustls::TlsConnector::from(Arc::new(client_config)),
+                    server_name,
                 ))
             }
-            None => builder,
+            None => None,
         };
-        let connector = if http2 {
-            builder.enable_http2().wrap_connector(http)
-        } else {
-            builder.enable_http1().wrap_connector(http)
+        let connector = Connector {
+            tls,
+            http2,
+            connect_timeout: config.timeouts.connect.0,
+            idle_timeout: config.timeouts.idle.0,
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.timeouts.idle.0)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(http2)
-            .build(connector);
         let endpoints = resolve_blocking(config);
         let service = Arc::new(Self {
             name: config.name.value.clone(),
@@ -123,7 +120,7 @@ impl Service {
             config: config.clone(),
             endpoints: ArcSwap::from_pointee(EndpointSet::new(endpoints, &config.load_balancing)),
             balancer: Balancer::new(config.load_balancing.clone()),
-            client,
+            connector,
             scheme: if config.tls.is_some() {
                 http::uri::Scheme::HTTPS
             } else {
@@ -146,6 +143,8 @@ impl Service {
     /// service.
     pub fn start_background_tasks(self: &Arc<Self>) {
         let mut handles = Vec::new();
+        let weak = Arc::downgrade(self);
+        handles.push(tokio::spawn(prune_idle_connections(weak)).abort_handle());
         if let Some(check) = self.config.health_check.clone() {
             let weak = Arc::downgrade(self);
             handles.push(tokio::spawn(health_check_loop(weak, check)).abort_handle());
@@ -179,7 +178,7 @@ impl Service {
     pub async fn call(
         &self,
         mut request: UpstreamRequest,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<PooledBody>, GatewayError> {
         let policy = &self.config.retries;
         self.budget.deposit();
         let replayable = matches!(request.body, OutgoingBody::Buffered(_));
@@ -263,16 +262,13 @@ impl Service {
 
     async fn attempt(
         &self,
-        endpoint: &Endpoint,
+        endpoint: &Arc<Endpoint>,
         (method, path_and_query): (Method, http::uri::PathAndQuery),
         headers: HeaderMap,
         body: ProxyBody,
-    ) -> Result<Response<Incoming>, AttemptError> {
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(endpoint.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
+    ) -> Result<Response<PooledBody>, AttemptError> {
+        let uri = self
+            .request_uri(endpoint, path_and_query)
             .map_err(|e| AttemptError::Other(e.to_string()))?;
         let mut outgoing = Request::new(body);
         *outgoing.method_mut() = method;
@@ -285,7 +281,7 @@ impl Service {
         let _in_flight = endpoint.start_request();
         let started = Instant::now();
         let timeout = self.config.timeouts.request.0;
-        let result = tokio::time::timeout(timeout, self.client.request(outgoing)).await;
+        let result = tokio::time::timeout(timeout, self.connector.send(endpoint, outgoing)).await;
         endpoint.observe_latency(started.elapsed());
         match result {
             Err(_) => Err(AttemptError::Timeout(timeout)),
@@ -320,7 +316,11 @@ enum AttemptError {
     Other(String),
 }
 
-fn classify(err: &hyper_util::client::legacy::Error) -> AttemptError {
+fn classify(err: &SendError) -> AttemptError {
+    let err = match err {
+        SendError::Connect(message) => return AttemptError::Connect(message.clone()),
+        SendError::Exchange(err) => err,
+    };
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(current) = source {
         match current.downcast_ref::<crate::pipeline::ClientBodyError>() {
@@ -338,11 +338,7 @@ fn classify(err: &hyper_util::client::legacy::Error) -> AttemptError {
     if let Some(cause) = std::error::Error::source(err) {
         message = format!("{message}: {cause}");
     }
-    if err.is_connect() {
-        AttemptError::Connect(message)
-    } else {
-        AttemptError::Other(message)
-    }
+    AttemptError::Other(message)
 }
 
 /// Resolve the configured endpoints now (startup and reload); names that do not resolve are
@@ -416,6 +412,24 @@ async fn dns_refresh_loop(service: Weak<Service>, every: Duration) {
     }
 }
 
+/// Close pooled connections that stayed idle past `timeouts.idle`.
+async fn prune_idle_connections(service: Weak<Service>) {
+    let Some(idle) = service.upgrade().map(|s| s.config.timeouts.idle.0) else {
+        return;
+    };
+    let mut ticker = tokio::time::interval((idle / 2).max(Duration::from_millis(100)));
+    loop {
+        ticker.tick().await;
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        let idle_ms = idle.as_millis() as u64;
+        for endpoint in &service.endpoints.load().endpoints {
+            endpoint.pool.prune(idle_ms);
+        }
+    }
+}
+
 async fn health_check_loop(service: Weak<Service>, check: gatehouse_config::HealthCheck) {
     let mut ticker = tokio::time::interval(check.interval.0.max(Duration::from_millis(10)));
     loop {
@@ -437,25 +451,59 @@ async fn health_check_loop(service: Weak<Service>, check: gatehouse_config::Heal
 }
 
 impl Service {
-    async fn probe(&self, endpoint: &Endpoint, check: &gatehouse_config::HealthCheck) -> bool {
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(endpoint.authority.clone())
-            .path_and_query(check.path.as_str())
-            .build();
-        let Ok(uri) = uri else { return false };
+    /// The request target: origin form for HTTP/1.1; HTTP/2 carries scheme and authority.
+    fn request_uri(
+        &self,
+        endpoint: &Endpoint,
+        path_and_query: http::uri::PathAndQuery,
+    ) -> Result<Uri, http::Error> {
+        match self.config.protocol {
+            UpstreamProtocol::Http1 => Uri::builder().path_and_query(path_and_query).build(),
+            UpstreamProtocol::Http2 => Uri::builder()
+                .scheme(self.scheme.clone())
+                .authority(endpoint.authority.clone())
+                .path_and_query(path_and_query)
+                .build(),
+        }
+    }
+
+    async fn probe(&self, endpoint: &Arc<Endpoint>, check: &gatehouse_config::HealthCheck) -> bool {
+        let Ok(path) = http::uri::PathAndQuery::try_from(check.path.as_str()) else {
+            return false;
+        };
+        let Ok(uri) = self.request_uri(endpoint, path) else {
+            return false;
+        };
         let mut request = Request::new(body::empty());
         *request.uri_mut() = uri;
         if self.config.protocol == UpstreamProtocol::Http2 {
             *request.version_mut() = Version::HTTP_2;
         }
-        request.headers_mut().insert(
+        let headers = request.headers_mut();
+        headers.insert(
             http::header::USER_AGENT,
             http::HeaderValue::from_static("gatehouse-health-check"),
         );
-        match tokio::time::timeout(check.timeout.0, self.client.request(request)).await {
-            Ok(Ok(response)) => response.status().is_success(),
-            _ => false,
-        }
+        headers.insert(
+            http::header::HOST,
+            http::HeaderValue::from_str(endpoint.authority.as_str())
+                .unwrap_or_else(|_| http::HeaderValue::from_static("localhost")),
+        );
+        let exchange = async {
+            let response = self.connector.send(endpoint, request).await.ok()?;
+            let healthy = response.status().is_success();
+            // Read the (small) body so the connection can be reused.
+            http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                response.into_body(),
+                64 << 10,
+            ))
+            .await
+            .ok()?;
+            Some(healthy)
+        };
+        matches!(
+            tokio::time::timeout(check.timeout.0, exchange).await,
+            Ok(Some(true))
+        )
     }
 }
