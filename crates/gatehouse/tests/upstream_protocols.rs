@@ -202,3 +202,91 @@ async fn upstream_connections_are_reused_and_closed_when_idle() {
         "the idle connection was closed, a new one opened"
     );
 }
+
+/// A TLS upstream that requires a client certificate signed by the example CA.
+async fn mutual_tls_upstream() -> std::net::SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    common::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(example_cert("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+        .build()
+        .unwrap();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(example_cert("api.example.test.pem"))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(example_cert("api.example.test.key")).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let presented = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .is_some_and(|c| !c.is_empty());
+                let service = hyper::service::service_fn(move |_request| async move {
+                    let body = if presented {
+                        "client certificate verified"
+                    } else {
+                        "no client certificate"
+                    };
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_mutual_tls_presents_the_client_certificate() {
+    let upstream = mutual_tls_upstream().await;
+    let tls = format!(
+        "{{ ca: \"{}\", server_name: api.example.test, client_certificate: {{ cert: \"{}\", key: \"{}\" }} }}",
+        example_cert("ca.pem"),
+        example_cert("api.example.test.pem"),
+        example_cert("api.example.test.key"),
+    );
+    let gateway = Gateway::start(&single_service(&format!(
+        "  - name: up\n    endpoints: [{{ address: \"{upstream}\" }}]\n    tls: {tls}"
+    )));
+    let response = client().get(gateway.url("/mtls")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.text().await.unwrap(),
+        "client certificate verified"
+    );
+
+    // Without a client certificate the upstream refuses the handshake.
+    let without = Gateway::start(&single_service(&format!(
+        "  - name: up\n    endpoints: [{{ address: \"{upstream}\" }}]\n    retries: {{ attempts: 0 }}\n    tls: {{ ca: \"{}\", server_name: api.example.test }}",
+        example_cert("ca.pem")
+    )));
+    let response = client().get(without.url("/mtls")).send().await.unwrap();
+    let status = response.status().as_u16();
+    assert!(
+        matches!(status, 502 | 503),
+        "the upstream refused us, the gateway says so: {status}"
+    );
+}

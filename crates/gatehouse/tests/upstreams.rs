@@ -444,3 +444,48 @@ async fn streamed_bodies_are_never_replayed_empty() {
     // Round robin alternates the dead and the live endpoint; nothing was retried.
     assert_eq!(statuses, BTreeMap::from([("200", 3), ("503 or closed", 3)]));
 }
+
+/// Cookie and path keys are sticky too; a request without the key is still served.
+#[tokio::test]
+async fn consistent_hash_on_cookie_and_path() {
+    let a = instance("a", 200, Duration::ZERO).await;
+    let b = instance("b", 200, Duration::ZERO).await;
+    let c = instance("c", 200, Duration::ZERO).await;
+    let all = endpoints(&[(a.addr, 1), (b.addr, 1), (c.addr, 1)]);
+    let client = client();
+    for (policy, vary) in [("{ cookie: session }", "cookie"), ("path", "path")] {
+        let gateway = Gateway::start(&gateway_config(&format!(
+            "{all}    load_balancing: {{ consistent_hash: {policy} }}"
+        )));
+        let mut used = std::collections::BTreeSet::new();
+        for key in 0..24 {
+            let mut instances = std::collections::BTreeSet::new();
+            for _ in 0..3 {
+                let request = match vary {
+                    "cookie" => client
+                        .get(gateway.url("/"))
+                        .header("cookie", format!("theme=dark; session=s{key}")),
+                    _ => client.get(gateway.url(&format!("/item/{key}"))),
+                };
+                let response = request.send().await.unwrap();
+                instances.insert(
+                    response.headers()["x-demo-instance"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+            assert_eq!(instances.len(), 1, "{vary} key {key} moved: {instances:?}");
+            used.extend(instances);
+        }
+        assert_eq!(
+            used.len(),
+            3,
+            "{vary}: 24 keys should reach every endpoint: {used:?}"
+        );
+        if vary == "cookie" {
+            let response = client.get(gateway.url("/")).send().await.unwrap();
+            assert_eq!(response.status(), 200, "no cookie: round robin fallback");
+        }
+    }
+}
