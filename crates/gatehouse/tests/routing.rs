@@ -44,6 +44,12 @@ routes:
   - name: beta-header
     match: { path: { prefix: /beta }, headers: [{ name: x-beta, exact: "1" }] }
     respond: { body: beta-header }
+  - name: beta-mobile
+    match: { path: { prefix: /beta }, headers: [{ name: user-agent, regex: ".*(Android|iPhone).*" }] }
+    respond: { body: beta-mobile }
+  - name: beta-traced
+    match: { path: { prefix: /beta }, headers: [{ name: x-trace }], query: [{ name: nocache, present: false }] }
+    respond: { body: beta-traced }
   - name: beta-default
     match: { path: { prefix: /beta } }
     respond: { body: beta-default }
@@ -126,6 +132,34 @@ async fn precedence_table() {
             "beta-default",
         ),
         ("GET", "localhost", "/beta/x", None, "beta-default"),
+        (
+            "GET",
+            "localhost",
+            "/beta/x",
+            Some(("user-agent", "Mozilla (iPhone)")),
+            "beta-mobile",
+        ),
+        (
+            "GET",
+            "localhost",
+            "/beta/x",
+            Some(("user-agent", "curl/8")),
+            "beta-default",
+        ),
+        (
+            "GET",
+            "localhost",
+            "/beta/x",
+            Some(("x-trace", "")),
+            "beta-traced",
+        ),
+        (
+            "GET",
+            "localhost",
+            "/beta/x?nocache=1",
+            Some(("x-trace", "1")),
+            "beta-default",
+        ),
         (
             "GET",
             "localhost",

@@ -489,3 +489,73 @@ async fn consistent_hash_on_cookie_and_path() {
         }
     }
 }
+
+/// `on_status` decides which statuses are retried; `non_idempotent` extends retries to POST.
+#[tokio::test]
+async fn retry_statuses_and_non_idempotent_methods_follow_the_policy() {
+    let good = instance("good", 200, Duration::ZERO).await;
+    let teapot = instance("teapot", 418, Duration::ZERO).await;
+    let config = gateway_config(&format!(
+        "{}    retries: {{ attempts: 1, backoff: 1ms, on_status: [418], non_idempotent: true }}",
+        endpoints(&[(good.addr, 1), (teapot.addr, 1)])
+    ));
+    let gateway = Gateway::start(&config);
+    let client = client();
+    for _ in 0..6 {
+        let response = client
+            .post(gateway.url("/"))
+            .body("order")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "418 is retried, POST included");
+    }
+    assert_eq!(teapot.requests.load(Ordering::SeqCst), 3);
+}
+
+/// The client address (after trusted proxies) is a sticky key.
+#[tokio::test]
+async fn consistent_hash_on_client_ip_behind_a_trusted_proxy() {
+    let a = instance("a", 200, Duration::ZERO).await;
+    let b = instance("b", 200, Duration::ZERO).await;
+    let c = instance("c", 200, Duration::ZERO).await;
+    let config = gateway_config(&format!(
+        "{}    load_balancing: {{ consistent_hash: client_ip }}",
+        endpoints(&[(a.addr, 1), (b.addr, 1), (c.addr, 1)])
+    ))
+    .replace(
+        "    listen: 127.0.0.1:0\n",
+        "    listen: 127.0.0.1:0\n    trusted_proxies: [127.0.0.1]\n",
+    );
+    let gateway = Gateway::start(&config);
+    let client = client();
+    let mut used = std::collections::BTreeSet::new();
+    for host in 1..=24 {
+        let mut instances = std::collections::BTreeSet::new();
+        for _ in 0..3 {
+            let response = client
+                .get(gateway.url("/"))
+                .header("x-forwarded-for", format!("198.51.100.{host}"))
+                .send()
+                .await
+                .unwrap();
+            instances.insert(
+                response.headers()["x-demo-instance"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        assert_eq!(
+            instances.len(),
+            1,
+            "client 198.51.100.{host} moved: {instances:?}"
+        );
+        used.extend(instances);
+    }
+    assert_eq!(
+        used.len(),
+        3,
+        "24 clients should reach every endpoint: {used:?}"
+    );
+}
