@@ -290,3 +290,29 @@ async fn upstream_mutual_tls_presents_the_client_certificate() {
         "the upstream refused us, the gateway says so: {status}"
     );
 }
+
+#[tokio::test]
+async fn http2_over_tls_to_upstreams_negotiates_h2_by_alpn() {
+    let upstream = echo("echo-behind-h2-tls").await;
+    let tls_front = Gateway::start(&format!(
+        "listeners:\n  - name: tls\n    listen: 127.0.0.1:0\n    tls:\n      certificates: [{{ cert: \"{}\", key: \"{}\" }}]\nservices:\n  - name: echo\n    endpoints: [{{ address: \"{upstream}\" }}]\nroutes:\n  - service: echo\n",
+        example_cert("api.example.test.pem"),
+        example_cert("api.example.test.key"),
+    ));
+    let gateway = Gateway::start(&single_service(&format!(
+        "  - name: up\n    protocol: http2\n    endpoints: [{{ address: \"{}\" }}]\n    tls: {{ ca: \"{}\", server_name: api.example.test }}",
+        tls_front.addr(),
+        example_cert("ca.pem")
+    )));
+    let seen: Value = client()
+        .get(gateway.url("/h2-tls"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Each gateway adds its hop to Via with the protocol it received: the second hop was h2.
+    assert_eq!(seen["headers"]["via"], "1.1 gatehouse, 2 gatehouse");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+}
