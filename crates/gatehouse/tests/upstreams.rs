@@ -143,16 +143,25 @@ async fn consistent_hash_keeps_each_key_on_one_endpoint() {
     ));
     let gateway = Gateway::start(&config);
     let client = client();
-    let mut used = BTreeMap::new();
-    for user in 0..30 {
+    assert_sticky(30, 4, 3, |user| {
+        client
+            .get(gateway.url("/"))
+            .header("x-user", format!("user-{user}"))
+    })
+    .await;
+}
+
+/// Send `rounds` requests for each of `keys` keys; every key must stay on one endpoint, and
+/// all keys together must reach every one of `endpoints` endpoints.
+async fn assert_sticky<F>(keys: usize, rounds: usize, endpoints: usize, request: F)
+where
+    F: Fn(usize) -> reqwest::RequestBuilder,
+{
+    let mut used = std::collections::BTreeSet::new();
+    for key in 0..keys {
         let mut instances = std::collections::BTreeSet::new();
-        for _ in 0..4 {
-            let response = client
-                .get(gateway.url("/"))
-                .header("x-user", format!("user-{user}"))
-                .send()
-                .await
-                .unwrap();
+        for _ in 0..rounds {
+            let response = request(key).send().await.unwrap();
             instances.insert(
                 response.headers()["x-demo-instance"]
                     .to_str()
@@ -163,16 +172,14 @@ async fn consistent_hash_keeps_each_key_on_one_endpoint() {
         assert_eq!(
             instances.len(),
             1,
-            "user-{user} moved between endpoints: {instances:?}"
+            "key {key} moved between endpoints: {instances:?}"
         );
-        *used
-            .entry(instances.into_iter().next().unwrap())
-            .or_insert(0) += 1;
+        used.extend(instances);
     }
     assert_eq!(
         used.len(),
-        3,
-        "30 keys should spread over all endpoints: {used:?}"
+        endpoints,
+        "{keys} keys should reach every endpoint: {used:?}"
     );
 }
 
@@ -453,41 +460,25 @@ async fn consistent_hash_on_cookie_and_path() {
     let c = instance("c", 200, Duration::ZERO).await;
     let all = endpoints(&[(a.addr, 1), (b.addr, 1), (c.addr, 1)]);
     let client = client();
-    for (policy, vary) in [("{ cookie: session }", "cookie"), ("path", "path")] {
-        let gateway = Gateway::start(&gateway_config(&format!(
-            "{all}    load_balancing: {{ consistent_hash: {policy} }}"
-        )));
-        let mut used = std::collections::BTreeSet::new();
-        for key in 0..24 {
-            let mut instances = std::collections::BTreeSet::new();
-            for _ in 0..3 {
-                let request = match vary {
-                    "cookie" => client
-                        .get(gateway.url("/"))
-                        .header("cookie", format!("theme=dark; session=s{key}")),
-                    _ => client.get(gateway.url(&format!("/item/{key}"))),
-                };
-                let response = request.send().await.unwrap();
-                instances.insert(
-                    response.headers()["x-demo-instance"]
-                        .to_str()
-                        .unwrap()
-                        .to_owned(),
-                );
-            }
-            assert_eq!(instances.len(), 1, "{vary} key {key} moved: {instances:?}");
-            used.extend(instances);
-        }
-        assert_eq!(
-            used.len(),
-            3,
-            "{vary}: 24 keys should reach every endpoint: {used:?}"
-        );
-        if vary == "cookie" {
-            let response = client.get(gateway.url("/")).send().await.unwrap();
-            assert_eq!(response.status(), 200, "no cookie: round robin fallback");
-        }
-    }
+    let by_cookie = Gateway::start(&gateway_config(&format!(
+        "{all}    load_balancing: {{ consistent_hash: {{ cookie: session }} }}"
+    )));
+    assert_sticky(24, 3, 3, |key| {
+        client
+            .get(by_cookie.url("/"))
+            .header("cookie", format!("theme=dark; session=s{key}"))
+    })
+    .await;
+    let response = client.get(by_cookie.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "no cookie: round robin fallback");
+
+    let by_path = Gateway::start(&gateway_config(&format!(
+        "{all}    load_balancing: {{ consistent_hash: path }}"
+    )));
+    assert_sticky(24, 3, 3, |key| {
+        client.get(by_path.url(&format!("/item/{key}")))
+    })
+    .await;
 }
 
 /// `on_status` decides which statuses are retried; `non_idempotent` extends retries to POST.
@@ -529,33 +520,10 @@ async fn consistent_hash_on_client_ip_behind_a_trusted_proxy() {
     );
     let gateway = Gateway::start(&config);
     let client = client();
-    let mut used = std::collections::BTreeSet::new();
-    for host in 1..=24 {
-        let mut instances = std::collections::BTreeSet::new();
-        for _ in 0..3 {
-            let response = client
-                .get(gateway.url("/"))
-                .header("x-forwarded-for", format!("198.51.100.{host}"))
-                .send()
-                .await
-                .unwrap();
-            instances.insert(
-                response.headers()["x-demo-instance"]
-                    .to_str()
-                    .unwrap()
-                    .to_owned(),
-            );
-        }
-        assert_eq!(
-            instances.len(),
-            1,
-            "client 198.51.100.{host} moved: {instances:?}"
-        );
-        used.extend(instances);
-    }
-    assert_eq!(
-        used.len(),
-        3,
-        "24 clients should reach every endpoint: {used:?}"
-    );
+    assert_sticky(24, 3, 3, |host| {
+        client
+            .get(gateway.url("/"))
+            .header("x-forwarded-for", format!("198.51.100.{}", host + 1))
+    })
+    .await;
 }
