@@ -415,43 +415,39 @@ async fn sni_selects_the_certificate() {
     let gateway = start(&format!("    tls:\n{}", pki.certificates_yaml()), upstream);
     let addr = gateway.listener("main");
 
-    let cert = presented_certificate(addr, &pki, Some("a.test"), "a.test").await;
-    assert!(
-        cert == pki.a.der,
-        "SNI a.test did not get the a.test certificate"
-    );
-
-    let cert = presented_certificate(addr, &pki, Some("x.b.test"), "x.b.test").await;
-    assert!(
-        cert == pki.b.der,
-        "SNI x.b.test did not get the *.b.test certificate"
-    );
-
-    // Names compare case-insensitively.
-    let cert = presented_certificate(addr, &pki, Some("X.B.Test"), "x.b.test").await;
-    assert!(
-        cert == pki.b.der,
-        "SNI X.B.Test did not get the *.b.test certificate"
-    );
-
-    // A wildcard covers exactly one label.
-    let cert = presented_certificate(addr, &pki, Some("y.x.b.test"), "a.test").await;
-    assert!(
-        cert == pki.a.der,
-        "SNI y.x.b.test did not fall back to the default"
-    );
-
-    // Unknown names and clients without SNI get the first (default) certificate.
-    let cert = presented_certificate(addr, &pki, Some("other.test"), "a.test").await;
-    assert!(
-        cert == pki.a.der,
-        "SNI other.test did not get the default certificate"
-    );
-    let cert = presented_certificate(addr, &pki, None, "a.test").await;
-    assert!(
-        cert == pki.a.der,
-        "no SNI did not get the default certificate"
-    );
+    // (SNI sent, name the test verifier checks, expected certificate, why)
+    let cases = [
+        (Some("a.test"), "a.test", &pki.a.der, "exact name"),
+        (
+            Some("x.b.test"),
+            "x.b.test",
+            &pki.b.der,
+            "wildcard *.b.test",
+        ),
+        (
+            Some("X.B.Test"),
+            "x.b.test",
+            &pki.b.der,
+            "names compare case-insensitively",
+        ),
+        (
+            Some("y.x.b.test"),
+            "a.test",
+            &pki.a.der,
+            "a wildcard covers one label: default",
+        ),
+        (
+            Some("other.test"),
+            "a.test",
+            &pki.a.der,
+            "unknown name: default",
+        ),
+        (None, "a.test", &pki.a.der, "no SNI: default"),
+    ];
+    for (sni, verify_as, expected, why) in cases {
+        let cert = presented_certificate(addr, &pki, sni, verify_as).await;
+        assert!(&cert == expected, "SNI {sni:?}: wrong certificate ({why})");
+    }
 
     // Ordinary verifying clients complete requests for both names.
     let client = tls_client(&pki, &["h2", "http/1.1"], &["a.test", "x.b.test"], addr);

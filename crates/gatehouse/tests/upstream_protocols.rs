@@ -65,29 +65,19 @@ async fn upstream_tls_verifies_the_certificate_against_the_configured_ca() {
         "the TLS front saw a TLS connection"
     );
 
-    // A CA that did not sign the upstream's certificate: the connection is refused.
-    let untrusting = Gateway::start(&single_service(&format!(
-        "  - name: up\n    endpoints: [{{ address: \"{tls_addr}\" }}]\n    retries: {{ attempts: 0 }}\n    tls: {{ ca: \"{}\", server_name: api.example.test }}",
-        example_cert("api.example.test.pem")
-    )));
-    let response = client()
-        .get(untrusting.url("/over-tls"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 503);
-
-    // A name the certificate does not cover: refused as well.
-    let wrong_name = Gateway::start(&single_service(&format!(
-        "  - name: up\n    endpoints: [{{ address: \"{tls_addr}\" }}]\n    retries: {{ attempts: 0 }}\n    tls: {{ ca: \"{}\", server_name: other.test }}",
-        example_cert("ca.pem")
-    )));
-    let response = client()
-        .get(wrong_name.url("/over-tls"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 503);
+    // A CA that did not sign the upstream's certificate, or a name the certificate does not
+    // cover: the connection is refused.
+    for (ca, server_name) in [
+        ("api.example.test.pem", "api.example.test"),
+        ("ca.pem", "other.test"),
+    ] {
+        let refused = Gateway::start(&single_service(&format!(
+            "  - name: up\n    endpoints: [{{ address: \"{tls_addr}\" }}]\n    retries: {{ attempts: 0 }}\n    tls: {{ ca: \"{}\", server_name: {server_name} }}",
+            example_cert(ca)
+        )));
+        let response = client().get(refused.url("/over-tls")).send().await.unwrap();
+        assert_eq!(response.status(), 503, "ca {ca}, server name {server_name}");
+    }
 }
 
 #[tokio::test]

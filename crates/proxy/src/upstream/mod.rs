@@ -199,7 +199,8 @@ impl Service {
                 OutgoingBody::Buffered(bytes) => body::full(bytes.clone()),
                 OutgoingBody::Streaming(stream) => std::mem::replace(stream, body::empty()),
             };
-            let headers = if may_retry_after || retries_left > 0 {
+            // Every retry needs a replayable body: only then keep a copy of the headers.
+            let headers = if may_retry_after {
                 request.headers.clone()
             } else {
                 std::mem::take(&mut request.headers)
