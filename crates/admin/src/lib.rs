@@ -238,7 +238,7 @@ async fn get_routes(State(state): State<AdminState>) -> Json<Value> {
         .iter()
         .map(|route| {
             let config = &snapshot.config.routes[route.index];
-            let action = match &route.action {
+            let action = match &route.payload.action {
                 RouteAction::Forward { service, .. } => json!({ "service": service.name }),
                 RouteAction::Redirect(redirect) => json!({ "redirect": redirect }),
                 RouteAction::Respond { status, .. } => json!({ "respond": status.as_u16() }),

@@ -4,15 +4,17 @@
 //! The data plane compiles a validated [`Config`] into its runtime snapshot; this crate only
 //! knows what a configuration says, not how it runs.
 
+pub mod auth;
 mod load;
 pub mod model;
 mod problem;
 pub mod units;
 mod validate;
 
+pub use auth::*;
 pub use load::{load_file, parse_str, schema_json};
 pub use model::*;
 pub use problem::{ConfigErrors, Problem};
 pub use serde_saphyr::{Location, Spanned};
 pub use units::{ByteSize, HumanDuration};
-pub use validate::template_captures;
+pub use validate::{parse_cidr, parse_rfc3339, template_captures, JWT_ALGORITHMS};

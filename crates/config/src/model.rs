@@ -7,6 +7,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_saphyr::{Location, Spanned};
 
+use crate::auth::{
+    AuthenticationConfig, ClientCertificateAuth, ConsumerConfig, IpFilterConfig, RouteAuth,
+};
 use crate::units::{ByteSize, HumanDuration};
 
 /// The whole configuration file.
@@ -28,6 +31,12 @@ pub struct Config {
     /// Behaviour on SIGTERM and SIGINT.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Callers of the APIs and their credentials.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
+    /// Authentication methods and identity forwarding.
+    #[serde(default)]
+    pub authentication: AuthenticationConfig,
     /// Where relative file paths (certificates, keys) are resolved: the configuration
     /// file's directory. Not part of the file.
     #[serde(skip)]
@@ -126,6 +135,9 @@ pub struct ListenerTls {
     /// Lowest TLS version accepted: `"1.2"` or `"1.3"`.
     #[serde(default)]
     pub min_version: TlsVersion,
+    /// Ask clients for certificates (mutual TLS).
+    #[serde(default)]
+    pub client_auth: Option<ClientCertificateAuth>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -514,6 +526,12 @@ pub struct RouteConfig {
     /// Send this `Host` upstream instead of the client's.
     #[serde(default)]
     pub host_rewrite: Option<String>,
+    /// Who may use this route: authentication methods and access rules.
+    #[serde(default)]
+    pub auth: Option<RouteAuth>,
+    /// Client IP allow and deny lists.
+    #[serde(default)]
+    pub ip_filter: Option<IpFilterConfig>,
 }
 
 fn match_everything() -> Spanned<RouteMatch> {

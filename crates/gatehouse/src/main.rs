@@ -2,6 +2,7 @@
 //! This crate parses the command line and starts roles; the logic lives in the library crates.
 
 mod gateway;
+mod keys;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +40,11 @@ enum Command {
     },
     /// Print the JSON Schema of the configuration.
     Schema,
+    /// Make credentials: API keys and password hashes for `consumers`.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Run a self-contained demo: the gateway in front of demo services started in-process.
     Demo {
         /// Address of the gateway listener.
@@ -50,6 +56,27 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Generate an API key: prints the key once, then the entry for the configuration.
+    Generate {
+        /// Configuration whose `authentication.api_key_secret` keys the hash.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Read the secret from this environment variable instead.
+        #[arg(long, value_name = "VAR")]
+        secret_env: Option<String>,
+        /// Key prefix (letters and digits), e.g. `live` or `test`.
+        #[arg(long, default_value = "gh")]
+        prefix: String,
+        /// Expiry (RFC 3339), e.g. 2027-01-01T00:00:00Z.
+        #[arg(long, value_name = "TIME")]
+        expires: Option<String>,
+    },
+    /// Hash a password read from stdin (argon2id) for `basic_auth.password_hash`.
+    HashPassword,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -58,6 +85,23 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => Ok(gateway::check(&config)),
+        Command::Keys {
+            command:
+                KeysCommand::Generate {
+                    config,
+                    secret_env,
+                    prefix,
+                    expires,
+                },
+        } => Ok(keys::generate(
+            config.as_deref(),
+            secret_env.as_deref(),
+            &prefix,
+            expires.as_deref(),
+        )),
+        Command::Keys {
+            command: KeysCommand::HashPassword,
+        } => Ok(keys::hash_password()),
         Command::Gateway { config, threads } => {
             init_logging();
             runtime(threads).and_then(|rt| rt.block_on(gateway::run_file(&config)))

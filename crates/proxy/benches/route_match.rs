@@ -37,9 +37,9 @@ fn bench(c: &mut Criterion) {
             query: None,
             headers: &headers,
         };
-        assert_eq!(router.find(&view).map(|m| m.route.action), Some(7777));
+        assert_eq!(router.find(&view).map(|m| m.route.payload), Some(7777));
         c.bench_function(&format!("match 10k {kind} routes"), |b| {
-            b.iter(|| black_box(router.find(black_box(&view))).map(|m| m.route.action))
+            b.iter(|| black_box(router.find(black_box(&view))).map(|m| m.route.payload))
         });
     }
 }

@@ -26,6 +26,9 @@ pub enum GatewayError {
     UpstreamConnect(String),
     #[error("upstream failed: {0}")]
     BadGateway(String),
+    /// A policy refused the request (authentication, authorization, IP filter).
+    #[error("{0}")]
+    Rejected(gatehouse_policy::Rejection),
 }
 
 impl GatewayError {
@@ -39,6 +42,7 @@ impl GatewayError {
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::Rejected(rejection) => rejection.status,
         }
     }
 
@@ -52,6 +56,7 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamConnect(_) => "upstream_unavailable",
             Self::BadGateway(_) => "bad_gateway",
+            Self::Rejected(rejection) => rejection.code,
         }
     }
 
@@ -62,12 +67,16 @@ impl GatewayError {
 
     pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
         let status = self.status();
+        let detail = match &self {
+            Self::Rejected(rejection) => rejection.detail.to_string(),
+            other => other.to_string(),
+        };
         let mut problem = serde_json::json!({
             "type": format!("https://gatehouse.dev/problems/{}", self.code()),
             "title": status.canonical_reason().unwrap_or("Error"),
             "status": status.as_u16(),
             "code": self.code(),
-            "detail": self.to_string(),
+            "detail": detail,
         });
         if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
             problem["request_id"] = serde_json::Value::from(id);
@@ -84,6 +93,11 @@ impl GatewayError {
         }
         if self.closes_connection() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Self::Rejected(rejection) = self {
+            for (name, value) in rejection.headers {
+                headers.append(name, value);
+            }
         }
         response
     }

@@ -185,17 +185,7 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// Value of one cookie from the `Cookie` header(s).
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
-}
+pub use gatehouse_policy::request::cookie;
 
 #[cfg(test)]
 mod tests {

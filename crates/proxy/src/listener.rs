@@ -186,6 +186,7 @@ async fn serve_connection(
         http2: AtomicBool::new(false),
     });
 
+    let mut client_certificate = None;
     let (io, protocol, is_tls): (Box<dyn Io>, Protocol, bool) = match &listener.tls {
         Some(acceptor) => {
             let handshake =
@@ -198,6 +199,13 @@ async fn serve_connection(
                 }
                 Err(_) => return,
             };
+            client_certificate = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(crate::tls::client_certificate_identity)
+                .map(Arc::new);
             // ALPN decided the protocol; the client must stick to it.
             let protocol = match tls.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Protocol::Http2,
@@ -228,6 +236,7 @@ async fn serve_connection(
         peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
         tls: is_tls,
+        client_certificate,
         listener: listener.clone(),
     });
     let service = {

@@ -19,6 +19,7 @@ use crate::forward::{self, X_REQUEST_ID};
 use crate::router::RequestView;
 use crate::snapshot::{fill_template, ListenerRuntime, RouteAction, Snapshot};
 use crate::upstream::{hash_of, OutgoingBody, Service, UpstreamRequest};
+use gatehouse_policy::{AccessOutcome, ClientCertificate, Granted, RequestInfo, Security};
 
 /// What the pipeline knows about the client connection.
 pub struct ConnInfo {
@@ -26,6 +27,8 @@ pub struct ConnInfo {
     /// The peer's IP as a header value, made once per connection for `X-Forwarded-For`.
     pub peer_ip: HeaderValue,
     pub tls: bool,
+    /// The verified client certificate on a mutual-TLS listener.
+    pub client_certificate: Option<Arc<ClientCertificate>>,
     pub listener: Arc<ListenerRuntime>,
 }
 
@@ -93,7 +96,33 @@ async fn route_and_respond(
             path: path.into_owned(),
         });
     };
-    match &matched.route.action {
+    let route = &matched.route.payload;
+    let client_ip =
+        forward::client_ip(conn.peer, request.headers(), &conn.listener.trusted_proxies);
+    if let Some(filter) = &route.ip_filter {
+        filter.check(client_ip).map_err(GatewayError::Rejected)?;
+    }
+    let granted = match &route.access {
+        Some(access) => {
+            let info = RequestInfo {
+                method: request.method(),
+                path: &path,
+                query: request.uri().query(),
+                headers: request.headers(),
+                captures: &matched.captures,
+                client_ip,
+                client_certificate: conn.client_certificate.as_deref(),
+                scheme: if conn.tls { "https" } else { "http" },
+                authority: &authority,
+            };
+            match access.check(&info).await.map_err(GatewayError::Rejected)? {
+                AccessOutcome::Granted(granted) => Some(granted),
+                AccessOutcome::Respond(response) => return Ok(response.map(body::full)),
+            }
+        }
+        None => None,
+    };
+    let mut response = match &route.action {
         RouteAction::Respond {
             status,
             body,
@@ -140,23 +169,45 @@ async fn route_and_respond(
                 service,
                 conn,
                 request,
-                upstream_path,
-                host_rewrite.as_ref(),
+                Upstream {
+                    path: upstream_path,
+                    host: host_rewrite.as_ref(),
+                    client_ip,
+                    security: &snapshot.security,
+                    granted: granted.as_ref(),
+                },
                 request_id,
             )
             .await
         }
+    }?;
+    if let Some(granted) = &granted {
+        for (name, value) in granted.response_headers() {
+            response.headers_mut().append(name, value);
+        }
     }
+    Ok(response)
+}
+
+/// What the route and its policies decided about the upstream request.
+struct Upstream<'a> {
+    /// `None`: the path goes upstream exactly as the client sent it.
+    path: Option<String>,
+    host: Option<&'a HeaderValue>,
+    client_ip: std::net::IpAddr,
+    security: &'a Security,
+    granted: Option<&'a Granted<'a>>,
 }
 
 async fn proxy(
     service: &Service,
     conn: &ConnInfo,
     mut request: Request<Incoming>,
-    upstream_path: Option<String>,
-    host_rewrite: Option<&HeaderValue>,
+    upstream: Upstream<'_>,
     request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    let upstream_path = upstream.path;
+    let client_ip = upstream.client_ip;
     let limit = conn.listener.limits.max_request_body.0;
     let declared_length = content_length(request.headers());
     if limit > 0 && declared_length.is_some_and(|len| len > limit) {
@@ -174,7 +225,6 @@ async fn proxy(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let peer_trusted = forward::is_trusted(conn.peer.ip(), &conn.listener.trusted_proxies);
-    let client_ip = forward::client_ip(conn.peer, &headers, &conn.listener.trusted_proxies);
     forward::strip_hop_by_hop(&mut headers, upgrade);
     headers.remove(header::EXPECT); // 100-continue is answered here, when the body is read
     forward::set_forwarded(
@@ -186,7 +236,11 @@ async fn proxy(
     );
     forward::add_via(&mut headers, parts.version);
     headers.insert(X_REQUEST_ID, request_id.clone());
-    match host_rewrite.or(original_host.as_ref()) {
+    let query_override =
+        upstream
+            .security
+            .prepare_upstream(upstream.granted, &mut headers, parts.uri.query());
+    match upstream.host.or(original_host.as_ref()) {
         Some(host) => {
             headers.insert(header::HOST, host.clone());
         }
@@ -235,11 +289,15 @@ async fn proxy(
         OutgoingBody::Streaming(body::boxed(marked))
     };
 
-    let path_and_query = match (upstream_path, parts.uri.path_and_query()) {
-        (None, Some(original)) => original.clone(),
-        (upstream_path, _) => {
-            let path = upstream_path.as_deref().unwrap_or("/");
-            match parts.uri.query() {
+    let path_and_query = match (upstream_path, parts.uri.path_and_query(), query_override) {
+        (None, Some(original), None) => original.clone(),
+        (upstream_path, _, query_override) => {
+            let path = upstream_path.as_deref().unwrap_or(parts.uri.path());
+            let query = match query_override {
+                Some(replaced) => replaced,
+                None => parts.uri.query().map(str::to_owned),
+            };
+            match query {
                 Some(query) => format!("{path}?{query}").parse(),
                 None => path.parse(),
             }

@@ -35,7 +35,7 @@ pub struct CompiledRoute<A> {
     methods: Vec<Method>,
     headers: Vec<CompiledValueMatch>,
     query: Vec<CompiledValueMatch>,
-    pub action: A,
+    pub payload: A,
 }
 
 struct CompiledValueMatch {
@@ -104,10 +104,10 @@ pub struct RouterError {
 }
 
 impl<A> Router<A> {
-    /// Compile routes; `action` builds each route's payload.
+    /// Compile routes; `payload` builds each route's payload.
     pub fn compile(
         configs: &[RouteConfig],
-        mut action: impl FnMut(usize, &RouteConfig) -> Result<A, String>,
+        mut payload: impl FnMut(usize, &RouteConfig) -> Result<A, String>,
     ) -> Result<Self, RouterError> {
         let mut router = Router {
             routes: Vec::with_capacity(configs.len()),
@@ -132,7 +132,7 @@ impl<A> Router<A> {
                     .collect::<Result<_, _>>()?,
                 headers: compile_value_matches(&matches.headers, true).map_err(error)?,
                 query: compile_value_matches(&matches.query, false).map_err(error)?,
-                action: action(index, config).map_err(error)?,
+                payload: payload(index, config).map_err(error)?,
             };
             router.routes.push(Arc::new(route));
             if matches.hosts.is_empty() {

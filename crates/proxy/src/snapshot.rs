@@ -13,6 +13,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
 use tokio_rustls::TlsAcceptor;
 
+use gatehouse_policy::{AccessPolicy, IpFilter, Security};
+
 use crate::router::Router;
 use crate::tls;
 use crate::upstream::Service;
@@ -20,7 +22,9 @@ use crate::upstream::Service;
 pub struct Snapshot {
     pub version: u64,
     pub config: Arc<Config>,
-    pub router: Router<RouteAction>,
+    pub router: Router<RouteRuntime>,
+    /// Consumers, authentication methods and identity headers.
+    pub security: Security,
     pub services: HashMap<String, Arc<Service>>,
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
 }
@@ -34,6 +38,15 @@ pub struct ListenerRuntime {
     pub redirect_to_https: Option<HttpsRedirect>,
     pub tls: Option<TlsAcceptor>,
     pub http2: bool,
+}
+
+/// A route's compiled payload: its policies, then its action.
+pub struct RouteRuntime {
+    /// Client IP rules, checked first.
+    pub ip_filter: Option<IpFilter>,
+    /// Authentication and authorization.
+    pub access: Option<AccessPolicy>,
+    pub action: RouteAction,
 }
 
 pub enum RouteAction {
@@ -142,7 +155,24 @@ impl Snapshot {
             );
         }
 
-        let router = Router::compile(&config.routes, |_, route| route_action(route, &services));
+        let security = match Security::compile(&config, previous.map(|p| &p.security)) {
+            Ok(security) => security,
+            Err(mut security_problems) => {
+                problems.append(&mut security_problems);
+                return Err(problems);
+            }
+        };
+        let router = Router::compile(&config.routes, |_, route| {
+            Ok(RouteRuntime {
+                ip_filter: route.ip_filter.as_ref().map(IpFilter::new),
+                access: route
+                    .auth
+                    .as_ref()
+                    .map(|auth| security.access_policy(auth))
+                    .transpose()?,
+                action: route_action(route, &services)?,
+            })
+        });
         let router = match router {
             Ok(router) => Some(router),
             Err(err) => {
@@ -152,13 +182,19 @@ impl Snapshot {
             }
         };
         match router {
-            Some(router) if problems.is_empty() => Ok(Self {
-                version,
-                config: Arc::new(config),
-                router,
-                services,
-                listeners,
-            }),
+            Some(router) if problems.is_empty() => {
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    security.start_background_tasks();
+                }
+                Ok(Self {
+                    version,
+                    config: Arc::new(config),
+                    router,
+                    security,
+                    services,
+                    listeners,
+                })
+            }
             _ => Err(problems),
         }
     }

@@ -21,6 +21,37 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("invalid server name `{0}`")]
     ServerName(String),
+    #[error("client certificate CA: {0}")]
+    ClientAuth(String),
+}
+
+/// The identities in a verified client certificate (subject CN and SANs), read once per
+/// connection for the `client_certificate` authentication method.
+pub fn client_certificate_identity(
+    der: &CertificateDer<'_>,
+) -> Option<gatehouse_policy::ClientCertificate> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let mut identity = gatehouse_policy::ClientCertificate {
+        subject_cn: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned),
+        ..Default::default()
+    };
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => identity.dns_names.push((*dns).to_owned()),
+                GeneralName::URI(uri) => identity.uris.push((*uri).to_owned()),
+                GeneralName::RFC822Name(email) => identity.emails.push((*email).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    Some(identity)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -106,10 +137,29 @@ pub fn server_config(
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { keys }));
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
+    let builder = match &tls.client_auth {
+        Some(client_auth) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in load_certs(&config.resolve_path(&client_auth.ca.value))? {
+                roots.add(cert)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            );
+            let verifier = if client_auth.required {
+                verifier.build()
+            } else {
+                verifier.allow_unauthenticated().build()
+            }
+            .map_err(|e| TlsError::ClientAuth(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { keys }));
     config.alpn_protocols = if http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {

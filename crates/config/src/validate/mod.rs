@@ -9,6 +9,9 @@ use serde_saphyr::Location;
 use crate::model::*;
 use crate::problem::Problem;
 
+mod auth;
+pub use auth::{parse_cidr, parse_rfc3339, JWT_ALGORITHMS};
+
 /// The closest candidate to `word`, if it is close enough to be a likely typo.
 pub(crate) fn did_you_mean<'a>(
     word: &str,
@@ -47,7 +50,8 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     }
     validate_listeners(&config.listeners, &mut problems);
     let services = validate_services(&config.services, &mut problems);
-    validate_routes(&config.routes, &services, &mut problems);
+    let auth_names = auth::validate_security(config, &mut problems);
+    validate_routes(&config.routes, &services, &auth_names, &mut problems);
     problems.sort_by_key(|p| (p.line, p.column));
     problems
 }
@@ -267,6 +271,7 @@ fn check_host_port(address: &str) -> Result<(), String> {
 fn validate_routes(
     routes: &[RouteConfig],
     services: &HashMap<&str, &ServiceConfig>,
+    auth_names: &auth::AuthNames<'_>,
     problems: &mut Vec<Problem>,
 ) {
     let mut seen: HashMap<String, u64> = HashMap::new();
@@ -373,6 +378,7 @@ fn validate_routes(
             },
             _ => {}
         }
+        auth::validate_route_access(route, &label, &captures, auth_names, problems);
         let is_prefix = matches!(matches.path, Some(PathMatch::Prefix(_)));
         if let Some(rewrite) = &route.rewrite {
             let kinds = [

@@ -1,0 +1,144 @@
+//! Consumers and their credentials, behind [`ConsumerDirectory`] so the configuration serves
+//! them today and the store (developer portal) can serve them later.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use gatehouse_config::{parse_rfc3339, ConsumerConfig};
+
+use crate::identity::Identity;
+
+/// The caller's identity as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    pub id: String,
+    pub name: String,
+    pub groups: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Consumer {
+    /// A consumer known only from a token (its `sub`), not from configuration.
+    pub fn ad_hoc(id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            groups: Vec::new(),
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// A stored API key: never the key itself, only its keyed hash.
+#[derive(Debug)]
+pub struct ApiKeyRecord {
+    /// The identity this key authenticates as (credential `api_key:<public id>`).
+    pub identity: Arc<Identity>,
+    /// HMAC-SHA-256 of the whole key under the server secret.
+    pub hash: Vec<u8>,
+    /// Unix seconds after which the key is refused.
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+}
+
+/// A stored HTTP Basic credential.
+#[derive(Debug)]
+pub struct BasicRecord {
+    pub identity: Arc<Identity>,
+    /// Argon2 PHC string.
+    pub password_hash: String,
+}
+
+/// Where consumers and credentials are looked up. Implementations answer from memory: the
+/// request path never waits on a database.
+pub trait ConsumerDirectory: Send + Sync {
+    fn consumer(&self, id: &str) -> Option<Arc<Consumer>>;
+    fn api_key(&self, public_id: &str) -> Option<Arc<ApiKeyRecord>>;
+    fn basic_user(&self, username: &str) -> Option<Arc<BasicRecord>>;
+    fn certificate_identity(&self, identity: &str) -> Option<Arc<Identity>>;
+}
+
+/// The directory compiled from the configuration's `consumers`.
+#[derive(Default)]
+pub struct StaticDirectory {
+    consumers: HashMap<String, Arc<Consumer>>,
+    api_keys: HashMap<String, Arc<ApiKeyRecord>>,
+    basic: HashMap<String, Arc<BasicRecord>>,
+    certificates: HashMap<String, Arc<Identity>>,
+}
+
+impl StaticDirectory {
+    /// Build from validated configuration (invalid hashes and times were refused there).
+    pub fn from_config(consumers: &[ConsumerConfig]) -> Self {
+        use base64::Engine;
+        let mut directory = Self::default();
+        for config in consumers {
+            let consumer = Arc::new(Consumer {
+                id: config.id.value.clone(),
+                name: config
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| config.id.value.clone()),
+                groups: config.groups.clone(),
+                metadata: config.metadata.clone(),
+            });
+            for key in &config.api_keys {
+                let encoded = key.hash.value.trim_start_matches("hmac-sha256:");
+                let hash = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded))
+                    .unwrap_or_default();
+                directory.api_keys.insert(
+                    key.id.value.clone(),
+                    Arc::new(ApiKeyRecord {
+                        identity: Arc::new(Identity::of_consumer(
+                            consumer.clone(),
+                            format!("api_key:{}", key.id.value).into(),
+                        )),
+                        hash,
+                        expires_at: key.expires.as_ref().and_then(|e| parse_rfc3339(&e.value)),
+                        revoked: key.revoked,
+                    }),
+                );
+            }
+            if let Some(basic) = &config.basic_auth {
+                directory.basic.insert(
+                    basic.username.clone(),
+                    Arc::new(BasicRecord {
+                        identity: Arc::new(Identity::of_consumer(
+                            consumer.clone(),
+                            format!("basic:{}", basic.username).into(),
+                        )),
+                        password_hash: basic.password_hash.value.clone(),
+                    }),
+                );
+            }
+            for identity in &config.certificate_identities {
+                directory.certificates.insert(
+                    identity.clone(),
+                    Arc::new(Identity::of_consumer(
+                        consumer.clone(),
+                        format!("client_certificate:{identity}").into(),
+                    )),
+                );
+            }
+            directory.consumers.insert(consumer.id.clone(), consumer);
+        }
+        directory
+    }
+}
+
+impl ConsumerDirectory for StaticDirectory {
+    fn consumer(&self, id: &str) -> Option<Arc<Consumer>> {
+        self.consumers.get(id).cloned()
+    }
+    fn api_key(&self, public_id: &str) -> Option<Arc<ApiKeyRecord>> {
+        self.api_keys.get(public_id).cloned()
+    }
+    fn basic_user(&self, username: &str) -> Option<Arc<BasicRecord>> {
+        self.basic.get(username).cloned()
+    }
+    fn certificate_identity(&self, identity: &str) -> Option<Arc<Identity>> {
+        self.certificates.get(identity).cloned()
+    }
+}

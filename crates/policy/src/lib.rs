@@ -1,0 +1,29 @@
+//! Route policies: what runs between routing and the upstream call.
+//!
+//! A policy is a plain value compiled from configuration into the snapshot. The pipeline
+//! runs a route's policies in phase order:
+//!
+//! - **access** (`IpFilter`, then `AccessPolicy`): may refuse the request with a
+//!   [`Rejection`], answer it directly (an OIDC redirect), or grant it with an [`Identity`];
+//! - **upstream request** ([`Security::prepare_upstream`]): remove client-sent identity
+//!   headers and hidden credentials, add the authenticated identity;
+//! - **response** ([`Granted::response_headers`]): headers a policy adds to the answer
+//!   (a refreshed session cookie).
+//!
+//! Policies are an enum per concern rather than one trait with many hooks; a route without
+//! policies pays nothing but an `Option` check.
+
+pub mod auth;
+pub mod consumer;
+pub mod fetch;
+pub mod identity;
+pub mod ip_filter;
+pub mod rejection;
+pub mod request;
+
+pub use auth::{AccessOutcome, AccessPolicy, Granted, Security};
+pub use consumer::{ApiKeyRecord, Consumer, ConsumerDirectory, StaticDirectory};
+pub use identity::Identity;
+pub use ip_filter::IpFilter;
+pub use rejection::Rejection;
+pub use request::{ClientCertificate, RequestInfo};
