@@ -49,7 +49,9 @@ pub fn generate(
     match api_key::generate(&hasher, prefix) {
         Ok(key) => {
             println!("{}", key.key);
-            println!("# add under the consumer's `api_keys` (the key above is not stored anywhere):");
+            println!(
+                "# add under the consumer's `api_keys` (the key above is not stored anywhere):"
+            );
             println!("- id: {}", key.public_id);
             println!("  hash: \"{}\"", key.hash);
             if let Some(expires) = expires {

@@ -46,6 +46,16 @@ struct KeyEntry {
     key: DecodingKey,
 }
 
+impl KeyEntry {
+    fn accepts(&self, kid: Option<&str>, alg: Algorithm) -> bool {
+        let kid_ok = match kid {
+            Some(kid) => self.kid.as_deref() == Some(kid),
+            None => true,
+        };
+        kid_ok && self.key.family() == alg.family() && self.alg.is_none_or(|pinned| pinned == alg)
+    }
+}
+
 pub enum KeyLookup {
     Found(Arc<KeySet>, usize),
     /// No key matches, even after a refetch.
@@ -58,15 +68,15 @@ impl KeySet {
     /// A key for the token's `kid` and `alg`: the key's family must be the algorithm's
     /// (no HMAC with an RSA public key), and a pinned `alg` must match.
     fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<usize> {
-        self.keys.iter().position(|entry| {
-            let kid_ok = match kid {
-                Some(kid) => entry.kid.as_deref() == Some(kid),
-                None => true,
-            };
-            kid_ok
-                && entry.key.family() == alg.family()
-                && entry.alg.is_none_or(|pinned| pinned == alg)
-        })
+        self.keys.iter().position(|entry| entry.accepts(kid, alg))
+    }
+
+    /// Every key a token without `kid` may have been signed with.
+    pub fn candidates(&self, alg: Algorithm) -> impl Iterator<Item = &DecodingKey> {
+        self.keys
+            .iter()
+            .filter(move |entry| entry.accepts(None, alg))
+            .map(|entry| &entry.key)
     }
 
     pub fn key(&self, index: usize) -> Option<&DecodingKey> {

@@ -34,6 +34,10 @@ const ASYMMETRIC: [Algorithm; 9] = [
     Algorithm::EdDSA,
 ];
 
+/// Keys tried for a token without `kid`, beyond the first (bounds the work a forged
+/// kid-less token can cause).
+const MAX_KIDLESS_CANDIDATES: usize = 3;
+
 #[derive(Clone)]
 struct CachedToken {
     identity: Arc<Identity>,
@@ -234,29 +238,40 @@ impl JwtAuth {
             .iter()
             .find(|(f, _)| *f == family)
             .ok_or(TokenError::Invalid("token algorithm not accepted"))?;
-        let key_set;
-        let key = if family == jsonwebtoken::AlgorithmFamily::Hmac {
-            self.hmac_key
-                .as_ref()
-                .ok_or(TokenError::Invalid("token algorithm not accepted"))?
+        let key_set = if family == jsonwebtoken::AlgorithmFamily::Hmac {
+            None
         } else {
             let keys = self
                 .keys
                 .as_ref()
                 .ok_or(TokenError::Invalid("token algorithm not accepted"))?;
             match keys.find(header.kid.as_deref(), header.alg).await {
-                KeyLookup::Found(set, index) => {
-                    key_set = set;
-                    key_set
-                        .key(index)
-                        .ok_or(TokenError::Invalid("unknown signing key"))?
-                }
+                KeyLookup::Found(set, index) => Some((set, index)),
                 KeyLookup::Unknown => return Err(TokenError::Invalid("unknown signing key")),
                 KeyLookup::Unavailable(message) => return Err(TokenError::Unavailable(message)),
             }
         };
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
-            .map_err(|err| TokenError::Invalid(describe(err.kind())))?;
+        let key = match &key_set {
+            Some((set, index)) => set.key(*index),
+            None => self.hmac_key.as_ref(),
+        }
+        .ok_or(TokenError::Invalid("token algorithm not accepted"))?;
+        let decode = |key| jsonwebtoken::decode::<Map<String, Value>>(token, key, validation);
+        let mut result = decode(key);
+        if let (None, Some((set, _))) = (&header.kid, &key_set) {
+            // Without a `kid`, any key of the family may have signed; try a few.
+            for other in set
+                .candidates(header.alg)
+                .skip(1)
+                .take(MAX_KIDLESS_CANDIDATES)
+            {
+                if !matches!(&result, Err(e) if *e.kind() == ErrorKind::InvalidSignature) {
+                    break;
+                }
+                result = decode(other);
+            }
+        }
+        let data = result.map_err(|err| TokenError::Invalid(describe(err.kind())))?;
         let claims = data.claims;
         for claim in &self.required_claims {
             if !claims.contains_key(claim) {
