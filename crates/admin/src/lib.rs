@@ -243,7 +243,13 @@ async fn get_routes(State(state): State<AdminState>) -> Json<Value> {
                 RouteAction::Redirect(redirect) => json!({ "redirect": redirect }),
                 RouteAction::Respond { status, .. } => json!({ "respond": status.as_u16() }),
             };
-            json!({ "name": route.name, "priority": config.priority, "match": config.matches.value, "action": action })
+            let auth = config.auth.as_ref().map(|auth| {
+                json!({
+                    "methods": auth.methods.iter().map(|m| m.value.as_str()).collect::<Vec<_>>(),
+                    "anonymous": auth.anonymous.as_ref().map(|a| a.value.as_str()),
+                })
+            });
+            json!({ "name": route.name, "priority": config.priority, "match": config.matches.value, "action": action, "auth": auth })
         })
         .collect();
     Json(json!({ "version": snapshot.version, "routes": routes }))

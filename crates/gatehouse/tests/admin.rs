@@ -145,6 +145,7 @@ async fn reload_through_the_api_with_versions_and_rollback() {
     let routes: Value = gateway.admin_json("/admin/routes").await;
     assert_eq!(routes["version"], 3);
     assert_eq!(routes["routes"][0]["match"]["path"]["exact"], "/version");
+    assert_eq!(routes["routes"][0]["auth"], Value::Null);
 }
 
 #[test]
