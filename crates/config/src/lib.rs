@@ -8,6 +8,7 @@ pub mod auth;
 mod load;
 pub mod model;
 mod problem;
+pub mod traffic;
 pub mod units;
 mod validate;
 
@@ -16,5 +17,6 @@ pub use load::{load_file, parse_str, schema_json};
 pub use model::*;
 pub use problem::{ConfigErrors, Problem};
 pub use serde_saphyr::{Location, Spanned};
+pub use traffic::*;
 pub use units::{ByteSize, HumanDuration};
 pub use validate::{parse_cidr, parse_rfc3339, template_captures, JWT_ALGORITHMS};

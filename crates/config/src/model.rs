@@ -10,6 +10,7 @@ use serde_saphyr::{Location, Spanned};
 use crate::auth::{
     AuthenticationConfig, ClientCertificateAuth, ConsumerConfig, IpFilterConfig, RouteAuth,
 };
+use crate::traffic::{RateLimitPolicy, RedisConfig};
 use crate::units::{ByteSize, HumanDuration};
 
 /// The whole configuration file.
@@ -37,6 +38,13 @@ pub struct Config {
     /// Authentication methods and identity forwarding.
     #[serde(default)]
     pub authentication: AuthenticationConfig,
+    /// Rate-limit policies by name; routes apply them with `rate_limits: [NAME]`.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RateLimitPolicy>")]
+    pub rate_limits: BTreeMap<String, Spanned<RateLimitPolicy>>,
+    /// The Redis server for cluster-mode rate limits.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     /// Where relative file paths (certificates, keys) are resolved: the configuration
     /// file's directory. Not part of the file.
     #[serde(skip)]
@@ -278,6 +286,10 @@ pub struct ServiceConfig {
     /// How often DNS names among the endpoints are resolved again.
     #[serde(default = "default_dns_refresh")]
     pub dns_refresh: HumanDuration,
+    /// Requests to this service in flight at once, over all routes; beyond it, 503 with
+    /// `Retry-After` (load shedding).
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
 }
 
 fn default_dns_refresh() -> HumanDuration {
@@ -532,6 +544,13 @@ pub struct RouteConfig {
     /// Client IP allow and deny lists.
     #[serde(default)]
     pub ip_filter: Option<IpFilterConfig>,
+    /// Rate-limit policies (names under the top-level `rate_limits`), all applied.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub rate_limits: Vec<Spanned<String>>,
+    /// Requests of this route in flight at once; beyond it, 503 with `Retry-After`.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
 }
 
 fn match_everything() -> Spanned<RouteMatch> {

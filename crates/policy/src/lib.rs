@@ -14,16 +14,21 @@
 //! policies pays nothing but an `Option` check.
 
 pub mod auth;
+pub mod concurrency;
 pub mod consumer;
 pub mod fetch;
 pub mod identity;
 pub mod ip_filter;
+pub mod rate_limit;
+pub mod redis;
 pub mod rejection;
 pub mod request;
 
 pub use auth::{AccessOutcome, AccessPolicy, Granted, Security};
+pub use concurrency::{InFlightGuard, InFlightLimit};
 pub use consumer::{ApiKeyRecord, Consumer, ConsumerDirectory, StaticDirectory};
 pub use identity::Identity;
 pub use ip_filter::IpFilter;
+pub use rate_limit::{LimitRequest, RateLimiter, RateLimits};
 pub use rejection::Rejection;
 pub use request::{ClientCertificate, RequestInfo};

@@ -19,7 +19,9 @@ use crate::forward::{self, X_REQUEST_ID};
 use crate::router::RequestView;
 use crate::snapshot::{fill_template, ListenerRuntime, RouteAction, Snapshot};
 use crate::upstream::{hash_of, OutgoingBody, Service, UpstreamRequest};
-use gatehouse_policy::{AccessOutcome, ClientCertificate, Granted, RequestInfo, Security};
+use gatehouse_policy::{
+    AccessOutcome, ClientCertificate, Granted, InFlightLimit, LimitRequest, RequestInfo, Security,
+};
 
 /// What the pipeline knows about the client connection.
 pub struct ConnInfo {
@@ -122,6 +124,28 @@ async fn route_and_respond(
         }
         None => None,
     };
+    let mut policy_headers = Vec::new();
+    if !route.rate_limits.is_empty() {
+        let limit_request = LimitRequest {
+            identity: granted.as_ref().map(|g| &*g.identity),
+            client_ip,
+            route: &matched.route.name,
+            headers: request.headers(),
+        };
+        for limiter in &route.rate_limits {
+            let headers = limiter
+                .check(&limit_request)
+                .await
+                .map_err(GatewayError::Rejected)?;
+            policy_headers.extend(headers);
+        }
+    }
+    let route_slot = route
+        .in_flight
+        .as_ref()
+        .map(InFlightLimit::try_acquire)
+        .transpose()
+        .map_err(GatewayError::Rejected)?;
     let mut response = match &route.action {
         RouteAction::Respond {
             status,
@@ -186,6 +210,12 @@ async fn route_and_respond(
             response.headers_mut().append(name, value);
         }
     }
+    for (name, value) in policy_headers {
+        response.headers_mut().append(name, value);
+    }
+    if let Some(slot) = route_slot {
+        response = response.map(|body| body::with_guard(body, slot));
+    }
     Ok(response)
 }
 
@@ -208,6 +238,12 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let upstream_path = upstream.path;
     let client_ip = upstream.client_ip;
+    let service_slot = service
+        .in_flight
+        .as_ref()
+        .map(InFlightLimit::try_acquire)
+        .transpose()
+        .map_err(GatewayError::Rejected)?;
     let limit = conn.listener.limits.max_request_body.0;
     let declared_length = content_length(request.headers());
     if limit > 0 && declared_length.is_some_and(|len| len > limit) {
@@ -337,7 +373,11 @@ async fn proxy(
     let (mut parts, body) = response.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers, switching);
     forward::add_via(&mut parts.headers, parts.version);
-    Ok(Response::from_parts(parts, body::boxed(body)))
+    let body = match service_slot {
+        Some(slot) => body::with_guard(body::boxed(body), slot),
+        None => body::boxed(body),
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
 use tokio_rustls::TlsAcceptor;
 
-use gatehouse_policy::{AccessPolicy, IpFilter, Security};
+use gatehouse_policy::{AccessPolicy, InFlightLimit, IpFilter, RateLimiter, RateLimits, Security};
 
 use crate::router::Router;
 use crate::tls;
@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub router: Router<RouteRuntime>,
     /// Consumers, authentication methods and identity headers.
     pub security: Security,
+    /// Rate-limit policies and the shared Redis connection.
+    pub rate_limits: RateLimits,
     pub services: HashMap<String, Arc<Service>>,
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
 }
@@ -46,6 +48,10 @@ pub struct RouteRuntime {
     pub ip_filter: Option<IpFilter>,
     /// Authentication and authorization.
     pub access: Option<AccessPolicy>,
+    /// Rate-limit policies, all applied after authentication.
+    pub rate_limits: Vec<Arc<RateLimiter>>,
+    /// `max_in_flight` of the route.
+    pub in_flight: Option<InFlightLimit>,
     pub action: RouteAction,
 }
 
@@ -162,9 +168,32 @@ impl Snapshot {
                 return Err(problems);
             }
         };
-        let router = Router::compile(&config.routes, |_, route| {
+        let rate_limits = match RateLimits::compile(&config, previous.map(|p| &p.rate_limits)) {
+            Ok(rate_limits) => rate_limits,
+            Err(mut limit_problems) => {
+                problems.append(&mut limit_problems);
+                return Err(problems);
+            }
+        };
+        let router = Router::compile(&config.routes, |index, route| {
             Ok(RouteRuntime {
                 ip_filter: route.ip_filter.as_ref().map(IpFilter::new),
+                rate_limits: route
+                    .rate_limits
+                    .iter()
+                    .map(|name| {
+                        rate_limits
+                            .get(&name.value)
+                            .ok_or_else(|| format!("undefined rate-limit policy `{}`", name.value))
+                    })
+                    .collect::<Result<_, _>>()?,
+                in_flight: route.max_in_flight.map(|max| {
+                    let name = route
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("route-{index}"));
+                    InFlightLimit::new(max, format!("route `{name}`"))
+                }),
                 access: route
                     .auth
                     .as_ref()
@@ -185,12 +214,14 @@ impl Snapshot {
             Some(router) if problems.is_empty() => {
                 if tokio::runtime::Handle::try_current().is_ok() {
                     security.start_background_tasks();
+                    rate_limits.start_background_tasks();
                 }
                 Ok(Self {
                     version,
                     config: Arc::new(config),
                     router,
                     security,
+                    rate_limits,
                     services,
                     listeners,
                 })

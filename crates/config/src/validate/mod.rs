@@ -10,6 +10,7 @@ use crate::model::*;
 use crate::problem::Problem;
 
 mod auth;
+mod traffic;
 pub use auth::{parse_cidr, parse_rfc3339, JWT_ALGORITHMS};
 
 /// The closest candidate to `word`, if it is close enough to be a likely typo.
@@ -51,7 +52,8 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     validate_listeners(&config.listeners, &mut problems);
     let services = validate_services(&config.services, &mut problems);
     let auth_names = auth::validate_security(config, &mut problems);
-    validate_routes(&config.routes, &services, &auth_names, &mut problems);
+    traffic::validate_traffic(config, &mut problems);
+    validate_routes(config, &services, &auth_names, &mut problems);
     problems.sort_by_key(|p| (p.line, p.column));
     problems
 }
@@ -237,6 +239,15 @@ fn validate_services<'a>(
                 ));
             }
         }
+        if service.max_in_flight == Some(0) {
+            problems.push(Problem::at(
+                &name.referenced,
+                format!(
+                    "service `{}`: `max_in_flight` must be at least 1",
+                    name.value
+                ),
+            ));
+        }
         if let Some(outlier) = &service.outlier_detection {
             if outlier.consecutive_failures == 0 || outlier.max_ejection_percent > 100 {
                 problems.push(Problem::at(
@@ -269,11 +280,12 @@ fn check_host_port(address: &str) -> Result<(), String> {
 }
 
 fn validate_routes(
-    routes: &[RouteConfig],
+    config: &Config,
     services: &HashMap<&str, &ServiceConfig>,
     auth_names: &auth::AuthNames<'_>,
     problems: &mut Vec<Problem>,
 ) {
+    let routes = &config.routes;
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut template_router = matchit::Router::new();
     let mut templates_seen = BTreeSet::new();
@@ -379,6 +391,7 @@ fn validate_routes(
             _ => {}
         }
         auth::validate_route_access(route, &label, &captures, auth_names, problems);
+        traffic::validate_route_traffic(route, &label, &config.rate_limits, problems);
         let is_prefix = matches!(matches.path, Some(PathMatch::Prefix(_)));
         if let Some(rewrite) = &route.rewrite {
             let kinds = [

@@ -37,6 +37,8 @@ pub struct Service {
     connector: Connector,
     scheme: http::uri::Scheme,
     budget: RetryBudget,
+    /// `max_in_flight`: load shedding over all routes to this service.
+    pub in_flight: Option<gatehouse_policy::InFlightLimit>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -130,6 +132,12 @@ impl Service {
                 config.retries.budget_ratio,
                 config.retries.budget_min_per_second,
             ),
+            in_flight: config.max_in_flight.map(|max| {
+                gatehouse_policy::InFlightLimit::new(
+                    max,
+                    format!("service `{}`", config.name.value),
+                )
+            }),
             tasks: Mutex::new(Vec::new()),
         });
         Ok(service)

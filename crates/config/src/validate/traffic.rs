@@ -1,0 +1,143 @@
+//! Checks of rate-limit policies, the Redis connection and concurrency limits.
+
+use std::collections::BTreeMap;
+
+use crate::model::{Config, RouteConfig};
+use crate::problem::Problem;
+use crate::traffic::{LimitAlgorithm, LimitMode};
+use serde_saphyr::Spanned;
+
+use super::did_you_mean;
+
+/// Key parts a limit may count by; `header:NAME` and `claim:NAME` take a name.
+pub const LIMIT_KEYS: [&str; 6] = [
+    "consumer",
+    "credential",
+    "client_ip",
+    "route",
+    "header:",
+    "claim:",
+];
+
+pub(crate) fn validate_traffic(config: &Config, problems: &mut Vec<Problem>) {
+    if let Some(redis) = &config.redis {
+        let url = &redis.url.value;
+        if url.starts_with("rediss://") {
+            problems.push(Problem::at(
+                &redis.url.referenced,
+                "TLS to Redis (`rediss://`) is not supported yet; use `redis://` on a trusted network",
+            ));
+        } else if !url.starts_with("redis://") && !url.starts_with("redis+unix://") {
+            problems.push(Problem::at(
+                &redis.url.referenced,
+                format!("`{url}` is not a Redis URL like redis://127.0.0.1:6379"),
+            ));
+        }
+        if redis.timeout.0.is_zero() {
+            problems.push(Problem::at(
+                &redis.url.referenced,
+                "`redis.timeout` must be greater than 0",
+            ));
+        }
+    }
+    for (name, policy) in &config.rate_limits {
+        let at = &policy.referenced;
+        let policy = &policy.value;
+        if policy.limits.is_empty() {
+            problems.push(Problem::at(
+                at,
+                format!("rate-limit policy `{name}` has no limits"),
+            ));
+        }
+        if policy.mode == LimitMode::Cluster && config.redis.is_none() {
+            problems.push(Problem::at(
+                at,
+                format!(
+                    "rate-limit policy `{name}` is in cluster mode but no `redis` is configured"
+                ),
+            ));
+        }
+        for (index, limit) in policy.limits.iter().enumerate() {
+            let label = limit
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{name}-{index}"));
+            if limit.requests == 0 {
+                problems.push(Problem::at(
+                    at,
+                    format!("limit `{label}`: `requests` must be at least 1"),
+                ));
+            }
+            if limit.per.0.as_millis() == 0 {
+                problems.push(Problem::at(
+                    at,
+                    format!("limit `{label}`: `per` must be at least 1ms"),
+                ));
+            }
+            match (limit.algorithm, limit.burst) {
+                (LimitAlgorithm::Gcra, Some(0)) => problems.push(Problem::at(
+                    at,
+                    format!("limit `{label}`: `burst` must be at least 1"),
+                )),
+                (LimitAlgorithm::SlidingWindow, Some(_)) => problems.push(Problem::at(
+                    at,
+                    format!("limit `{label}`: `burst` applies to `gcra` only"),
+                )),
+                _ => {}
+            }
+            for part in &limit.key {
+                check_key_part(part, problems);
+            }
+        }
+    }
+}
+
+fn check_key_part(part: &Spanned<String>, problems: &mut Vec<Problem>) {
+    let value = part.value.as_str();
+    let named = value
+        .strip_prefix("header:")
+        .or_else(|| value.strip_prefix("claim:"));
+    match named {
+        Some("") => problems.push(Problem::at(
+            &part.referenced,
+            format!("`{value}` needs a name after the colon"),
+        )),
+        Some(_) => {}
+        None if LIMIT_KEYS.contains(&value) => {}
+        None => {
+            let mut message = format!(
+                "unknown limit key `{value}` (consumer, credential, client_ip, route, header:NAME, claim:NAME)"
+            );
+            if let Some(best) = did_you_mean(value, LIMIT_KEYS) {
+                message.push_str(&format!(", did you mean `{best}`?"));
+            }
+            problems.push(Problem::at(&part.referenced, message));
+        }
+    }
+}
+
+pub(crate) fn validate_route_traffic(
+    route: &RouteConfig,
+    label: &str,
+    policies: &BTreeMap<String, Spanned<crate::traffic::RateLimitPolicy>>,
+    problems: &mut Vec<Problem>,
+) {
+    for name in &route.rate_limits {
+        if !policies.contains_key(&name.value) {
+            let mut message = format!(
+                "route `{label}` uses undefined rate-limit policy `{}`",
+                name.value
+            );
+            if let Some(best) = did_you_mean(&name.value, policies.keys().map(String::as_str)) {
+                message.push_str(&format!(", did you mean `{best}`?"));
+            }
+            problems.push(Problem::at(&name.referenced, message));
+        }
+    }
+    if route.max_in_flight == Some(0) {
+        problems.push(Problem::at(
+            &route.matches.referenced,
+            format!("route `{label}`: `max_in_flight` must be at least 1"),
+        ));
+    }
+}

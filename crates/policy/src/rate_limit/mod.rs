@@ -1,0 +1,489 @@
+//! Rate limits: named policies of one or more limits (GCRA or sliding window), counted per
+//! key (consumer, credential, client IP, route, header, claim), kept in this process
+//! (`local`) or shared by a fleet through one Redis round trip per decision (`cluster`).
+//! Responses carry the IETF `RateLimit-Policy` and `RateLimit` fields
+//! (draft-ietf-httpapi-ratelimit-headers-10), optionally the legacy `X-RateLimit-*`.
+
+mod cluster;
+pub mod local;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_config::{
+    Config, FailureMode, LimitAlgorithm, LimitConfig, LimitMode, Problem, RateLimitPolicy,
+};
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, StatusCode};
+
+use crate::identity::Identity;
+use crate::redis::RedisLink;
+use crate::rejection::Rejection;
+use local::LocalStore;
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// How a limit spends its allowance, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitShape {
+    /// One request per `interval`; up to `tolerance / interval` at once.
+    Gcra { interval: u64, tolerance: u64 },
+    /// At most `limit` in any `window` (weighted between the current and previous window).
+    Window { window: u64, limit: u64 },
+}
+
+impl LimitShape {
+    pub fn gcra(requests: u64, per: Duration, burst: u64) -> Self {
+        let interval = (per.as_nanos() as u64 / requests.max(1)).max(1);
+        Self::Gcra {
+            interval,
+            tolerance: interval.saturating_mul(burst.max(1)),
+        }
+    }
+
+    pub fn window(requests: u64, per: Duration) -> Self {
+        Self::Window {
+            window: (per.as_nanos() as u64).max(1),
+            limit: requests.max(1),
+        }
+    }
+}
+
+/// One limit's verdict on one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Requests left now.
+    pub remaining: u64,
+    /// Until the allowance is whole again (or the window ends).
+    pub reset_ns: u64,
+    /// Until a refused request could pass.
+    pub retry_after_ns: u64,
+}
+
+impl Decision {
+    fn allowed(remaining: u64, reset_ns: u64) -> Self {
+        Self {
+            allowed: true,
+            remaining,
+            reset_ns,
+            retry_after_ns: 0,
+        }
+    }
+
+    fn denied(reset_ns: u64, retry_after_ns: u64) -> Self {
+        Self {
+            allowed: false,
+            remaining: 0,
+            reset_ns,
+            retry_after_ns,
+        }
+    }
+}
+
+/// What a limit counts separately.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyPart {
+    /// The authenticated consumer, else the client IP.
+    Consumer,
+    Credential,
+    ClientIp,
+    Route,
+    Header(HeaderName),
+    Claim(String),
+}
+
+struct Limit {
+    name: String,
+    requests: u64,
+    window_secs: u64,
+    shape: LimitShape,
+    key: Vec<KeyPart>,
+    /// Local counters (the limit itself in local mode, the fallback in cluster mode).
+    store: Arc<LocalStore>,
+    fingerprint: String,
+}
+
+/// What a limit may read from the request.
+pub struct LimitRequest<'a> {
+    pub identity: Option<&'a Identity>,
+    pub client_ip: IpAddr,
+    pub route: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// A compiled rate-limit policy.
+pub struct RateLimiter {
+    name: String,
+    limits: Vec<Limit>,
+    mode: LimitMode,
+    on_failure: FailureMode,
+    headers: bool,
+    legacy_headers: bool,
+    redis: Option<Arc<RedisLink>>,
+    policy_header: Option<HeaderValue>,
+}
+
+/// Every rate-limit policy of a snapshot, and the shared Redis connection.
+#[derive(Default)]
+pub struct RateLimits {
+    pub redis: Option<Arc<RedisLink>>,
+    policies: HashMap<String, Arc<RateLimiter>>,
+}
+
+impl RateLimits {
+    /// Compile the policies, keeping the counters of unchanged limits and the Redis
+    /// connection from `previous` (a reload does not hand out fresh allowances).
+    pub fn compile(config: &Config, previous: Option<&RateLimits>) -> Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let redis = match &config.redis {
+            Some(redis_config) => {
+                let fresh = RedisLink::new(redis_config);
+                match (fresh, previous.and_then(|p| p.redis.clone())) {
+                    (Ok(fresh), Some(old)) if old.fingerprint == fresh.fingerprint => Some(old),
+                    (Ok(fresh), _) => Some(fresh),
+                    (Err(message), _) => {
+                        problems.push(Problem::at(&redis_config.url.referenced, message));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let mut policies = HashMap::new();
+        for (name, policy) in &config.rate_limits {
+            let old = previous.and_then(|p| p.policies.get(name));
+            match RateLimiter::new(name, &policy.value, redis.clone(), old.map(|o| &**o)) {
+                Ok(limiter) => {
+                    policies.insert(name.clone(), Arc::new(limiter));
+                }
+                Err(message) => problems.push(Problem::at(
+                    &policy.referenced,
+                    format!("rate-limit policy `{name}`: {message}"),
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self { redis, policies })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn start_background_tasks(&self) {
+        if let Some(redis) = &self.redis {
+            if self.policies.values().any(|p| p.mode == LimitMode::Cluster) {
+                redis.start();
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<RateLimiter>> {
+        self.policies.get(name).cloned()
+    }
+}
+
+impl RateLimiter {
+    fn new(
+        name: &str,
+        config: &RateLimitPolicy,
+        redis: Option<Arc<RedisLink>>,
+        previous: Option<&RateLimiter>,
+    ) -> Result<Self, String> {
+        let limits = config
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(index, limit)| {
+                let fingerprint = limit_fingerprint(limit);
+                let store = previous
+                    .and_then(|p| p.limits.get(index))
+                    .filter(|old| old.fingerprint == fingerprint)
+                    .map(|old| old.store.clone())
+                    .unwrap_or_default();
+                Ok(Limit {
+                    name: limit
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("{name}-{index}")),
+                    requests: limit.requests,
+                    window_secs: limit.per.0.as_secs_f64().ceil().max(1.0) as u64,
+                    shape: match limit.algorithm {
+                        LimitAlgorithm::Gcra => LimitShape::gcra(
+                            limit.requests,
+                            limit.per.0,
+                            limit.burst.unwrap_or(limit.requests),
+                        ),
+                        LimitAlgorithm::SlidingWindow => {
+                            LimitShape::window(limit.requests, limit.per.0)
+                        }
+                    },
+                    key: parse_key(limit)?,
+                    store,
+                    fingerprint,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if config.mode == LimitMode::Cluster && redis.is_none() {
+            return Err("cluster mode needs `redis`".to_owned());
+        }
+        let policy_header = limits
+            .iter()
+            .map(|l| {
+                format!(
+                    "\"{}\";q={};w={}",
+                    sf_string(&l.name),
+                    l.requests,
+                    l.window_secs
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(Self {
+            name: name.to_owned(),
+            limits,
+            mode: config.mode,
+            on_failure: config.on_redis_failure,
+            headers: config.headers,
+            legacy_headers: config.legacy_headers,
+            redis,
+            policy_header: HeaderValue::from_str(&policy_header).ok(),
+        })
+    }
+
+    /// Decide on one request: `Ok` with the headers for the response, or a 429 (or a 503
+    /// in cluster mode with `on_redis_failure: closed` while Redis is down).
+    pub async fn check(
+        &self,
+        request: &LimitRequest<'_>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Rejection> {
+        let decisions = match (self.mode, &self.redis) {
+            (LimitMode::Cluster, Some(redis)) => {
+                match cluster::decide(redis, &self.name, &self.limits, request).await {
+                    Ok(decisions) => decisions,
+                    Err(_) if self.on_failure == FailureMode::Open => self.decide_locally(request),
+                    Err(_) => {
+                        return Err(Rejection::unavailable(
+                            "rate_limit_unavailable",
+                            "the shared rate-limit store is unavailable",
+                        )
+                        .with_header(RETRY_AFTER, HeaderValue::from_static("1")))
+                    }
+                }
+            }
+            _ => self.decide_locally(request),
+        };
+        let headers = self.response_headers(&decisions);
+        match decisions.iter().find(|d| !d.allowed) {
+            None => Ok(headers),
+            Some(_) => {
+                let retry_ns = decisions
+                    .iter()
+                    .filter(|d| !d.allowed)
+                    .map(|d| d.retry_after_ns)
+                    .max()
+                    .unwrap_or(0);
+                let retry_secs = retry_ns.div_ceil(1_000_000_000).max(1);
+                let mut rejection = Rejection::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "rate limit `{}` exceeded; retry in {retry_secs} s",
+                        self.name
+                    ),
+                )
+                .with_header(RETRY_AFTER, HeaderValue::from(retry_secs));
+                rejection.headers.extend(headers);
+                Err(rejection)
+            }
+        }
+    }
+
+    fn decide_locally(&self, request: &LimitRequest<'_>) -> Vec<Decision> {
+        let mut decisions = Vec::with_capacity(self.limits.len());
+        for (index, limit) in self.limits.iter().enumerate() {
+            let key = local_key(limit, request);
+            let decision = limit.store.acquire(&limit.shape, key);
+            if !decision.allowed {
+                // All or nothing: give back what the earlier limits took.
+                for earlier in &self.limits[..index] {
+                    earlier
+                        .store
+                        .refund(&earlier.shape, local_key(earlier, request));
+                }
+            }
+            decisions.push(decision);
+            if !decision.allowed {
+                break;
+            }
+        }
+        decisions
+    }
+
+    fn response_headers(&self, decisions: &[Decision]) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = Vec::new();
+        if !self.headers && !self.legacy_headers {
+            return headers;
+        }
+        // The limit closest to refusing speaks for the policy.
+        let Some((limit, decision)) = self
+            .limits
+            .iter()
+            .zip(decisions)
+            .min_by_key(|(_, d)| (d.allowed, d.remaining))
+        else {
+            return headers;
+        };
+        let reset = decision.reset_ns.div_ceil(1_000_000_000);
+        if self.headers {
+            if let Some(policy) = &self.policy_header {
+                headers.push((RATELIMIT_POLICY, policy.clone()));
+            }
+            let value = format!(
+                "\"{}\";r={};t={reset}",
+                sf_string(&limit.name),
+                decision.remaining
+            );
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.push((RATELIMIT, value));
+            }
+        }
+        if self.legacy_headers {
+            headers.push((X_LIMIT, HeaderValue::from(limit.requests)));
+            headers.push((X_REMAINING, HeaderValue::from(decision.remaining)));
+            headers.push((X_RESET, HeaderValue::from(reset)));
+        }
+        headers
+    }
+}
+
+/// The value of one key part for this request.
+fn key_value<'a>(part: &'a KeyPart, request: &'a LimitRequest<'_>) -> KeyValue<'a> {
+    match part {
+        KeyPart::Consumer => match request.identity {
+            Some(identity) => KeyValue::Str(&identity.consumer.id),
+            None => KeyValue::Ip(request.client_ip),
+        },
+        KeyPart::Credential => match request.identity {
+            Some(identity) => KeyValue::Str(&identity.credential),
+            None => KeyValue::Ip(request.client_ip),
+        },
+        KeyPart::ClientIp => KeyValue::Ip(request.client_ip),
+        KeyPart::Route => KeyValue::Str(request.route),
+        KeyPart::Header(name) => KeyValue::Str(
+            request
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        ),
+        KeyPart::Claim(claim) => match request
+            .identity
+            .and_then(|i| i.claims.as_ref())
+            .and_then(|c| c.get(claim))
+        {
+            Some(serde_json::Value::String(s)) => KeyValue::Str(s),
+            Some(other) => KeyValue::Owned(other.to_string()),
+            None => KeyValue::Str(""),
+        },
+    }
+}
+
+enum KeyValue<'a> {
+    Str(&'a str),
+    Ip(IpAddr),
+    Owned(String),
+}
+
+impl KeyValue<'_> {
+    fn write(&self, out: &mut String) {
+        use std::fmt::Write;
+        match self {
+            Self::Str(s) => out.push_str(s),
+            Self::Ip(ip) => {
+                let _ = write!(out, "{ip}");
+            }
+            Self::Owned(s) => out.push_str(s),
+        }
+    }
+}
+
+fn local_key(limit: &Limit, request: &LimitRequest<'_>) -> u64 {
+    use std::hash::Hash;
+    limit.store.key_with(|hasher| {
+        for part in &limit.key {
+            match key_value(part, request) {
+                KeyValue::Str(s) => s.hash(hasher),
+                KeyValue::Ip(ip) => ip.hash(hasher),
+                KeyValue::Owned(s) => s.hash(hasher),
+            }
+        }
+    })
+}
+
+/// The key as text, for the shared store (the same on every gateway).
+fn shared_key(policy: &str, index: usize, limit: &Limit, request: &LimitRequest<'_>) -> String {
+    let mut key = format!("gatehouse:rl:{policy}:{index}");
+    for part in &limit.key {
+        key.push(':');
+        key_value(part, request).write(&mut key);
+    }
+    key
+}
+
+fn parse_key(limit: &LimitConfig) -> Result<Vec<KeyPart>, String> {
+    if limit.key.is_empty() {
+        return Ok(vec![KeyPart::Consumer]);
+    }
+    limit
+        .key
+        .iter()
+        .map(|part| {
+            let value = part.value.as_str();
+            Ok(match value {
+                "consumer" => KeyPart::Consumer,
+                "credential" => KeyPart::Credential,
+                "client_ip" => KeyPart::ClientIp,
+                "route" => KeyPart::Route,
+                _ => {
+                    if let Some(name) = value.strip_prefix("header:") {
+                        KeyPart::Header(
+                            HeaderName::from_bytes(name.as_bytes())
+                                .map_err(|_| format!("invalid header name `{name}`"))?,
+                        )
+                    } else if let Some(claim) = value.strip_prefix("claim:") {
+                        KeyPart::Claim(claim.to_owned())
+                    } else {
+                        return Err(format!("unknown limit key `{value}`"));
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn limit_fingerprint(limit: &LimitConfig) -> String {
+    let key: Vec<&str> = limit.key.iter().map(|k| k.value.as_str()).collect();
+    format!(
+        "{}|{:?}|{:?}|{:?}|{:?}",
+        limit.requests, limit.per.0, limit.burst, limit.algorithm, key
+    )
+}
+
+/// A structured-field string body: `"` and `\` escaped, other characters kept printable.
+fn sf_string(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| (' '..='~').contains(c))
+        .flat_map(|c| match c {
+            '"' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect()
+}

@@ -1,0 +1,120 @@
+//! The Redis connection a fleet shares (cluster rate limits). One multiplexed connection,
+//! reconnected by the connection manager; every call has a short deadline, and after a
+//! failure Redis is left alone for `retry_after_failure` so an outage costs requests no
+//! waiting.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse_config::RedisConfig;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisFailure {
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis is unavailable (recent failure; retrying after a pause)")]
+    Paused,
+    #[error("Redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+pub struct RedisLink {
+    client: redis::Client,
+    connection: OnceCell<ConnectionManager>,
+    timeout: Duration,
+    retry_after_failure: Duration,
+    started: Instant,
+    /// Nanoseconds since `started` before which Redis is not asked.
+    paused_until: AtomicU64,
+    failures: AtomicU64,
+    /// Identifies the settings, so a reload keeps the connection.
+    pub fingerprint: String,
+}
+
+impl RedisLink {
+    pub fn new(config: &RedisConfig) -> Result<Arc<Self>, String> {
+        let client = redis::Client::open(config.url.value.as_str())
+            .map_err(|e| format!("invalid Redis URL: {e}"))?;
+        Ok(Arc::new(Self {
+            client,
+            connection: OnceCell::new(),
+            timeout: config.timeout.0,
+            retry_after_failure: config.retry_after_failure.0,
+            started: Instant::now(),
+            paused_until: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            fingerprint: format!(
+                "{}|{:?}|{:?}",
+                config.url.value, config.timeout.0, config.retry_after_failure.0
+            ),
+        }))
+    }
+
+    /// Failed calls since start (timeouts, errors), for operators and metrics.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Connect in the background so the first request does not pay for it.
+    pub fn start(self: &Arc<Self>) {
+        let link = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = link.connection().await {
+                tracing::warn!(error = %err, "cannot connect to Redis yet; cluster limits use their failure mode until it answers");
+            }
+        });
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
+        self.connection
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(1));
+                ConnectionManager::new_with_config(self.client.clone(), config).await
+            })
+            .await
+            .cloned()
+    }
+
+    /// Run `script` with `keys` and `args`, within the deadline.
+    pub async fn run_script(
+        &self,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[i64],
+    ) -> Result<Vec<i64>, RedisFailure> {
+        let now = self.started.elapsed().as_nanos() as u64;
+        if now < self.paused_until.load(Ordering::Relaxed) {
+            return Err(RedisFailure::Paused);
+        }
+        let call = async {
+            let mut connection = self.connection().await?;
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            for arg in args {
+                invocation.arg(*arg);
+            }
+            invocation.invoke_async::<Vec<i64>>(&mut connection).await
+        };
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(values)) => return Ok(values),
+            Ok(Err(err)) => RedisFailure::Redis(err),
+            Err(_) => RedisFailure::Timeout(self.timeout),
+        };
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let resume = self.started.elapsed() + self.retry_after_failure;
+        self.paused_until
+            .store(resume.as_nanos() as u64, Ordering::Relaxed);
+        // Logged once per pause, not once per request.
+        tracing::warn!(error = %result, failures, pause = ?self.retry_after_failure, "Redis call failed");
+        Err(result)
+    }
+}
