@@ -1,10 +1,39 @@
 #!/usr/bin/env bash
 # The test command (README, and .ci/run calls it). Runs every test of the workspace:
 # unit tests and end-to-end tests that start the real `gatehouse` binary on loopback.
-# The current tests need no external services (Redis, PostgreSQL, Chromium); when tests
-# that need them land, this script installs and starts them and fails if it cannot.
+# Cluster rate-limit tests need a real Redis on 127.0.0.1:6379 (and the redis-server binary,
+# which outage tests start on their own ports): this script installs Redis if it is missing,
+# starts it if it is not running, and fails loudly if it cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi
+}
+
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "test.sh: installing redis-server (Debian package)" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null ||
+      { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } ||
+      { echo "test.sh: cannot install redis-server; install it and rerun" >&2; exit 1; }
+  fi
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+    echo "test.sh: starting redis-server on 127.0.0.1:6379" >&2
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --dir /tmp --logfile /tmp/gatehouse-test-redis.log
+    for _ in $(seq 50); do
+      redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && break
+      sleep 0.1
+    done
+  fi
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+    echo "test.sh: Redis is not answering on 127.0.0.1:6379; the cluster tests need it" >&2
+    exit 1
+  fi
+}
+
+ensure_redis
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test.sh: installing cargo-nextest" >&2

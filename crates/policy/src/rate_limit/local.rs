@@ -23,8 +23,15 @@ enum Cell {
     },
 }
 
+struct Shard {
+    cells: HashMap<u64, Cell>,
+    /// Size at which expired cells are swept out next; doubles when a sweep frees little,
+    /// so a shard full of live keys is not scanned on every request.
+    sweep_at: usize,
+}
+
 pub struct LocalStore {
-    shards: Box<[Mutex<HashMap<u64, Cell>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
     epoch: Instant,
 }
@@ -38,7 +45,14 @@ impl Default for LocalStore {
 impl LocalStore {
     pub fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        cells: HashMap::new(),
+                        sweep_at: SWEEP_AT,
+                    })
+                })
+                .collect(),
             hasher: Default::default(),
             epoch: Instant::now(),
         }
@@ -72,11 +86,13 @@ impl LocalStore {
         let now = self.now();
         let shard = &self.shards[(key as usize) % SHARDS];
         // A poisoned shard only means another thread panicked mid-update of plain numbers.
-        let mut cells = shard.lock().unwrap_or_else(|p| p.into_inner());
-        if cells.len() >= SWEEP_AT {
-            cells.retain(|_, cell| !expired(cell, shape, now));
+        let mut guard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let shard = &mut *guard;
+        if shard.cells.len() >= shard.sweep_at {
+            shard.cells.retain(|_, cell| !expired(cell, shape, now));
+            shard.sweep_at = (shard.cells.len() * 2).max(SWEEP_AT);
         }
-        let cell = cells.entry(key).or_insert_with(|| fresh(shape, now));
+        let cell = shard.cells.entry(key).or_insert_with(|| fresh(shape, now));
         if !matches!(
             (&*cell, shape),
             (Cell::Gcra { .. }, LimitShape::Gcra { .. })
@@ -138,8 +154,8 @@ impl LocalStore {
     /// Give back a request taken by [`acquire`] (another limit of the route refused it).
     pub fn refund(&self, shape: &LimitShape, key: u64) {
         let shard = &self.shards[(key as usize) % SHARDS];
-        let mut cells = shard.lock().unwrap_or_else(|p| p.into_inner());
-        match (shape, cells.get_mut(&key)) {
+        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        match (shape, shard.cells.get_mut(&key)) {
             (LimitShape::Gcra { interval, .. }, Some(Cell::Gcra { tat })) => {
                 *tat = tat.saturating_sub(*interval);
             }

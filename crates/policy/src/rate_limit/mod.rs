@@ -427,14 +427,26 @@ fn local_key(limit: &Limit, request: &LimitRequest<'_>) -> u64 {
     })
 }
 
-/// The key as text, for the shared store (the same on every gateway).
+/// The key as text, for the shared store (the same on every gateway). Parts are escaped
+/// (`%` and `:`), so client-chosen values cannot make two keys collide.
 fn shared_key(policy: &str, index: usize, limit: &Limit, request: &LimitRequest<'_>) -> String {
-    let mut key = format!("gatehouse:rl:{policy}:{index}");
+    let mut key = format!("gatehouse:rl:{}:{index}", escape_part(policy));
+    let mut value = String::new();
     for part in &limit.key {
+        value.clear();
+        key_value(part, request).write(&mut value);
         key.push(':');
-        key_value(part, request).write(&mut key);
+        key.push_str(&escape_part(&value));
     }
     key
+}
+
+fn escape_part(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains([':', '%']) {
+        value.replace('%', "%25").replace(':', "%3A").into()
+    } else {
+        value.into()
+    }
 }
 
 fn parse_key(limit: &LimitConfig) -> Result<Vec<KeyPart>, String> {
@@ -486,4 +498,20 @@ fn sf_string(value: &str) -> String {
             c => vec![c],
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_key_parts_cannot_collide() {
+        assert_eq!(escape_part("plain"), "plain");
+        assert_eq!(escape_part("a:b"), "a%3Ab");
+        assert_eq!(escape_part("a%3Ab"), "a%253Ab");
+        assert_ne!(
+            format!("{}:{}", escape_part("a:b"), escape_part("c")),
+            format!("{}:{}", escape_part("a"), escape_part("b:c"))
+        );
+    }
 }
