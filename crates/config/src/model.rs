@@ -10,6 +10,7 @@ use serde_saphyr::{Location, Spanned};
 use crate::auth::{
     AuthenticationConfig, ClientCertificateAuth, ConsumerConfig, IpFilterConfig, RouteAuth,
 };
+use crate::shaping::{CorsConfig, MirrorConfig, RequestShaping};
 use crate::traffic::{RateLimitPolicy, RedisConfig};
 use crate::units::{ByteSize, HumanDuration};
 
@@ -551,6 +552,15 @@ pub struct RouteConfig {
     /// Requests of this route in flight at once; beyond it, 503 with `Retry-After`.
     #[serde(default)]
     pub max_in_flight: Option<u32>,
+    /// What the route accepts: body and head size, methods, content types.
+    #[serde(default)]
+    pub request: Option<RequestShaping>,
+    /// CORS answered at the edge.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    /// Copy a share of the requests to another service.
+    #[serde(default)]
+    pub mirror: Option<MirrorConfig>,
 }
 
 fn match_everything() -> Spanned<RouteMatch> {

@@ -3,12 +3,16 @@
 //! A policy is a plain value compiled from configuration into the snapshot. The pipeline
 //! runs a route's policies in phase order:
 //!
-//! - **access** (`IpFilter`, then `AccessPolicy`): may refuse the request with a
-//!   [`Rejection`], answer it directly (an OIDC redirect), or grant it with an [`Identity`];
+//! - **preflight** ([`Cors`]): CORS preflights are answered before anything else;
+//! - **shaping** ([`IpFilter`], [`Shaping`]): client address, method, head and body size,
+//!   content type;
+//! - **access** ([`AccessPolicy`]): may refuse the request with a [`Rejection`], answer it
+//!   directly (an OIDC redirect), or grant it with an [`Identity`];
+//! - **admission** ([`RateLimiter`], [`InFlightLimit`]): rate and concurrency limits;
 //! - **upstream request** ([`Security::prepare_upstream`]): remove client-sent identity
 //!   headers and hidden credentials, add the authenticated identity;
-//! - **response** ([`Granted::response_headers`]): headers a policy adds to the answer
-//!   (a refreshed session cookie).
+//! - **response**: headers policies add to the answer (a refreshed session cookie,
+//!   `RateLimit`, CORS).
 //!
 //! Policies are an enum per concern rather than one trait with many hooks; a route without
 //! policies pays nothing but an `Option` check.
@@ -16,6 +20,7 @@
 pub mod auth;
 pub mod concurrency;
 pub mod consumer;
+pub mod cors;
 pub mod fetch;
 pub mod identity;
 pub mod ip_filter;
@@ -23,12 +28,15 @@ pub mod rate_limit;
 pub mod redis;
 pub mod rejection;
 pub mod request;
+pub mod shaping;
 
 pub use auth::{AccessOutcome, AccessPolicy, Granted, Security};
 pub use concurrency::{InFlightGuard, InFlightLimit};
 pub use consumer::{ApiKeyRecord, Consumer, ConsumerDirectory, StaticDirectory};
+pub use cors::Cors;
 pub use identity::Identity;
 pub use ip_filter::IpFilter;
 pub use rate_limit::{LimitRequest, RateLimiter, RateLimits};
 pub use rejection::Rejection;
 pub use request::{ClientCertificate, RequestInfo};
+pub use shaping::Shaping;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod forward;
 pub mod framing;
 pub mod listener;
+pub mod mirror;
 pub mod pipeline;
 pub mod reload;
 pub mod router;

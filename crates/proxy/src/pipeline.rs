@@ -20,8 +20,11 @@ use crate::router::RequestView;
 use crate::snapshot::{fill_template, ListenerRuntime, RouteAction, Snapshot};
 use crate::upstream::{hash_of, OutgoingBody, Service, UpstreamRequest};
 use gatehouse_policy::{
-    AccessOutcome, ClientCertificate, Granted, InFlightLimit, LimitRequest, RequestInfo, Security,
+    cors, AccessOutcome, ClientCertificate, Granted, InFlightLimit, LimitRequest, RequestInfo,
+    Security,
 };
+
+use crate::mirror::Mirror;
 
 /// What the pipeline knows about the client connection.
 pub struct ConnInfo {
@@ -52,7 +55,11 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let request_id = forward::request_id(request.headers());
-    let mut response = match route_and_respond(&snapshot, conn, request, &request_id).await {
+    // Headers for the answer whether it succeeds or fails (CORS: a browser must be able to
+    // read a 401 or 429 too).
+    let mut always = Vec::new();
+    let result = route_and_respond(&snapshot, conn, request, &request_id, &mut always).await;
+    let mut response = match result {
         Ok(response) => response,
         Err(err) => {
             if matches!(err.status().as_u16(), 500..=599) {
@@ -62,6 +69,9 @@ pub async fn handle(
         }
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id);
+    for (name, value) in always {
+        response.headers_mut().append(name, value);
+    }
     response
 }
 
@@ -70,6 +80,7 @@ async fn route_and_respond(
     conn: &ConnInfo,
     request: Request<Incoming>,
     request_id: &HeaderValue,
+    always: &mut Vec<(http::HeaderName, HeaderValue)>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     reject_ambiguous_framing(&request)?;
     let (host, authority) = request_host(&request)?;
@@ -91,6 +102,28 @@ async fn route_and_respond(
         query: request.uri().query(),
         headers: request.headers(),
     };
+    let client_ip =
+        forward::client_ip(conn.peer, request.headers(), &conn.listener.trusted_proxies);
+    // A CORS preflight is routed as the request it announces and answered here.
+    if cors::is_preflight(request.method(), request.headers()) {
+        if let Some(method) = cors::requested_method(request.headers()) {
+            let announced = RequestView {
+                method: &method,
+                ..view
+            };
+            if let Some(matched) = snapshot.router.find(&announced) {
+                if let Some(policy) = &matched.route.payload.cors {
+                    if let Some(filter) = &matched.route.payload.ip_filter {
+                        filter.check(client_ip).map_err(GatewayError::Rejected)?;
+                    }
+                    let answer = policy
+                        .preflight(request.headers())
+                        .map_err(GatewayError::Rejected)?;
+                    return Ok(answer.map(body::full));
+                }
+            }
+        }
+    }
     let Some(matched) = snapshot.router.find(&view) else {
         return Err(GatewayError::NoRoute {
             method: request.method().to_string(),
@@ -99,10 +132,20 @@ async fn route_and_respond(
         });
     };
     let route = &matched.route.payload;
-    let client_ip =
-        forward::client_ip(conn.peer, request.headers(), &conn.listener.trusted_proxies);
+    if let Some(policy) = &route.cors {
+        always.extend(policy.response_headers(request.headers()));
+    }
     if let Some(filter) = &route.ip_filter {
         filter.check(client_ip).map_err(GatewayError::Rejected)?;
+    }
+    if let Some(shaping) = &route.shaping {
+        shaping
+            .check(
+                request.method(),
+                path_and_query(request.uri()),
+                request.headers(),
+            )
+            .map_err(GatewayError::Rejected)?;
     }
     let granted = match &route.access {
         Some(access) => {
@@ -199,6 +242,11 @@ async fn route_and_respond(
                     client_ip,
                     security: &snapshot.security,
                     granted: granted.as_ref(),
+                    body_limit: route_body_limit(
+                        conn.listener.limits.max_request_body.0,
+                        route.shaping.as_ref().and_then(|s| s.max_body),
+                    ),
+                    mirror: route.mirror.as_ref().filter(|m| m.sample()),
                 },
                 request_id,
             )
@@ -227,6 +275,19 @@ struct Upstream<'a> {
     client_ip: std::net::IpAddr,
     security: &'a Security,
     granted: Option<&'a Granted<'a>>,
+    /// Largest request body; 0 means unlimited.
+    body_limit: u64,
+    /// Set when this request is among the mirrored share.
+    mirror: Option<&'a Mirror>,
+}
+
+/// The tighter of the listener's and the route's body limits (0 on the listener: none).
+fn route_body_limit(listener: u64, route: Option<u64>) -> u64 {
+    match (listener, route) {
+        (0, Some(route)) => route,
+        (listener, Some(route)) => listener.min(route),
+        (listener, None) => listener,
+    }
 }
 
 async fn proxy(
@@ -244,7 +305,7 @@ async fn proxy(
         .map(InFlightLimit::try_acquire)
         .transpose()
         .map_err(GatewayError::Rejected)?;
-    let limit = conn.listener.limits.max_request_body.0;
+    let limit = upstream.body_limit;
     let declared_length = content_length(request.headers());
     if limit > 0 && declared_length.is_some_and(|len| len > limit) {
         return Err(GatewayError::PayloadTooLarge { limit });
@@ -302,11 +363,12 @@ async fn proxy(
     let retryable = !upgrade && (is_idempotent(&parts.method) || retry_policy.non_idempotent);
     let body = if http_body::Body::is_end_stream(&incoming) {
         OutgoingBody::Buffered(Bytes::new())
-    } else if !upgrade
-        && retry_policy.attempts > 0
-        && declared_length.is_some_and(|len| len <= retry_policy.replay_buffer.0)
-    {
-        let collected = Limited::new(incoming, retry_policy.replay_buffer.0 as usize)
+    } else if let Some(buffer) = declared_length.filter(|len| {
+        !upgrade
+            && ((retry_policy.attempts > 0 && *len <= retry_policy.replay_buffer.0)
+                || upstream.mirror.is_some_and(|m| *len <= m.max_body))
+    }) {
+        let collected = Limited::new(incoming, buffer as usize)
             .collect()
             .await
             .map_err(|_| GatewayError::BadRequest("malformed request body"))?;
@@ -340,6 +402,14 @@ async fn proxy(
             .map_err(|_| GatewayError::BadRequest("invalid request target"))?
         }
     };
+    if let (Some(mirror), OutgoingBody::Buffered(bytes)) = (upstream.mirror, &body) {
+        mirror.send(
+            parts.method.clone(),
+            path_and_query.clone(),
+            headers.clone(),
+            bytes.clone(),
+        );
+    }
     let mut response = service
         .call(UpstreamRequest {
             method: parts.method,

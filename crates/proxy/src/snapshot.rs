@@ -13,7 +13,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
 use tokio_rustls::TlsAcceptor;
 
-use gatehouse_policy::{AccessPolicy, InFlightLimit, IpFilter, RateLimiter, RateLimits, Security};
+use gatehouse_policy::{
+    AccessPolicy, Cors, InFlightLimit, IpFilter, RateLimiter, RateLimits, Security, Shaping,
+};
+
+use crate::mirror::Mirror;
 
 use crate::router::Router;
 use crate::tls;
@@ -52,6 +56,10 @@ pub struct RouteRuntime {
     pub rate_limits: Vec<Arc<RateLimiter>>,
     /// `max_in_flight` of the route.
     pub in_flight: Option<InFlightLimit>,
+    /// Methods, sizes and content types the route accepts.
+    pub shaping: Option<Shaping>,
+    pub cors: Option<Cors>,
+    pub mirror: Option<Mirror>,
     pub action: RouteAction,
 }
 
@@ -194,6 +202,18 @@ impl Snapshot {
                         .unwrap_or_else(|| format!("route-{index}"));
                     InFlightLimit::new(max, format!("route `{name}`"))
                 }),
+                shaping: route.request.as_ref().map(Shaping::new).transpose()?,
+                cors: route.cors.as_ref().map(Cors::new).transpose()?,
+                mirror: route
+                    .mirror
+                    .as_ref()
+                    .map(|mirror| {
+                        services
+                            .get(&mirror.service.value)
+                            .map(|service| Mirror::new(mirror, service.clone()))
+                            .ok_or_else(|| format!("undefined service `{}`", mirror.service.value))
+                    })
+                    .transpose()?,
                 access: route
                     .auth
                     .as_ref()

@@ -391,7 +391,14 @@ fn validate_routes(
             _ => {}
         }
         auth::validate_route_access(route, &label, &captures, auth_names, problems);
-        traffic::validate_route_traffic(route, &label, &config.rate_limits, problems);
+        let service_names: Vec<&str> = services.keys().copied().collect();
+        traffic::validate_route_traffic(
+            route,
+            &label,
+            &config.rate_limits,
+            &service_names,
+            problems,
+        );
         let is_prefix = matches!(matches.path, Some(PathMatch::Prefix(_)));
         if let Some(rewrite) = &route.rewrite {
             let kinds = [

@@ -120,8 +120,81 @@ pub(crate) fn validate_route_traffic(
     route: &RouteConfig,
     label: &str,
     policies: &BTreeMap<String, Spanned<crate::traffic::RateLimitPolicy>>,
+    services: &[&str],
     problems: &mut Vec<Problem>,
 ) {
+    let at = &route.matches.referenced;
+    if let Some(shaping) = &route.request {
+        for method in &shaping.methods {
+            if method.is_empty() || !method.chars().all(|c| c.is_ascii_uppercase()) {
+                problems.push(Problem::at(
+                    at,
+                    format!(
+                        "route `{label}`: method `{method}` must be an uppercase token like GET"
+                    ),
+                ));
+            }
+        }
+        for media in &shaping.content_types {
+            let valid = media.split_once('/').is_some_and(|(kind, sub)| {
+                !kind.is_empty() && !sub.is_empty() && !media.contains([';', ' ', ','])
+            });
+            if !valid {
+                problems.push(Problem::at(
+                    at,
+                    format!("route `{label}`: `{media}` is not a media type like application/json or text/*"),
+                ));
+            }
+        }
+    }
+    if let Some(cors) = &route.cors {
+        if cors.allow_origins.is_empty() {
+            problems.push(Problem::at(
+                at,
+                format!("route `{label}`: `cors.allow_origins` is empty"),
+            ));
+        }
+        for origin in &cors.allow_origins {
+            let value = origin.value.as_str();
+            let valid = value == "*"
+                || value.split_once("://").is_some_and(|(scheme, host)| {
+                    !scheme.is_empty()
+                        && !host.is_empty()
+                        && (!host.contains('*')
+                            || (host.starts_with("*.") && !host[2..].contains('*')))
+                });
+            if !valid {
+                problems.push(Problem::at(
+                    &origin.referenced,
+                    format!("origin `{value}` must be `*`, `scheme://host[:port]` or `scheme://*.domain`"),
+                ));
+            }
+        }
+    }
+    if let Some(mirror) = &route.mirror {
+        if !services.contains(&mirror.service.value.as_str()) {
+            let mut message = format!(
+                "route `{label}` mirrors to undefined service `{}`",
+                mirror.service.value
+            );
+            if let Some(best) = did_you_mean(&mirror.service.value, services.iter().copied()) {
+                message.push_str(&format!(", did you mean `{best}`?"));
+            }
+            problems.push(Problem::at(&mirror.service.referenced, message));
+        }
+        if !(0.0..=100.0).contains(&mirror.percent) {
+            problems.push(Problem::at(
+                &mirror.service.referenced,
+                format!("mirror percent {} is outside 0..=100", mirror.percent),
+            ));
+        }
+        if mirror.max_in_flight == 0 || mirror.timeout.0.is_zero() {
+            problems.push(Problem::at(
+                &mirror.service.referenced,
+                "mirror `max_in_flight` and `timeout` must be greater than 0",
+            ));
+        }
+    }
     for name in &route.rate_limits {
         if !policies.contains_key(&name.value) {
             let mut message = format!(
