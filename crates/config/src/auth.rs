@@ -38,6 +38,9 @@ pub struct ConsumerConfig {
     /// `client_certificate` method's `identity_from` says) that authenticate as this consumer.
     #[serde(default)]
     pub certificate_identities: Vec<String>,
+    /// This consumer's allowance per quota policy, overriding the policy's `requests`.
+    #[serde(default)]
+    pub quotas: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

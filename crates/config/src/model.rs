@@ -11,7 +11,7 @@ use crate::auth::{
     AuthenticationConfig, ClientCertificateAuth, ConsumerConfig, IpFilterConfig, RouteAuth,
 };
 use crate::shaping::{CorsConfig, MirrorConfig, RequestShaping};
-use crate::traffic::{RateLimitPolicy, RedisConfig};
+use crate::traffic::{QuotaConfig, QuotaStoreConfig, RateLimitPolicy, RedisConfig};
 use crate::units::{ByteSize, HumanDuration};
 
 /// The whole configuration file.
@@ -43,9 +43,16 @@ pub struct Config {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, RateLimitPolicy>")]
     pub rate_limits: BTreeMap<String, Spanned<RateLimitPolicy>>,
-    /// The Redis server for cluster-mode rate limits.
+    /// The Redis server for cluster-mode rate limits and quotas.
     #[serde(default)]
     pub redis: Option<RedisConfig>,
+    /// Quota policies by name; routes apply them with `quotas: [NAME]`.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, QuotaConfig>")]
+    pub quotas: BTreeMap<String, Spanned<QuotaConfig>>,
+    /// Where local quota counters are saved across restarts.
+    #[serde(default)]
+    pub quota_store: Option<QuotaStoreConfig>,
     /// Where relative file paths (certificates, keys) are resolved: the configuration
     /// file's directory. Not part of the file.
     #[serde(skip)]
@@ -552,6 +559,10 @@ pub struct RouteConfig {
     /// Requests of this route in flight at once; beyond it, 503 with `Retry-After`.
     #[serde(default)]
     pub max_in_flight: Option<u32>,
+    /// Quota policies (names under the top-level `quotas`), all applied.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub quotas: Vec<Spanned<String>>,
     /// What the route accepts: body and head size, methods, content types.
     #[serde(default)]
     pub request: Option<RequestShaping>,

@@ -104,3 +104,45 @@ pub struct LimitConfig {
     #[schemars(with = "Vec<String>")]
     pub key: Vec<Spanned<String>>,
 }
+
+/// A request quota per calendar period (UTC), counted per key (default: the consumer).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Requests per period; a consumer's `quotas` entry for this policy overrides it.
+    pub requests: u64,
+    /// `day` (from 00:00 UTC) or `month` (from the 1st, 00:00 UTC).
+    pub period: QuotaPeriod,
+    /// What is counted separately; as for rate limits. Default `[consumer]`.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub key: Vec<Spanned<String>>,
+    /// `local`: counted here and saved to `quota_store`; `cluster`: counted in `redis`.
+    #[serde(default)]
+    pub mode: LimitMode,
+    /// Cluster mode when Redis fails: `open` admits (counting locally), `closed` answers 503.
+    #[serde(default)]
+    pub on_redis_failure: FailureMode,
+    /// Send `RateLimit-Policy` and `RateLimit` for the quota.
+    #[serde(default = "yes")]
+    pub headers: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaPeriod {
+    Day,
+    Month,
+}
+
+/// Where local-mode quota counters are saved so they survive a restart.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaStoreConfig {
+    /// A JSON file, written atomically (relative paths: from the configuration's directory).
+    #[schemars(with = "String")]
+    pub path: Spanned<String>,
+    /// Counters are saved this often when they changed, and at shutdown.
+    #[serde(default = "d1s")]
+    pub flush_interval: HumanDuration,
+}

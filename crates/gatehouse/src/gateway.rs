@@ -182,6 +182,9 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
     ready.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     while serving.join_next().await.is_some() {}
+    if let Err(message) = store.snapshot().quotas.flush() {
+        tracing::error!(error = %message, "quota counters not saved at shutdown");
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -15,6 +15,8 @@ pub struct Consumer {
     pub name: String,
     pub groups: Vec<String>,
     pub metadata: BTreeMap<String, String>,
+    /// Allowance per quota policy, overriding the policy's own.
+    pub quotas: BTreeMap<String, u64>,
 }
 
 impl Consumer {
@@ -25,6 +27,7 @@ impl Consumer {
             name: id.to_owned(),
             groups: Vec::new(),
             metadata: BTreeMap::new(),
+            quotas: BTreeMap::new(),
         }
     }
 }
@@ -81,6 +84,7 @@ impl StaticDirectory {
                     .unwrap_or_else(|| config.id.value.clone()),
                 groups: config.groups.clone(),
                 metadata: config.metadata.clone(),
+                quotas: config.quotas.clone(),
             });
             for key in &config.api_keys {
                 let encoded = key.hash.value.trim_start_matches("hmac-sha256:");

@@ -168,7 +168,7 @@ async fn route_and_respond(
         None => None,
     };
     let mut policy_headers = Vec::new();
-    if !route.rate_limits.is_empty() {
+    if !route.rate_limits.is_empty() || !route.quotas.is_empty() {
         let limit_request = LimitRequest {
             identity: granted.as_ref().map(|g| &*g.identity),
             client_ip,
@@ -177,6 +177,13 @@ async fn route_and_respond(
         };
         for limiter in &route.rate_limits {
             let headers = limiter
+                .check(&limit_request)
+                .await
+                .map_err(GatewayError::Rejected)?;
+            policy_headers.extend(headers);
+        }
+        for quota in &route.quotas {
+            let headers = quota
                 .check(&limit_request)
                 .await
                 .map_err(GatewayError::Rejected)?;

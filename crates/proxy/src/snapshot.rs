@@ -14,7 +14,8 @@ use ipnet::IpNet;
 use tokio_rustls::TlsAcceptor;
 
 use gatehouse_policy::{
-    AccessPolicy, Cors, InFlightLimit, IpFilter, RateLimiter, RateLimits, Security, Shaping,
+    AccessPolicy, Cors, InFlightLimit, IpFilter, Quota, Quotas, RateLimiter, RateLimits, Security,
+    Shaping,
 };
 
 use crate::mirror::Mirror;
@@ -31,6 +32,8 @@ pub struct Snapshot {
     pub security: Security,
     /// Rate-limit policies and the shared Redis connection.
     pub rate_limits: RateLimits,
+    /// Quota policies and their local counters.
+    pub quotas: Quotas,
     pub services: HashMap<String, Arc<Service>>,
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
 }
@@ -54,6 +57,8 @@ pub struct RouteRuntime {
     pub access: Option<AccessPolicy>,
     /// Rate-limit policies, all applied after authentication.
     pub rate_limits: Vec<Arc<RateLimiter>>,
+    /// Quota policies, applied after the rate limits.
+    pub quotas: Vec<Arc<Quota>>,
     /// `max_in_flight` of the route.
     pub in_flight: Option<InFlightLimit>,
     /// Methods, sizes and content types the route accepts.
@@ -183,8 +188,28 @@ impl Snapshot {
                 return Err(problems);
             }
         };
+        let quotas = match Quotas::compile(
+            &config,
+            rate_limits.redis.clone(),
+            previous.map(|p| &p.quotas),
+        ) {
+            Ok(quotas) => quotas,
+            Err(mut quota_problems) => {
+                problems.append(&mut quota_problems);
+                return Err(problems);
+            }
+        };
         let router = Router::compile(&config.routes, |index, route| {
             Ok(RouteRuntime {
+                quotas: route
+                    .quotas
+                    .iter()
+                    .map(|name| {
+                        quotas
+                            .get(&name.value)
+                            .ok_or_else(|| format!("undefined quota `{}`", name.value))
+                    })
+                    .collect::<Result<_, _>>()?,
                 ip_filter: route.ip_filter.as_ref().map(IpFilter::new),
                 rate_limits: route
                     .rate_limits
@@ -235,6 +260,7 @@ impl Snapshot {
                 if tokio::runtime::Handle::try_current().is_ok() {
                     security.start_background_tasks();
                     rate_limits.start_background_tasks();
+                    quotas.start_background_tasks();
                 }
                 Ok(Self {
                     version,
@@ -242,6 +268,7 @@ impl Snapshot {
                     router,
                     security,
                     rate_limits,
+                    quotas,
                     services,
                     listeners,
                 })

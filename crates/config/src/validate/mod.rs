@@ -396,6 +396,7 @@ fn validate_routes(
             route,
             &label,
             &config.rate_limits,
+            &config.quotas,
             &service_names,
             problems,
         );

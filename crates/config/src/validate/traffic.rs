@@ -20,6 +20,51 @@ pub const LIMIT_KEYS: [&str; 6] = [
 ];
 
 pub(crate) fn validate_traffic(config: &Config, problems: &mut Vec<Problem>) {
+    for (name, quota) in &config.quotas {
+        let at = &quota.referenced;
+        if quota.value.requests == 0 {
+            problems.push(Problem::at(
+                at,
+                format!("quota `{name}`: `requests` must be at least 1"),
+            ));
+        }
+        match quota.value.mode {
+            LimitMode::Cluster if config.redis.is_none() => problems.push(Problem::at(
+                at,
+                format!("quota `{name}` is in cluster mode but no `redis` is configured"),
+            )),
+            LimitMode::Local if config.quota_store.is_none() => problems.push(Problem::at(
+                at,
+                format!("quota `{name}` is local: set `quota_store.path` so its counts survive a restart"),
+            )),
+            _ => {}
+        }
+        for part in &quota.value.key {
+            check_key_part(part, problems);
+        }
+    }
+    for consumer in &config.consumers {
+        for policy in consumer.quotas.keys() {
+            if !config.quotas.contains_key(policy) {
+                let mut message = format!(
+                    "consumer `{}` overrides undefined quota `{policy}`",
+                    consumer.id.value
+                );
+                if let Some(best) = did_you_mean(policy, config.quotas.keys().map(String::as_str)) {
+                    message.push_str(&format!(", did you mean `{best}`?"));
+                }
+                problems.push(Problem::at(&consumer.id.referenced, message));
+            }
+        }
+    }
+    if let Some(store) = &config.quota_store {
+        if store.flush_interval.0.is_zero() {
+            problems.push(Problem::at(
+                &store.path.referenced,
+                "`quota_store.flush_interval` must be greater than 0",
+            ));
+        }
+    }
     if let Some(redis) = &config.redis {
         let url = &redis.url.value;
         if url.starts_with("rediss://") {
@@ -120,6 +165,7 @@ pub(crate) fn validate_route_traffic(
     route: &RouteConfig,
     label: &str,
     policies: &BTreeMap<String, Spanned<crate::traffic::RateLimitPolicy>>,
+    quotas: &BTreeMap<String, Spanned<crate::traffic::QuotaConfig>>,
     services: &[&str],
     problems: &mut Vec<Problem>,
 ) {
@@ -202,6 +248,15 @@ pub(crate) fn validate_route_traffic(
                 name.value
             );
             if let Some(best) = did_you_mean(&name.value, policies.keys().map(String::as_str)) {
+                message.push_str(&format!(", did you mean `{best}`?"));
+            }
+            problems.push(Problem::at(&name.referenced, message));
+        }
+    }
+    for name in &route.quotas {
+        if !quotas.contains_key(&name.value) {
+            let mut message = format!("route `{label}` uses undefined quota `{}`", name.value);
+            if let Some(best) = did_you_mean(&name.value, quotas.keys().map(String::as_str)) {
                 message.push_str(&format!(", did you mean `{best}`?"));
             }
             problems.push(Problem::at(&name.referenced, message));

@@ -19,6 +19,7 @@ use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, StatusCode};
 
 use crate::identity::Identity;
+use crate::limit_key::{self, escape_part, key_value, KeyPart, KeyValue};
 use crate::redis::RedisLink;
 use crate::rejection::Rejection;
 use local::LocalStore;
@@ -85,18 +86,6 @@ impl Decision {
             retry_after_ns,
         }
     }
-}
-
-/// What a limit counts separately.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum KeyPart {
-    /// The authenticated consumer, else the client IP.
-    Consumer,
-    Credential,
-    ClientIp,
-    Route,
-    Header(HeaderName),
-    Claim(String),
 }
 
 struct Limit {
@@ -176,11 +165,10 @@ impl RateLimits {
         }
     }
 
+    /// Connect to Redis ahead of the first cluster decision (rate limits and quotas).
     pub fn start_background_tasks(&self) {
         if let Some(redis) = &self.redis {
-            if self.policies.values().any(|p| p.mode == LimitMode::Cluster) {
-                redis.start();
-            }
+            redis.start();
         }
     }
 
@@ -224,7 +212,7 @@ impl RateLimiter {
                             LimitShape::window(limit.requests, limit.per.0)
                         }
                     },
-                    key: parse_key(limit)?,
+                    key: limit_key::parse(&limit.key)?,
                     store,
                     fingerprint,
                 })
@@ -363,57 +351,6 @@ impl RateLimiter {
     }
 }
 
-/// The value of one key part for this request.
-fn key_value<'a>(part: &'a KeyPart, request: &'a LimitRequest<'_>) -> KeyValue<'a> {
-    match part {
-        KeyPart::Consumer => match request.identity {
-            Some(identity) => KeyValue::Str(&identity.consumer.id),
-            None => KeyValue::Ip(request.client_ip),
-        },
-        KeyPart::Credential => match request.identity {
-            Some(identity) => KeyValue::Str(&identity.credential),
-            None => KeyValue::Ip(request.client_ip),
-        },
-        KeyPart::ClientIp => KeyValue::Ip(request.client_ip),
-        KeyPart::Route => KeyValue::Str(request.route),
-        KeyPart::Header(name) => KeyValue::Str(
-            request
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
-        ),
-        KeyPart::Claim(claim) => match request
-            .identity
-            .and_then(|i| i.claims.as_ref())
-            .and_then(|c| c.get(claim))
-        {
-            Some(serde_json::Value::String(s)) => KeyValue::Str(s),
-            Some(other) => KeyValue::Owned(other.to_string()),
-            None => KeyValue::Str(""),
-        },
-    }
-}
-
-enum KeyValue<'a> {
-    Str(&'a str),
-    Ip(IpAddr),
-    Owned(String),
-}
-
-impl KeyValue<'_> {
-    fn write(&self, out: &mut String) {
-        use std::fmt::Write;
-        match self {
-            Self::Str(s) => out.push_str(s),
-            Self::Ip(ip) => {
-                let _ = write!(out, "{ip}");
-            }
-            Self::Owned(s) => out.push_str(s),
-        }
-    }
-}
-
 fn local_key(limit: &Limit, request: &LimitRequest<'_>) -> u64 {
     use std::hash::Hash;
     limit.store.key_with(|hasher| {
@@ -439,45 +376,6 @@ fn shared_key(policy: &str, index: usize, limit: &Limit, request: &LimitRequest<
         key.push_str(&escape_part(&value));
     }
     key
-}
-
-fn escape_part(value: &str) -> std::borrow::Cow<'_, str> {
-    if value.contains([':', '%']) {
-        value.replace('%', "%25").replace(':', "%3A").into()
-    } else {
-        value.into()
-    }
-}
-
-fn parse_key(limit: &LimitConfig) -> Result<Vec<KeyPart>, String> {
-    if limit.key.is_empty() {
-        return Ok(vec![KeyPart::Consumer]);
-    }
-    limit
-        .key
-        .iter()
-        .map(|part| {
-            let value = part.value.as_str();
-            Ok(match value {
-                "consumer" => KeyPart::Consumer,
-                "credential" => KeyPart::Credential,
-                "client_ip" => KeyPart::ClientIp,
-                "route" => KeyPart::Route,
-                _ => {
-                    if let Some(name) = value.strip_prefix("header:") {
-                        KeyPart::Header(
-                            HeaderName::from_bytes(name.as_bytes())
-                                .map_err(|_| format!("invalid header name `{name}`"))?,
-                        )
-                    } else if let Some(claim) = value.strip_prefix("claim:") {
-                        KeyPart::Claim(claim.to_owned())
-                    } else {
-                        return Err(format!("unknown limit key `{value}`"));
-                    }
-                }
-            })
-        })
-        .collect()
 }
 
 fn limit_fingerprint(limit: &LimitConfig) -> String {
