@@ -10,7 +10,7 @@ use serde_saphyr::{Location, Spanned};
 use crate::auth::{
     AuthenticationConfig, ClientCertificateAuth, ConsumerConfig, IpFilterConfig, RouteAuth,
 };
-use crate::shaping::{CorsConfig, MirrorConfig, RequestShaping};
+use crate::shaping::{CorsConfig, MirrorConfig, OpenApiSpec, RequestShaping, RouteOpenApi};
 use crate::traffic::{QuotaConfig, QuotaStoreConfig, RateLimitPolicy, RedisConfig};
 use crate::units::{ByteSize, HumanDuration};
 
@@ -53,6 +53,9 @@ pub struct Config {
     /// Where local quota counters are saved across restarts.
     #[serde(default)]
     pub quota_store: Option<QuotaStoreConfig>,
+    /// OpenAPI documents by name, for request and response validation.
+    #[serde(default)]
+    pub openapi: BTreeMap<String, OpenApiSpec>,
     /// Where relative file paths (certificates, keys) are resolved: the configuration
     /// file's directory. Not part of the file.
     #[serde(skip)]
@@ -572,6 +575,9 @@ pub struct RouteConfig {
     /// Copy a share of the requests to another service.
     #[serde(default)]
     pub mirror: Option<MirrorConfig>,
+    /// Validate requests (and optionally responses) against an OpenAPI document.
+    #[serde(default)]
+    pub openapi: Option<RouteOpenApi>,
 }
 
 fn match_everything() -> Spanned<RouteMatch> {

@@ -96,3 +96,52 @@ fn d64() -> u32 {
 fn d5s() -> HumanDuration {
     HumanDuration::secs(5)
 }
+
+/// An OpenAPI 3.0 or 3.1 document (YAML or JSON) that routes validate against.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenApiSpec {
+    /// The document; relative paths are taken from the configuration's directory.
+    #[schemars(with = "String")]
+    pub path: Spanned<String>,
+}
+
+/// Validation of a route's traffic against the operations of an OpenAPI document.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteOpenApi {
+    /// Name of a document under the top-level `openapi`.
+    #[schemars(with = "String")]
+    pub spec: Spanned<String>,
+    /// Removed from the request path before it is looked up in the document's `paths`.
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    /// Check path, query and header parameters and the JSON body; 400 lists each violation.
+    #[serde(default = "yes")]
+    pub validate_requests: bool,
+    /// Check JSON responses against the operation's `responses`.
+    #[serde(default)]
+    pub validate_responses: ResponseValidation,
+    /// Bodies are read whole to be validated; larger ones are refused (413).
+    #[serde(default = "d1m")]
+    pub max_body: ByteSize,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseValidation {
+    /// Responses are not checked.
+    #[default]
+    Off,
+    /// Violations are logged; the response goes to the client unchanged.
+    Log,
+    /// An invalid response is replaced by 502 `response_invalid`.
+    Enforce,
+}
+
+fn yes() -> bool {
+    true
+}
+fn d1m() -> ByteSize {
+    ByteSize(1 << 20)
+}

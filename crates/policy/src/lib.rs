@@ -25,6 +25,7 @@ pub mod fetch;
 pub mod identity;
 pub mod ip_filter;
 mod limit_key;
+pub mod openapi;
 pub mod quota;
 pub mod rate_limit;
 pub mod redis;

@@ -14,6 +14,8 @@ pub struct Rejection {
     /// Human-readable reason. Never contains a credential.
     pub detail: Cow<'static, str>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Members added to the problem document (RFC 9457 extensions), e.g. `violations`.
+    pub extensions: Option<serde_json::Value>,
 }
 
 impl Rejection {
@@ -27,6 +29,7 @@ impl Rejection {
             code,
             detail: detail.into(),
             headers: Vec::new(),
+            extensions: None,
         }
     }
 

@@ -56,3 +56,19 @@ pub fn with_guard<G: Send + Unpin + 'static>(body: ProxyBody, guard: G) -> Proxy
     }
     .boxed_unsync()
 }
+
+/// Read `body` whole, up to `max` bytes (trailers are dropped). Written out rather than
+/// with `Limited`: `Limited<ProxyBody>` needs a higher-ranked `From` bound on boxed errors
+/// that the compiler cannot prove inside the request future.
+pub async fn read_limited(mut body: ProxyBody, max: usize) -> Result<Bytes, BoxError> {
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if buffer.len() + data.len() > max {
+                return Err(format!("body exceeds {max} bytes").into());
+            }
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok(buffer.freeze())
+}

@@ -81,6 +81,15 @@ impl GatewayError {
         if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
             problem["request_id"] = serde_json::Value::from(id);
         }
+        if let Self::Rejected(gatehouse_policy::Rejection {
+            extensions: Some(serde_json::Value::Object(members)),
+            ..
+        }) = &self
+        {
+            for (name, value) in members {
+                problem[name.as_str()] = value.clone();
+            }
+        }
         let mut response = Response::new(full(problem.to_string()));
         *response.status_mut() = status;
         let headers = response.headers_mut();

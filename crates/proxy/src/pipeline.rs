@@ -25,6 +25,9 @@ use gatehouse_policy::{
 };
 
 use crate::mirror::Mirror;
+use gatehouse_config::ResponseValidation;
+use gatehouse_policy::openapi::{Operation, RouteValidation};
+use gatehouse_policy::Rejection;
 
 /// What the pipeline knows about the client connection.
 pub struct ConnInfo {
@@ -190,6 +193,19 @@ async fn route_and_respond(
             policy_headers.extend(headers);
         }
     }
+    let operation = match &route.openapi {
+        Some(rules) => Some(
+            rules
+                .check_request(
+                    request.method(),
+                    &path,
+                    request.uri().query(),
+                    request.headers(),
+                )
+                .map_err(GatewayError::Rejected)?,
+        ),
+        None => None,
+    };
     let route_slot = route
         .in_flight
         .as_ref()
@@ -254,6 +270,12 @@ async fn route_and_respond(
                         route.shaping.as_ref().and_then(|s| s.max_body),
                     ),
                     mirror: route.mirror.as_ref().filter(|m| m.sample()),
+                    validation: route.openapi.as_ref().zip(operation.as_ref()).map(
+                        |(rules, matched)| Validation {
+                            rules,
+                            operation: matched.operation,
+                        },
+                    ),
                 },
                 request_id,
             )
@@ -274,6 +296,54 @@ async fn route_and_respond(
     Ok(response)
 }
 
+/// The OpenAPI operation a request was checked against, to check its body and response.
+struct Validation<'a> {
+    rules: &'a RouteValidation,
+    operation: &'a Operation,
+}
+
+/// Read a JSON response whole and check it against the operation: violations are logged,
+/// and with `enforce` the response becomes a 502.
+async fn validate_response(
+    validation: &Validation<'_>,
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    body: ProxyBody,
+) -> Result<ProxyBody, GatewayError> {
+    let max = validation.rules.max_body;
+    let declared = content_length(headers);
+    if declared.is_some_and(|len| len > max) {
+        tracing::warn!(%status, limit = max, "response too large to validate; passed unchecked");
+        return Ok(body);
+    }
+    let bytes = match body::read_limited(body, max as usize).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            return Err(GatewayError::BadGateway(format!(
+                "reading the response: {err}"
+            )))
+        }
+    };
+    let violations = validation
+        .rules
+        .check_response(validation.operation, status, &bytes);
+    if violations.is_empty() {
+        return Ok(body::full(bytes));
+    }
+    let operation = validation.operation.id.as_deref().unwrap_or("-");
+    tracing::warn!(operation, %status, violations = ?violations, "response does not match the API description");
+    if validation.rules.validate_responses == ResponseValidation::Enforce {
+        let mut rejection = Rejection::new(
+            StatusCode::BAD_GATEWAY,
+            "response_invalid",
+            "the upstream response does not match the API description",
+        );
+        rejection.extensions = Some(serde_json::json!({ "violations": violations }));
+        return Err(GatewayError::Rejected(rejection));
+    }
+    Ok(body::full(bytes))
+}
+
 /// What the route and its policies decided about the upstream request.
 struct Upstream<'a> {
     /// `None`: the path goes upstream exactly as the client sent it.
@@ -286,6 +356,8 @@ struct Upstream<'a> {
     body_limit: u64,
     /// Set when this request is among the mirrored share.
     mirror: Option<&'a Mirror>,
+    /// The OpenAPI operation, when the route validates.
+    validation: Option<Validation<'a>>,
 }
 
 /// The tighter of the listener's and the route's body limits (0 on the listener: none).
@@ -368,8 +440,40 @@ async fn proxy(
 
     let retry_policy = &service.config.retries;
     let retryable = !upgrade && (is_idempotent(&parts.method) || retry_policy.non_idempotent);
+    let validated_body = upstream
+        .validation
+        .as_ref()
+        .filter(|v| v.rules.validate_requests && v.operation.has_body());
     let body = if http_body::Body::is_end_stream(&incoming) {
+        if let Some(validation) = validated_body {
+            validation
+                .rules
+                .check_body(validation.operation, &headers, &Bytes::new())
+                .map_err(GatewayError::Rejected)?;
+        }
         OutgoingBody::Buffered(Bytes::new())
+    } else if let Some(validation) = validated_body {
+        // The body is read whole to be checked against the operation's schema.
+        let max = validation.rules.max_body;
+        if declared_length.is_some_and(|len| len > max) {
+            return Err(GatewayError::PayloadTooLarge { limit: max });
+        }
+        let collected = Limited::new(incoming, max as usize)
+            .collect()
+            .await
+            .map_err(|err| {
+                if err.is::<LengthLimitError>() {
+                    GatewayError::PayloadTooLarge { limit: max }
+                } else {
+                    GatewayError::BadRequest("malformed request body")
+                }
+            })?
+            .to_bytes();
+        validation
+            .rules
+            .check_body(validation.operation, &headers, &collected)
+            .map_err(GatewayError::Rejected)?;
+        OutgoingBody::Buffered(collected)
     } else if let Some(buffer) = declared_length.filter(|len| {
         !upgrade
             && ((retry_policy.attempts > 0 && *len <= retry_policy.replay_buffer.0)
@@ -450,9 +554,16 @@ async fn proxy(
     let (mut parts, body) = response.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers, switching);
     forward::add_via(&mut parts.headers, parts.version);
+    let mut body = body::boxed(body);
+    if let Some(validation) = upstream.validation.as_ref().filter(|v| {
+        v.rules
+            .wants_response(v.operation, parts.status, &parts.headers)
+    }) {
+        body = validate_response(validation, parts.status, &parts.headers, body).await?;
+    }
     let body = match service_slot {
-        Some(slot) => body::with_guard(body::boxed(body), slot),
-        None => body::boxed(body),
+        Some(slot) => body::with_guard(body, slot),
+        None => body,
     };
     Ok(Response::from_parts(parts, body))
 }

@@ -19,6 +19,7 @@ use gatehouse_policy::{
 };
 
 use crate::mirror::Mirror;
+use gatehouse_policy::openapi::{OpenApiDocument, RouteValidation};
 
 use crate::router::Router;
 use crate::tls;
@@ -65,6 +66,8 @@ pub struct RouteRuntime {
     pub shaping: Option<Shaping>,
     pub cors: Option<Cors>,
     pub mirror: Option<Mirror>,
+    /// OpenAPI validation of requests and responses.
+    pub openapi: Option<RouteValidation>,
     pub action: RouteAction,
 }
 
@@ -199,8 +202,36 @@ impl Snapshot {
                 return Err(problems);
             }
         };
+        let mut documents = HashMap::new();
+        for (name, spec) in &config.openapi {
+            match OpenApiDocument::load(&config.resolve_path(&spec.path.value)) {
+                Ok(document) => {
+                    documents.insert(name.clone(), Arc::new(document));
+                }
+                Err(message) => problems.push(Problem::at(
+                    &spec.path.referenced,
+                    format!("OpenAPI document `{name}`: {message}"),
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            // Routes naming an unloadable document would only repeat the problem.
+            return Err(problems);
+        }
         let router = Router::compile(&config.routes, |index, route| {
             Ok(RouteRuntime {
+                openapi: route
+                    .openapi
+                    .as_ref()
+                    .map(|rules| {
+                        documents
+                            .get(&rules.spec.value)
+                            .map(|document| RouteValidation::new(rules, document.clone()))
+                            .ok_or_else(|| {
+                                format!("OpenAPI document `{}` is not loaded", rules.spec.value)
+                            })
+                    })
+                    .transpose()?,
                 quotas: route
                     .quotas
                     .iter()

@@ -398,6 +398,11 @@ fn validate_routes(
             &config.rate_limits,
             &config.quotas,
             &service_names,
+            &config
+                .openapi
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
             problems,
         );
         let is_prefix = matches!(matches.path, Some(PathMatch::Prefix(_)));

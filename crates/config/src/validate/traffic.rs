@@ -167,6 +167,7 @@ pub(crate) fn validate_route_traffic(
     policies: &BTreeMap<String, Spanned<crate::traffic::RateLimitPolicy>>,
     quotas: &BTreeMap<String, Spanned<crate::traffic::QuotaConfig>>,
     services: &[&str],
+    specs: &[&str],
     problems: &mut Vec<Problem>,
 ) {
     let at = &route.matches.referenced;
@@ -251,6 +252,18 @@ pub(crate) fn validate_route_traffic(
                 message.push_str(&format!(", did you mean `{best}`?"));
             }
             problems.push(Problem::at(&name.referenced, message));
+        }
+    }
+    if let Some(openapi) = &route.openapi {
+        if !specs.contains(&openapi.spec.value.as_str()) {
+            let mut message = format!(
+                "route `{label}` validates against undefined OpenAPI document `{}`",
+                openapi.spec.value
+            );
+            if let Some(best) = did_you_mean(&openapi.spec.value, specs.iter().copied()) {
+                message.push_str(&format!(", did you mean `{best}`?"));
+            }
+            problems.push(Problem::at(&openapi.spec.referenced, message));
         }
     }
     for name in &route.quotas {

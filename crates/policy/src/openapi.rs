@@ -1,0 +1,722 @@
+//! Validation against OpenAPI 3.0 and 3.1 documents: the request's operation is found by
+//! method and path template; path, query and header parameters and the JSON body are
+//! checked against their schemas (JSON Schema via the `jsonschema` crate; 3.0's `nullable`
+//! translated), and optionally the JSON response. Every violation is reported with a JSON
+//! pointer: `/path/id`, `/query/limit`, `/header/x-tenant`, `/body/items/0/qty`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gatehouse_config::{ResponseValidation, RouteOpenApi};
+use http::header::{self, HeaderMap};
+use http::{Method, StatusCode};
+use serde_json::{json, Map, Value};
+
+use crate::rejection::Rejection;
+
+/// One thing wrong with a request or response.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    pub pointer: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Location {
+    Path,
+    Query,
+    Header,
+}
+
+struct Parameter {
+    name: String,
+    location: Location,
+    required: bool,
+    /// `type` of the schema (and of `items` for arrays), to turn text into JSON values.
+    kind: Option<String>,
+    item_kind: Option<String>,
+    explode: bool,
+    schema: Option<jsonschema::Validator>,
+}
+
+struct Body {
+    required: bool,
+    /// Media types the operation accepts.
+    media_types: Vec<String>,
+    json: Option<jsonschema::Validator>,
+}
+
+pub struct Operation {
+    pub id: Option<String>,
+    parameters: Vec<Parameter>,
+    body: Option<Body>,
+    /// By status (`200`), range (`2XX`) or `default`: the JSON schema of the answer, if any.
+    responses: HashMap<String, Option<jsonschema::Validator>>,
+}
+
+struct PathTemplate {
+    segments: Vec<Segment>,
+    literal_segments: usize,
+    operations: Vec<(Method, Arc<Operation>)>,
+}
+
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A loaded document, its operations ready to validate against.
+pub struct OpenApiDocument {
+    paths: Vec<PathTemplate>,
+}
+
+/// The document and settings of one route.
+pub struct RouteValidation {
+    document: Arc<OpenApiDocument>,
+    strip_prefix: Option<String>,
+    pub validate_requests: bool,
+    pub validate_responses: ResponseValidation,
+    pub max_body: u64,
+}
+
+/// The operation a request maps to, with its path parameters.
+pub struct MatchedOperation<'d> {
+    pub operation: &'d Operation,
+    path_params: Vec<(String, String)>,
+}
+
+impl OpenApiDocument {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let document: Value = serde_saphyr::from_str(&text)
+            .map_err(|e| format!("{}: not a YAML or JSON document: {e}", path.display()))?;
+        Self::from_value(document).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn from_value(document: Value) -> Result<Self, String> {
+        let version = document
+            .get("openapi")
+            .and_then(Value::as_str)
+            .ok_or("no `openapi` version field (only OpenAPI 3.x is supported)")?;
+        let draft = if version.starts_with("3.0") {
+            jsonschema::Draft::Draft4
+        } else if version.starts_with("3.1") {
+            jsonschema::Draft::Draft202012
+        } else {
+            return Err(format!("OpenAPI {version} is not supported (3.0 or 3.1)"));
+        };
+        let legacy = draft == jsonschema::Draft::Draft4;
+        let mut components = document.get("components").cloned().unwrap_or(json!({}));
+        if legacy {
+            translate_nullable(&mut components);
+        }
+        let compiler = SchemaCompiler {
+            document: &document,
+            components,
+            draft,
+            legacy,
+        };
+        let mut paths = Vec::new();
+        let Some(path_items) = document.get("paths").and_then(Value::as_object) else {
+            return Ok(Self { paths });
+        };
+        for (template, item) in path_items {
+            let item = compiler.resolve(item)?;
+            let shared = item
+                .get("parameters")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let mut operations = Vec::new();
+            for method in [
+                "get", "put", "post", "delete", "options", "head", "patch", "trace",
+            ] {
+                let Some(operation) = item.get(method) else {
+                    continue;
+                };
+                let compiled = compiler
+                    .operation(operation, &shared)
+                    .map_err(|e| format!("{} {template}: {e}", method.to_uppercase()))?;
+                let method = Method::from_bytes(method.to_uppercase().as_bytes())
+                    .map_err(|e| e.to_string())?;
+                operations.push((method, Arc::new(compiled)));
+            }
+            let segments: Vec<Segment> = template
+                .trim_start_matches('/')
+                .split('/')
+                .map(
+                    |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                        Some(name) => Segment::Param(name.to_owned()),
+                        None => Segment::Literal(s.to_owned()),
+                    },
+                )
+                .collect();
+            let literal_segments = segments
+                .iter()
+                .filter(|s| matches!(s, Segment::Literal(_)))
+                .count();
+            paths.push(PathTemplate {
+                segments,
+                literal_segments,
+                operations,
+            });
+        }
+        Ok(Self { paths })
+    }
+
+    /// The operation for `method` and `path`: concrete paths win over templated ones.
+    fn find(&self, method: &Method, path: &str) -> Result<MatchedOperation<'_>, Rejection> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let mut best: Option<(&PathTemplate, Vec<(String, String)>)> = None;
+        for template in &self.paths {
+            if template.segments.len() != parts.len() {
+                continue;
+            }
+            let mut params = Vec::new();
+            let matched =
+                template
+                    .segments
+                    .iter()
+                    .zip(&parts)
+                    .all(|(segment, part)| match segment {
+                        Segment::Literal(literal) => literal == part,
+                        Segment::Param(name) => {
+                            let value = percent_encoding::percent_decode_str(part)
+                                .decode_utf8_lossy()
+                                .into_owned();
+                            params.push((name.clone(), value));
+                            !part.is_empty()
+                        }
+                    });
+            if matched
+                && best
+                    .as_ref()
+                    .is_none_or(|(b, _)| template.literal_segments > b.literal_segments)
+            {
+                best = Some((template, params));
+            }
+        }
+        let Some((template, path_params)) = best else {
+            return Err(Rejection::new(
+                StatusCode::NOT_FOUND,
+                "operation_not_found",
+                format!("the API description has no path matching {path}"),
+            ));
+        };
+        match template.operations.iter().find(|(m, _)| m == method) {
+            Some((_, operation)) => Ok(MatchedOperation {
+                operation,
+                path_params,
+            }),
+            None => {
+                let allow: Vec<&str> = template
+                    .operations
+                    .iter()
+                    .map(|(m, _)| m.as_str())
+                    .collect();
+                let mut rejection = Rejection::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{method} is not an operation of {path}"),
+                );
+                if let Ok(value) = http::HeaderValue::from_str(&allow.join(", ")) {
+                    rejection = rejection.with_header(header::ALLOW, value);
+                }
+                Err(rejection)
+            }
+        }
+    }
+}
+
+impl RouteValidation {
+    pub fn new(config: &RouteOpenApi, document: Arc<OpenApiDocument>) -> Self {
+        Self {
+            document,
+            strip_prefix: config
+                .strip_prefix
+                .as_ref()
+                .map(|p| p.trim_end_matches('/').to_owned()),
+            validate_requests: config.validate_requests,
+            validate_responses: config.validate_responses,
+            max_body: config.max_body.0,
+        }
+    }
+
+    /// Find the operation and check the parameters (400 listing the violations).
+    pub fn check_request(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<MatchedOperation<'_>, Rejection> {
+        let path = match &self.strip_prefix {
+            Some(prefix) => match path.strip_prefix(prefix.as_str()) {
+                Some("") => "/",
+                Some(rest) if rest.starts_with('/') => rest,
+                _ => path,
+            },
+            None => path,
+        };
+        let matched = self.document.find(method, path)?;
+        if !self.validate_requests {
+            return Ok(matched);
+        }
+        let mut violations = Vec::new();
+        for parameter in &matched.operation.parameters {
+            parameter.check(&matched.path_params, query, headers, &mut violations);
+        }
+        if let Some(body) = &matched.operation.body {
+            let declared = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let has_body =
+                declared.is_some_and(|l| l > 0) || headers.contains_key(header::TRANSFER_ENCODING);
+            if has_body {
+                let media_type = media_type(headers);
+                if !body.media_types.is_empty()
+                    && !body
+                        .media_types
+                        .iter()
+                        .any(|m| media_matches(m, &media_type))
+                {
+                    return Err(Rejection::new(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported_media_type",
+                        format!("the operation does not accept {media_type}"),
+                    ));
+                }
+            }
+        }
+        if violations.is_empty() {
+            Ok(matched)
+        } else {
+            Err(invalid_request(violations))
+        }
+    }
+
+    /// Check a request body read whole (after `check_request`).
+    pub fn check_body(
+        &self,
+        operation: &Operation,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<(), Rejection> {
+        let Some(spec) = &operation.body else {
+            return Ok(());
+        };
+        let mut violations = Vec::new();
+        if body.is_empty() {
+            if spec.required {
+                violations.push(Violation {
+                    pointer: "/body".to_owned(),
+                    message: "a request body is required".to_owned(),
+                });
+            }
+        } else if let Some(validator) = &spec.json {
+            if is_json(&media_type(headers)) {
+                match serde_json::from_slice::<Value>(body) {
+                    Ok(value) => collect(validator, &value, "/body", &mut violations),
+                    Err(err) => violations.push(Violation {
+                        pointer: "/body".to_owned(),
+                        message: format!("not valid JSON: {err}"),
+                    }),
+                }
+            }
+        }
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid_request(violations))
+        }
+    }
+
+    /// Whether a response of `status` with these headers should be read and checked.
+    pub fn wants_response(
+        &self,
+        operation: &Operation,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> bool {
+        self.validate_responses != ResponseValidation::Off
+            && is_json(&media_type(headers))
+            && operation.response_schema(status).is_some()
+    }
+
+    /// Check a JSON response body; the violations found (empty when valid).
+    pub fn check_response(
+        &self,
+        operation: &Operation,
+        status: StatusCode,
+        body: &Bytes,
+    ) -> Vec<Violation> {
+        let Some(validator) = operation.response_schema(status) else {
+            return Vec::new();
+        };
+        let mut violations = Vec::new();
+        match serde_json::from_slice::<Value>(body) {
+            Ok(value) => collect(validator, &value, "/body", &mut violations),
+            Err(err) => violations.push(Violation {
+                pointer: "/body".to_owned(),
+                message: format!("not valid JSON: {err}"),
+            }),
+        }
+        violations
+    }
+}
+
+impl Operation {
+    /// Whether the operation describes a request body.
+    pub fn has_body(&self) -> bool {
+        self.body.is_some()
+    }
+
+    fn response_schema(&self, status: StatusCode) -> Option<&jsonschema::Validator> {
+        let code = status.as_u16().to_string();
+        let range = format!("{}XX", status.as_u16() / 100);
+        [code.as_str(), range.as_str(), "default"]
+            .iter()
+            .find_map(|key| self.responses.get(*key))
+            .and_then(Option::as_ref)
+    }
+}
+
+impl Parameter {
+    fn check(
+        &self,
+        path_params: &[(String, String)],
+        query: Option<&str>,
+        headers: &HeaderMap,
+        violations: &mut Vec<Violation>,
+    ) {
+        let (prefix, raw): (&str, Vec<String>) = match self.location {
+            Location::Path => (
+                "/path",
+                path_params
+                    .iter()
+                    .filter(|(k, _)| *k == self.name)
+                    .map(|(_, v)| v.clone())
+                    .collect(),
+            ),
+            Location::Query => (
+                "/query",
+                query
+                    .map(|q| {
+                        form_urlencoded::parse(q.as_bytes())
+                            .filter(|(k, _)| *k == self.name)
+                            .map(|(_, v)| v.into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
+            Location::Header => (
+                "/header",
+                headers
+                    .get_all(self.name.as_str())
+                    .iter()
+                    .filter_map(|v| v.to_str().ok().map(str::to_owned))
+                    .collect(),
+            ),
+        };
+        let pointer = format!("{prefix}/{}", escape_pointer(&self.name));
+        if raw.is_empty() {
+            if self.required {
+                violations.push(Violation {
+                    pointer,
+                    message: format!("required parameter `{}` is missing", self.name),
+                });
+            }
+            return;
+        }
+        let Some(validator) = &self.schema else {
+            return;
+        };
+        let value = if self.kind.as_deref() == Some("array") {
+            let items: Vec<&str> =
+                if raw.len() == 1 && !self.explode || self.location != Location::Query {
+                    raw[0].split(',').collect()
+                } else {
+                    raw.iter().map(String::as_str).collect()
+                };
+            Value::Array(
+                items
+                    .iter()
+                    .map(|item| coerce(item, self.item_kind.as_deref()))
+                    .collect(),
+            )
+        } else {
+            coerce(&raw[0], self.kind.as_deref())
+        };
+        collect(validator, &value, &pointer, violations);
+    }
+}
+
+/// Text from a URL or header as the JSON value its schema type expects (left as a string
+/// when it does not parse, so the schema reports the mismatch).
+fn coerce(text: &str, kind: Option<&str>) -> Value {
+    match kind {
+        Some("integer") => text
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| text.into()),
+        Some("number") => text
+            .parse::<f64>()
+            .ok()
+            .and_then(|n| serde_json::Number::from_f64(n).map(Value::Number))
+            .unwrap_or_else(|| text.into()),
+        Some("boolean") => match text {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            other => other.into(),
+        },
+        _ => text.into(),
+    }
+}
+
+fn collect(
+    validator: &jsonschema::Validator,
+    value: &Value,
+    prefix: &str,
+    violations: &mut Vec<Violation>,
+) {
+    for error in validator.iter_errors(value) {
+        violations.push(Violation {
+            pointer: format!("{prefix}{}", error.instance_path()),
+            message: error.to_string(),
+        });
+    }
+}
+
+fn invalid_request(violations: Vec<Violation>) -> Rejection {
+    let detail = match violations.len() {
+        1 => "the request does not match the API description: 1 violation".to_owned(),
+        n => format!("the request does not match the API description: {n} violations"),
+    };
+    let mut rejection = Rejection::new(StatusCode::BAD_REQUEST, "request_invalid", detail);
+    rejection.extensions = Some(json!({ "violations": violations }));
+    rejection
+}
+
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+fn is_json(media_type: &str) -> bool {
+    media_type == "application/json" || media_type.ends_with("+json")
+}
+
+fn media_matches(rule: &str, media_type: &str) -> bool {
+    rule == "*/*"
+        || rule == media_type
+        || rule
+            .strip_suffix("/*")
+            .is_some_and(|kind| media_type.split('/').next() == Some(kind))
+}
+
+fn escape_pointer(name: &str) -> String {
+    name.replace('~', "~0").replace('/', "~1")
+}
+
+/// OpenAPI 3.0's `nullable: true` as JSON Schema: `null` added to `type` (and `enum`).
+fn translate_nullable(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            if object.remove("nullable") == Some(Value::Bool(true)) {
+                match object.get_mut("type") {
+                    Some(Value::String(kind)) => {
+                        let kind = std::mem::take(kind);
+                        object.insert("type".to_owned(), json!([kind, "null"]));
+                    }
+                    Some(Value::Array(kinds)) => kinds.push(json!("null")),
+                    _ => {}
+                }
+                if let Some(Value::Array(values)) = object.get_mut("enum") {
+                    values.push(Value::Null);
+                }
+            }
+            object.values_mut().for_each(translate_nullable);
+        }
+        Value::Array(items) => items.iter_mut().for_each(translate_nullable),
+        _ => {}
+    }
+}
+
+/// Builds validators whose `#/components/...` references resolve: each schema is compiled
+/// as a document carrying the specification's `components`.
+struct SchemaCompiler<'d> {
+    document: &'d Value,
+    components: Value,
+    draft: jsonschema::Draft,
+    legacy: bool,
+}
+
+impl SchemaCompiler<'_> {
+    /// Follow local `$ref`s of parameter, body and response objects.
+    fn resolve<'v>(&'v self, mut value: &'v Value) -> Result<&'v Value, String> {
+        for _ in 0..16 {
+            let Some(reference) = value.get("$ref").and_then(Value::as_str) else {
+                return Ok(value);
+            };
+            let pointer = reference
+                .strip_prefix('#')
+                .ok_or_else(|| format!("only local references are supported: `{reference}`"))?;
+            value = self
+                .document
+                .pointer(pointer)
+                .ok_or_else(|| format!("unresolved reference `{reference}`"))?;
+        }
+        Err("reference chain too long".to_owned())
+    }
+
+    fn schema(&self, schema: &Value) -> Result<jsonschema::Validator, String> {
+        let mut schema = schema.clone();
+        if self.legacy {
+            translate_nullable(&mut schema);
+        }
+        let mut root = match schema {
+            Value::Object(object) => object,
+            Value::Bool(true) => Map::new(),
+            other => return Err(format!("schema `{other}` is not an object")),
+        };
+        root.insert("components".to_owned(), self.components.clone());
+        jsonschema::options()
+            .with_draft(self.draft)
+            .should_validate_formats(true)
+            .build(&Value::Object(root))
+            .map_err(|e| format!("invalid schema: {e}"))
+    }
+
+    fn operation(&self, operation: &Value, shared: &[Value]) -> Result<Operation, String> {
+        let mut parameters: Vec<Parameter> = Vec::new();
+        let own = operation
+            .get("parameters")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        // Operation parameters override path-level ones of the same name and location.
+        for raw in shared.iter().chain(own.iter()) {
+            let parameter = self.resolve(raw)?;
+            let name = parameter
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or("a parameter has no name")?
+                .to_owned();
+            let location = match parameter.get("in").and_then(Value::as_str) {
+                Some("path") => Location::Path,
+                Some("query") => Location::Query,
+                Some("header") => Location::Header,
+                // Cookie parameters are not checked.
+                _ => continue,
+            };
+            let schema = parameter
+                .get("schema")
+                .map(|s| self.resolve(s))
+                .transpose()?;
+            let compiled = Parameter {
+                required: location == Location::Path
+                    || parameter.get("required").and_then(Value::as_bool) == Some(true),
+                kind: schema
+                    .and_then(|s| s.get("type"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                item_kind: schema
+                    .and_then(|s| s.get("items"))
+                    .map(|i| self.resolve(i))
+                    .transpose()?
+                    .and_then(|i| i.get("type"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                explode: parameter
+                    .get("explode")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true),
+                schema: parameter
+                    .get("schema")
+                    .map(|s| self.schema(s))
+                    .transpose()?,
+                name: if location == Location::Header {
+                    name.to_ascii_lowercase()
+                } else {
+                    name
+                },
+                location,
+            };
+            parameters.retain(|p| !(p.name == compiled.name && p.location == compiled.location));
+            parameters.push(compiled);
+        }
+        let body = match operation.get("requestBody") {
+            Some(raw) => {
+                let body = self.resolve(raw)?;
+                let content = body.get("content").and_then(Value::as_object);
+                let json_schema = content.and_then(|c| {
+                    c.iter()
+                        .find(|(media, _)| is_json(media))
+                        .and_then(|(_, media)| media.get("schema"))
+                });
+                Some(Body {
+                    required: body.get("required").and_then(Value::as_bool) == Some(true),
+                    media_types: content
+                        .map(|c| c.keys().map(|k| k.to_ascii_lowercase()).collect())
+                        .unwrap_or_default(),
+                    json: json_schema.map(|s| self.schema(s)).transpose()?,
+                })
+            }
+            None => None,
+        };
+        let mut responses = HashMap::new();
+        if let Some(all) = operation.get("responses").and_then(Value::as_object) {
+            for (status, raw) in all {
+                let response = self.resolve(raw)?;
+                let schema = response
+                    .get("content")
+                    .and_then(Value::as_object)
+                    .and_then(|c| c.iter().find(|(media, _)| is_json(media)))
+                    .and_then(|(_, media)| media.get("schema"));
+                responses.insert(
+                    status.to_ascii_uppercase(),
+                    schema.map(|s| self.schema(s)).transpose()?,
+                );
+            }
+        }
+        Ok(Operation {
+            id: operation
+                .get("operationId")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            parameters,
+            body,
+            responses,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nullable_becomes_a_null_type() {
+        let mut schema = json!({"type": "string", "nullable": true, "properties": {"a": {"type": "integer", "nullable": true}}});
+        translate_nullable(&mut schema);
+        assert_eq!(schema["type"], json!(["string", "null"]));
+        assert_eq!(
+            schema["properties"]["a"]["type"],
+            json!(["integer", "null"])
+        );
+        assert!(schema.get("nullable").is_none());
+    }
+}
