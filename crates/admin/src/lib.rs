@@ -36,6 +36,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/config/rollback/{version}", post(post_rollback))
         .route("/admin/routes", get(get_routes))
         .route("/admin/services", get(get_services))
+        .route("/metrics", get(get_metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
@@ -253,6 +254,53 @@ async fn get_routes(State(state): State<AdminState>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "version": snapshot.version, "routes": routes }))
+}
+
+/// Prometheus metrics (OpenMetrics text). Endpoint health is read from the running
+/// snapshot at scrape time.
+async fn get_metrics(State(state): State<AdminState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let snapshot = state.store.snapshot();
+    if !snapshot.config.metrics.enabled {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are disabled (`metrics.enabled: false`)".into(),
+            None,
+        )
+        .into_response();
+    }
+    let metrics = &state.store.telemetry.metrics;
+    let now = gatehouse_proxy::upstream::endpoint::now_ms();
+    metrics.endpoint_healthy.clear();
+    for service in snapshot.services.values() {
+        for endpoint in service.endpoints().endpoints.iter() {
+            metrics
+                .endpoint_healthy
+                .get_or_create(&gatehouse_telemetry::metrics::EndpointLabels {
+                    service: service.name.clone(),
+                    endpoint: endpoint.addr.to_string(),
+                })
+                .set(i64::from(endpoint.is_available(now)));
+        }
+    }
+    match metrics.encode() {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics_failed",
+            "metrics could not be encoded".into(),
+            None,
+        )
+        .into_response(),
+    }
 }
 
 async fn get_services(State(state): State<AdminState>) -> Json<Value> {

@@ -11,6 +11,7 @@ use crate::auth::{
     AuthenticationConfig, ClientCertificateAuth, ConsumerConfig, IpFilterConfig, RouteAuth,
 };
 use crate::shaping::{CorsConfig, MirrorConfig, OpenApiSpec, RequestShaping, RouteOpenApi};
+use crate::telemetry::{AccessLogConfig, MetricsConfig};
 use crate::traffic::{QuotaConfig, QuotaStoreConfig, RateLimitPolicy, RedisConfig};
 use crate::units::{ByteSize, HumanDuration};
 
@@ -56,6 +57,12 @@ pub struct Config {
     /// OpenAPI documents by name, for request and response validation.
     #[serde(default)]
     pub openapi: BTreeMap<String, OpenApiSpec>,
+    /// The access log (one line per finished request); absent: no access log.
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
+    /// Prometheus metrics on the admin listener.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Where relative file paths (certificates, keys) are resolved: the configuration
     /// file's directory. Not part of the file.
     #[serde(skip)]

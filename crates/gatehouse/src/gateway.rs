@@ -103,6 +103,8 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| failed(e.to_string()))?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| failed(e.to_string()))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| failed(e.to_string()))?;
+    // SIGUSR1: reopen the access log (after log rotation moved the file away).
+    let mut user1 = signal(SignalKind::user_defined1()).map_err(|e| failed(e.to_string()))?;
     let bound = listener::bind_all(&store)
         .await
         .map_err(|e| failed(e.to_string()))?;
@@ -169,6 +171,11 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
                     Ok(Ok(version)) => tracing::info!(version, "reloaded on SIGHUP"),
                     Ok(Err(errors)) => tracing::error!("reload rejected, the running configuration stays:\n{errors}"),
                     Err(err) => tracing::error!(%err, "reload task failed"),
+                }
+            }
+            _ = user1.recv() => {
+                if let Some(log) = &store.telemetry.access_log {
+                    log.reopen();
                 }
             }
             _ = terminate.recv() => break,

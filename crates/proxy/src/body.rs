@@ -72,3 +72,45 @@ pub async fn read_limited(mut body: ProxyBody, max: usize) -> Result<Bytes, BoxE
     }
     Ok(buffer.freeze())
 }
+
+/// Told about the response body as it goes out; dropped when the body is done.
+pub trait BodyObserver: Send + Unpin + 'static {
+    fn on_data(&mut self, bytes: usize);
+}
+
+/// `body`, reporting each data frame to `observer`, which is dropped with the body (the
+/// log phase runs then).
+pub fn counted<O: BodyObserver>(body: ProxyBody, observer: O) -> ProxyBody {
+    struct Counted<O> {
+        inner: ProxyBody,
+        observer: O,
+    }
+    impl<O: BodyObserver> http_body::Body for Counted<O> {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            let this = &mut *self;
+            let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+            if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+                if let Some(data) = frame.data_ref() {
+                    this.observer.on_data(data.len());
+                }
+            }
+            polled
+        }
+        fn is_end_stream(&self) -> bool {
+            self.inner.is_end_stream()
+        }
+        fn size_hint(&self) -> http_body::SizeHint {
+            self.inner.size_hint()
+        }
+    }
+    Counted {
+        inner: body,
+        observer,
+    }
+    .boxed_unsync()
+}

@@ -175,6 +175,7 @@ async fn serve_connection(
         return;
     };
     drop(snapshot);
+    let _open = OpenConnection::count(&store.telemetry, listener_name);
     let _ = stream.set_nodelay(true);
     let limits = listener.limits.clone();
     let now = now_ms();
@@ -246,7 +247,8 @@ async fn serve_connection(
             let conn_info = conn_info.clone();
             let guard = RequestGuard::start(&state, request.version());
             async move {
-                let response = pipeline::handle(store.snapshot(), &conn_info, request).await;
+                let response =
+                    pipeline::handle(store.snapshot(), &conn_info, &store.telemetry, request).await;
                 Ok::<_, std::convert::Infallible>(response.map(|inner| GuardedBody {
                     inner,
                     _guard: guard,
@@ -504,5 +506,28 @@ impl http_body::Body for GuardedBody {
     }
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Counts a client connection in `gatehouse_open_connections` while it lives.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    fn count(telemetry: &gatehouse_telemetry::Telemetry, listener: &str) -> Self {
+        let gauge = telemetry
+            .metrics
+            .open_connections
+            .get_or_create(&gatehouse_telemetry::metrics::ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .clone();
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -18,11 +18,12 @@ use crate::error::GatewayError;
 use crate::forward::{self, X_REQUEST_ID};
 use crate::router::RequestView;
 use crate::snapshot::{fill_template, ListenerRuntime, RouteAction, Snapshot};
-use crate::upstream::{hash_of, OutgoingBody, Service, UpstreamRequest};
+use crate::upstream::{hash_of, OutgoingBody, Service, UpstreamInfo, UpstreamRequest};
 use gatehouse_policy::{
     cors, AccessOutcome, ClientCertificate, Granted, InFlightLimit, LimitRequest, RequestInfo,
     Security,
 };
+use gatehouse_telemetry::{AccessRecord, Telemetry};
 
 use crate::mirror::Mirror;
 use gatehouse_config::ResponseValidation;
@@ -51,31 +52,209 @@ pub enum ClientBodyError {
     Malformed(BoxError),
 }
 
+/// What the request path learned about a request, for the response and the log phase.
+#[derive(Default)]
+pub struct RequestTrace {
+    /// Headers for the answer whether it succeeds or fails (CORS: a browser must be able
+    /// to read a 401 or 429 too).
+    response_headers: Vec<(http::HeaderName, HeaderValue)>,
+    route: Option<String>,
+    service: Option<String>,
+    consumer: Option<String>,
+    endpoint: Option<std::net::SocketAddr>,
+    upstream: Option<std::time::Duration>,
+}
+
 /// Handle one request against `snapshot`. Never fails: errors become problem responses.
+/// The log phase (metrics, access log) runs when the response body has been sent.
 pub async fn handle(
     snapshot: Arc<Snapshot>,
     conn: &ConnInfo,
+    telemetry: &Arc<Telemetry>,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let started = std::time::Instant::now();
     let request_id = forward::request_id(request.headers());
-    // Headers for the answer whether it succeeds or fails (CORS: a browser must be able to
-    // read a 401 or 429 too).
-    let mut always = Vec::new();
-    let result = route_and_respond(&snapshot, conn, request, &request_id, &mut always).await;
+    let method = request.method().clone();
+    let bytes_in = content_length(request.headers()).unwrap_or(0);
+    let logged = telemetry.access_log.as_ref().map(|log| {
+        (
+            log.redact_target(request.uri().path(), request.uri().query()),
+            request
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            version_name(request.version()),
+        )
+    });
+    let client_ip =
+        forward::client_ip(conn.peer, request.headers(), &conn.listener.trusted_proxies);
+    let mut trace = RequestTrace::default();
+    let result =
+        route_and_respond(&snapshot, conn, request, &request_id, client_ip, &mut trace).await;
+    let mut reason = None;
     let mut response = match result {
         Ok(response) => response,
         Err(err) => {
             if matches!(err.status().as_u16(), 500..=599) {
                 tracing::warn!(request_id = ?request_id, error = %err, "request failed");
             }
+            reason = Some(err.code());
             err.into_response(Some(&request_id))
         }
     };
-    response.headers_mut().insert(X_REQUEST_ID, request_id);
-    for (name, value) in always {
+    for (name, value) in std::mem::take(&mut trace.response_headers) {
         response.headers_mut().append(name, value);
     }
-    response
+    let metrics = snapshot.config.metrics.enabled;
+    if !metrics && logged.is_none() {
+        // Telemetry off: no log phase at all.
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
+        return response;
+    }
+    let status = response.status().as_u16();
+    let finish = Finish {
+        telemetry: telemetry.clone(),
+        metrics,
+        started,
+        trace,
+        method,
+        status,
+        reason,
+        bytes_in,
+        bytes_out: 0,
+        client_ip,
+        request_id: request_id.to_str().unwrap_or("").to_owned(),
+        logged,
+    };
+    response.headers_mut().insert(X_REQUEST_ID, request_id);
+    response.map(|body| body::counted(body, finish))
+}
+
+fn version_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The log phase of one request: runs once, when its response body is done or dropped.
+pub struct Finish {
+    telemetry: Arc<Telemetry>,
+    /// `metrics.enabled` of the snapshot that served the request.
+    metrics: bool,
+    started: std::time::Instant,
+    trace: RequestTrace,
+    method: Method,
+    status: u16,
+    reason: Option<&'static str>,
+    bytes_in: u64,
+    bytes_out: u64,
+    client_ip: std::net::IpAddr,
+    request_id: String,
+    /// Target, user agent and protocol, read only when an access log is configured.
+    logged: Option<(String, Option<String>, &'static str)>,
+}
+
+impl body::BodyObserver for Finish {
+    fn on_data(&mut self, bytes: usize) {
+        self.bytes_out += bytes as u64;
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let total = self.started.elapsed();
+        let gateway_time = match self.trace.upstream {
+            Some(upstream) => total.saturating_sub(upstream),
+            None => total,
+        };
+        if self.metrics {
+            self.record_metrics(total, gateway_time);
+        }
+        let (Some(log), Some((path, user_agent, protocol))) =
+            (&self.telemetry.access_log, self.logged.take())
+        else {
+            return;
+        };
+        if !log.wants(self.status, fastrand::f64()) {
+            return;
+        }
+        let millis = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        log.log(AccessRecord {
+            time: std::time::SystemTime::now() - total,
+            request_id: std::mem::take(&mut self.request_id),
+            trace_id: None,
+            client_ip: self.client_ip,
+            consumer: self.trace.consumer.take(),
+            route: self.trace.route.take(),
+            service: self.trace.service.take(),
+            endpoint: self.trace.endpoint.map(|e| e.to_string()),
+            method: self.method.as_str().to_owned(),
+            path,
+            protocol,
+            status: self.status,
+            total_ms: millis(total),
+            upstream_ms: self.trace.upstream.map(millis),
+            gateway_ms: millis(gateway_time),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            user_agent,
+            reason: self.reason,
+        });
+    }
+}
+
+impl Finish {
+    fn record_metrics(&self, total: std::time::Duration, gateway_time: std::time::Duration) {
+        use gatehouse_telemetry::metrics::{
+            status_class, CodeLabels, RequestLabels, RouteLabels, ServiceLabels,
+        };
+        let metrics = &self.telemetry.metrics;
+        let route = self.trace.route.clone().unwrap_or_default();
+        let service = self.trace.service.clone().unwrap_or_default();
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                service: service.clone(),
+                method: self.method.as_str().to_owned(),
+                status_class: status_class(self.status),
+            })
+            .inc();
+        let route_labels = RouteLabels { route };
+        metrics
+            .request_duration
+            .get_or_create(&route_labels)
+            .observe(total.as_secs_f64());
+        if self.bytes_in > 0 {
+            metrics
+                .bytes_received
+                .get_or_create(&route_labels)
+                .inc_by(self.bytes_in);
+        }
+        metrics
+            .bytes_sent
+            .get_or_create(&route_labels)
+            .inc_by(self.bytes_out);
+        if let Some(upstream) = self.trace.upstream {
+            metrics
+                .upstream_duration
+                .get_or_create(&ServiceLabels { service })
+                .observe(upstream.as_secs_f64());
+            metrics.gateway_duration.observe(gateway_time.as_secs_f64());
+        }
+        if let Some(code) = self.reason {
+            metrics
+                .responses_by_code
+                .get_or_create(&CodeLabels { code })
+                .inc();
+        }
+    }
 }
 
 async fn route_and_respond(
@@ -83,7 +262,8 @@ async fn route_and_respond(
     conn: &ConnInfo,
     request: Request<Incoming>,
     request_id: &HeaderValue,
-    always: &mut Vec<(http::HeaderName, HeaderValue)>,
+    client_ip: std::net::IpAddr,
+    trace: &mut RequestTrace,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     reject_ambiguous_framing(&request)?;
     let (host, authority) = request_host(&request)?;
@@ -105,8 +285,6 @@ async fn route_and_respond(
         query: request.uri().query(),
         headers: request.headers(),
     };
-    let client_ip =
-        forward::client_ip(conn.peer, request.headers(), &conn.listener.trusted_proxies);
     // A CORS preflight is routed as the request it announces and answered here.
     if cors::is_preflight(request.method(), request.headers()) {
         if let Some(method) = cors::requested_method(request.headers()) {
@@ -135,8 +313,11 @@ async fn route_and_respond(
         });
     };
     let route = &matched.route.payload;
+    trace.route = Some(matched.route.name.clone());
     if let Some(policy) = &route.cors {
-        always.extend(policy.response_headers(request.headers()));
+        trace
+            .response_headers
+            .extend(policy.response_headers(request.headers()));
     }
     if let Some(filter) = &route.ip_filter {
         filter.check(client_ip).map_err(GatewayError::Rejected)?;
@@ -164,7 +345,10 @@ async fn route_and_respond(
                 authority: &authority,
             };
             match access.check(&info).await.map_err(GatewayError::Rejected)? {
-                AccessOutcome::Granted(granted) => Some(granted),
+                AccessOutcome::Granted(granted) => {
+                    trace.consumer = Some(granted.identity.consumer.id.clone());
+                    Some(granted)
+                }
                 AccessOutcome::Respond(response) => return Ok(response.map(body::full)),
             }
         }
@@ -255,10 +439,12 @@ async fn route_and_respond(
                 (None, Cow::Owned(normalized)) => Some(normalized),
                 (None, Cow::Borrowed(_)) => None,
             };
+            trace.service = Some(service.name.clone());
             proxy(
                 service,
                 conn,
                 request,
+                trace,
                 Upstream {
                     path: upstream_path,
                     host: host_rewrite.as_ref(),
@@ -373,6 +559,7 @@ async fn proxy(
     service: &Service,
     conn: &ConnInfo,
     mut request: Request<Incoming>,
+    trace: &mut RequestTrace,
     upstream: Upstream<'_>,
     request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, GatewayError> {
@@ -533,6 +720,10 @@ async fn proxy(
         })
         .await?;
 
+    if let Some(info) = response.extensions().get::<UpstreamInfo>() {
+        trace.endpoint = Some(info.endpoint);
+        trace.upstream = Some(info.elapsed);
+    }
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut response);

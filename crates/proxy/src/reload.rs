@@ -13,6 +13,7 @@ use gatehouse_config::{Config, ConfigErrors, Problem};
 use serde::Serialize;
 
 use crate::snapshot::Snapshot;
+use gatehouse_telemetry::{AccessLog, Metrics, Telemetry};
 
 /// Versions kept for rollback.
 const HISTORY: usize = 50;
@@ -43,6 +44,8 @@ pub enum RollbackError {
 
 pub struct ConfigStore {
     current: ArcSwap<Snapshot>,
+    /// Metrics and the access log: process-wide, they outlive snapshots.
+    pub telemetry: Arc<Telemetry>,
     path: Option<PathBuf>,
     history: Mutex<VecDeque<VersionRecord>>,
     next_version: AtomicU64,
@@ -76,7 +79,31 @@ impl ConfigStore {
             file: origin.to_owned(),
             problems,
         })?;
+        let metrics = Metrics::new();
+        metrics.config_version.set(1);
+        let access_log = match &snapshot.config.access_log {
+            Some(log_config) => Some(
+                AccessLog::start(
+                    log_config,
+                    api_key_query_parameters(&snapshot.config),
+                    metrics.access_log_dropped.clone(),
+                )
+                .map_err(|err| ConfigErrors {
+                    file: origin.to_owned(),
+                    problems: vec![Problem::new(
+                        0,
+                        0,
+                        format!("cannot start the access log: {err}"),
+                    )],
+                })?,
+            ),
+            None => None,
+        };
         let store = Self {
+            telemetry: Arc::new(Telemetry {
+                metrics,
+                access_log,
+            }),
             current: ArcSwap::from_pointee(snapshot),
             path,
             history: Mutex::new(VecDeque::new()),
@@ -122,6 +149,29 @@ impl ConfigStore {
 
     /// Validate, compile and swap in a new configuration; on any problem nothing changes.
     pub fn apply_text(&self, text: &str, origin: &str, reason: &str) -> Result<u64, ConfigErrors> {
+        let result = self.apply_text_counted(text, origin, reason);
+        let metrics = &self.telemetry.metrics;
+        let outcome = if result.is_ok() {
+            "applied"
+        } else {
+            "rejected"
+        };
+        metrics
+            .config_reloads
+            .get_or_create(&gatehouse_telemetry::metrics::ResultLabels { result: outcome })
+            .inc();
+        if let Ok(version) = result {
+            metrics.config_version.set(version as i64);
+        }
+        result
+    }
+
+    fn apply_text_counted(
+        &self,
+        text: &str,
+        origin: &str,
+        reason: &str,
+    ) -> Result<u64, ConfigErrors> {
         let _guard = self
             .applying
             .lock()
@@ -246,11 +296,32 @@ fn check_restart_only_changes(running: &Config, next: &Config) -> Result<(), Vec
             "the admin listener address changed; that needs a restart",
         ));
     }
+    let access_log = |c: &Config| serde_json::to_string(&c.access_log).unwrap_or_default();
+    if access_log(running) != access_log(next) {
+        problems.push(Problem::new(
+            0,
+            0,
+            "`access_log` changed; the access log is set up at start-up, so that needs a restart",
+        ));
+    }
     if problems.is_empty() {
         Ok(())
     } else {
         Err(problems)
     }
+}
+
+/// Query parameters that carry API keys: never written to the access log.
+fn api_key_query_parameters(config: &Config) -> Vec<String> {
+    config
+        .authentication
+        .methods
+        .values()
+        .filter_map(|method| match &method.value {
+            gatehouse_config::AuthMethodConfig::ApiKey(key) => key.query.clone(),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Reload when the configuration file changes. Keep the returned watcher alive.

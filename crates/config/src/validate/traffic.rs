@@ -20,6 +20,22 @@ pub const LIMIT_KEYS: [&str; 6] = [
 ];
 
 pub(crate) fn validate_traffic(config: &Config, problems: &mut Vec<Problem>) {
+    if let Some(log) = &config.access_log {
+        if !(0.0..=1.0).contains(&log.sample) {
+            problems.push(Problem::new(
+                0,
+                0,
+                format!("`access_log.sample` {} is outside 0..=1", log.sample),
+            ));
+        }
+        if log.buffer_lines == 0 {
+            problems.push(Problem::new(
+                0,
+                0,
+                "`access_log.buffer_lines` must be at least 1",
+            ));
+        }
+    }
     for (name, quota) in &config.quotas {
         let at = &quota.referenced;
         if quota.value.requests == 0 {

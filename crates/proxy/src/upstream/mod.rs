@@ -56,6 +56,14 @@ pub enum ServiceError {
     Tls(#[from] tls::TlsError),
 }
 
+/// Which endpoint answered and how long the upstream took (retries included), attached to
+/// the upstream response for the log phase.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamInfo {
+    pub endpoint: std::net::SocketAddr,
+    pub elapsed: std::time::Duration,
+}
+
 /// The body sent upstream: buffered bodies can be replayed on retry, streamed ones cannot.
 pub enum OutgoingBody {
     Buffered(Bytes),
@@ -188,6 +196,7 @@ impl Service {
         mut request: UpstreamRequest,
     ) -> Result<Response<PooledBody>, GatewayError> {
         let policy = &self.config.retries;
+        let started = Instant::now();
         self.budget.deposit();
         let replayable = matches!(request.body, OutgoingBody::Buffered(_));
         let mut retries_left = if request.upgrade { 0 } else { policy.attempts };
@@ -221,6 +230,11 @@ impl Service {
                     self.record(&endpoint, status < 500);
                     let retry_status = policy.on_status.contains(&status) && request.retryable;
                     if !(retry_status && may_retry_after && self.budget.try_withdraw()) {
+                        let mut response = response;
+                        response.extensions_mut().insert(UpstreamInfo {
+                            endpoint: endpoint.addr,
+                            elapsed: started.elapsed(),
+                        });
                         return Ok(response);
                     }
                     ("status", None)

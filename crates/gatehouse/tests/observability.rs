@@ -1,0 +1,411 @@
+//! Metrics and the access log: counts and histograms after known traffic, every access-log
+//! field, redaction, SIGUSR1 reopen, and dropped lines (never a stall) when the writer is
+//! blocked.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{admin_block, client, echo, Gateway, ADMIN_TOKEN};
+use serde_json::Value;
+
+fn config(upstream: SocketAddr, access_log: &str) -> String {
+    format!(
+        r#"{admin}listeners:
+  - name: public
+    listen: 127.0.0.1:0
+services:
+  - name: echo
+    endpoints: [{{ address: "{upstream}" }}]
+rate_limits:
+  tight:
+    limits: [{{ requests: 2, per: 1h, key: [route] }}]
+authentication:
+  api_key_secret: "test-api-key-secret-0123456789abcdef"
+  methods:
+    keys:
+      api_key: {{ header: x-api-key, query: api_key }}
+routes:
+  - name: orders
+    match: {{ path: {{ prefix: /orders }} }}
+    service: echo
+  - name: limited
+    match: {{ path: {{ prefix: /limited }} }}
+    service: echo
+    rate_limits: [tight]
+  - name: private
+    match: {{ path: {{ prefix: /private }} }}
+    service: echo
+    auth: {{ methods: [keys] }}
+{access_log}"#,
+        admin = admin_block()
+    )
+}
+
+async fn scrape(gateway: &Gateway) -> String {
+    let response = client()
+        .get(gateway.admin_url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    response.text().await.unwrap()
+}
+
+/// The value of the sample whose line starts with `series` (name and labels).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// Poll `check` until it holds (the log phase runs when the response body is done).
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_known_traffic() {
+    let upstream = echo("metrics").await;
+    let gateway = Gateway::start(&config(upstream, ""));
+    let client = client();
+    for _ in 0..5 {
+        let response = client.get(gateway.url("/orders/1")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    }
+    client
+        .post(gateway.url("/orders"))
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            client
+                .get(gateway.url("/nowhere"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+    }
+    let statuses: Vec<u16> = {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(
+                client
+                    .get(gateway.url("/limited"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16(),
+            );
+        }
+        statuses
+    };
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(
+        client
+            .get(gateway.url("/private"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // Without the admin token: refused.
+    let anonymous = client
+        .get(gateway.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // The log phase runs as each response body finishes: wait until all 14 are counted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = scrape(&gateway).await;
+        let counted: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("gatehouse_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if counted >= 14.0 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let count =
+        |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no `{series}` in\n{text}"));
+    assert_eq!(
+        count(
+            r#"gatehouse_requests_total{route="orders",service="echo",method="GET",status_class="2xx"}"#
+        ),
+        5.0
+    );
+    assert_eq!(
+        count(
+            r#"gatehouse_requests_total{route="orders",service="echo",method="POST",status_class="2xx"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        count(r#"gatehouse_requests_total{route="",service="",method="GET",status_class="4xx"}"#),
+        2.0
+    );
+    assert_eq!(
+        count(r#"gatehouse_gateway_responses_total{code="route_not_found"}"#),
+        2.0
+    );
+    assert_eq!(
+        count(r#"gatehouse_gateway_responses_total{code="rate_limited"}"#),
+        1.0
+    );
+    assert_eq!(
+        count(r#"gatehouse_gateway_responses_total{code="credentials_missing"}"#),
+        1.0
+    );
+    assert_eq!(
+        count(r#"gatehouse_request_duration_seconds_count{route="orders"}"#),
+        6.0
+    );
+    // Every request took less than 10 s, so the largest finite bucket holds all six.
+    assert_eq!(
+        count(r#"gatehouse_request_duration_seconds_bucket{le="10.0",route="orders"}"#),
+        6.0
+    );
+    assert_eq!(
+        count(r#"gatehouse_upstream_duration_seconds_count{service="echo"}"#),
+        8.0
+    );
+    assert_eq!(count("gatehouse_gateway_duration_seconds_count"), 8.0);
+    assert_eq!(
+        count(r#"gatehouse_request_body_bytes_total{route="orders"}"#),
+        10.0
+    );
+    assert!(count(r#"gatehouse_response_body_bytes_total{route="orders"}"#) > 100.0);
+    assert!(count(r#"gatehouse_open_connections{listener="public"}"#) >= 1.0);
+    assert_eq!(
+        count(&format!(
+            r#"gatehouse_upstream_endpoint_healthy{{service="echo",endpoint="{upstream}"}}"#
+        )),
+        1.0
+    );
+    assert_eq!(count("gatehouse_config_version"), 1.0);
+    assert!(text.contains("gatehouse_build_info{version=\""), "{text}");
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn access_log_has_every_field_redacts_and_reopens() {
+    let upstream = echo("log").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gateway = Gateway::start(&config(
+        upstream,
+        &format!(
+            "access_log:\n  path: \"{}\"\n  redact_query: [session]\n",
+            log.display()
+        ),
+    ));
+    let client = client();
+    let response = client
+        .get(gateway.url("/orders/7?page=2&api_key=gh_abc_secret&session=s3cret"))
+        .header("user-agent", "observability-test/1.0")
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+    client.get(gateway.url("/private")).send().await.unwrap();
+
+    let lines = eventually("two access-log lines", || {
+        let lines = read_lines(&log);
+        (lines.len() >= 2).then_some(lines)
+    })
+    .await;
+    let first = &lines[0];
+    for field in [
+        "time",
+        "request_id",
+        "trace_id",
+        "client_ip",
+        "consumer",
+        "route",
+        "service",
+        "endpoint",
+        "method",
+        "path",
+        "protocol",
+        "status",
+        "total_ms",
+        "upstream_ms",
+        "gateway_ms",
+        "bytes_in",
+        "bytes_out",
+        "user_agent",
+        "reason",
+    ] {
+        assert!(
+            first.get(field).is_some(),
+            "field `{field}` missing: {first}"
+        );
+    }
+    assert_eq!(first["request_id"], "req-123");
+    assert_eq!(first["client_ip"], "127.0.0.1");
+    assert_eq!(first["route"], "orders");
+    assert_eq!(first["service"], "echo");
+    assert_eq!(first["endpoint"], upstream.to_string());
+    assert_eq!(first["method"], "GET");
+    assert_eq!(
+        first["path"],
+        "/orders/7?page=2&api_key=REDACTED&session=REDACTED"
+    );
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["user_agent"], "observability-test/1.0");
+    assert!(first["bytes_out"].as_u64().unwrap() > 0);
+    let total = first["total_ms"].as_f64().unwrap();
+    let upstream_ms = first["upstream_ms"].as_f64().unwrap();
+    assert!(total >= upstream_ms && upstream_ms > 0.0, "{first}");
+    assert!(first["time"].as_str().unwrap().ends_with('Z'));
+    let second = &lines[1];
+    assert_eq!(second["status"], 401);
+    assert_eq!(second["reason"], "credentials_missing");
+    assert_eq!(second["upstream_ms"], Value::Null);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("s3cret") && !text.contains("gh_abc_secret"),
+        "{text}"
+    );
+
+    // Rotation: move the file away, SIGUSR1, and new lines go to a new file.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    gateway.signal("USR1");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client
+        .get(gateway.url("/orders/after-rotation"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let fresh = eventually("a line in the reopened file", || {
+        let lines = read_lines(&log);
+        (!lines.is_empty()).then_some(lines)
+    })
+    .await;
+    assert_eq!(fresh[0]["path"], "/orders/after-rotation");
+    assert_eq!(
+        read_lines(&rotated).len(),
+        2,
+        "the rotated file keeps its lines"
+    );
+}
+
+#[tokio::test]
+async fn a_blocked_log_writer_drops_lines_and_never_stalls_traffic() {
+    let upstream = echo("blocked").await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("blocked.fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Nobody reads the FIFO: the writer blocks opening it, and the queue of 4 fills up.
+    let gateway = Gateway::start(&config(
+        upstream,
+        &format!(
+            "access_log:\n  path: \"{}\"\n  buffer_lines: 4\n",
+            fifo.display()
+        ),
+    ));
+    let client = client();
+    let started = Instant::now();
+    for _ in 0..50 {
+        let response = client.get(gateway.url("/orders")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "traffic stalled behind the log: {:?}",
+        started.elapsed()
+    );
+    let dropped = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let text = scrape(&gateway).await;
+            if let Some(n) =
+                sample(&text, "gatehouse_access_log_dropped_lines_total").filter(|n| *n >= 40.0)
+            {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("dropped lines are counted");
+    assert!(dropped <= 50.0, "{dropped}");
+}
+
+#[tokio::test]
+async fn disabled_metrics_are_neither_recorded_nor_served() {
+    let upstream = echo("off").await;
+    let gateway = Gateway::start(&config(upstream, "metrics: { enabled: false }\n"));
+    let client = client();
+    assert_eq!(
+        client
+            .get(gateway.url("/orders"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let response = client
+        .get(gateway.admin_url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "not_found");
+}

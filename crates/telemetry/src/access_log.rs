@@ -1,0 +1,293 @@
+//! The access log: one record per finished request, formatted and written on a dedicated
+//! thread. The request path only pushes the record into a bounded queue; when the writer
+//! falls behind (slow disk, blocked pipe) records are dropped and counted, never waited for.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gatehouse_config::AccessLogConfig;
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+
+/// Query parameters always redacted.
+const DEFAULT_REDACTED: [&str; 6] = [
+    "api_key",
+    "access_token",
+    "token",
+    "key",
+    "password",
+    "secret",
+];
+
+/// What is known of a request when it has finished.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessRecord {
+    /// RFC 3339 with milliseconds, UTC.
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    pub request_id: String,
+    pub trace_id: Option<String>,
+    pub client_ip: IpAddr,
+    pub consumer: Option<String>,
+    pub route: Option<String>,
+    pub service: Option<String>,
+    pub endpoint: Option<String>,
+    pub method: String,
+    /// Path and query, query values of secret-looking parameters redacted.
+    pub path: String,
+    pub protocol: &'static str,
+    pub status: u16,
+    pub total_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub gateway_ms: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub user_agent: Option<String>,
+    /// The problem code when the gateway answered itself (`rate_limited`, ...).
+    pub reason: Option<&'static str>,
+}
+
+fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_time(*time))
+}
+
+fn format_time(time: SystemTime) -> String {
+    // Millisecond precision keeps lines short and sortable.
+    let millis = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i128)
+        .unwrap_or(0);
+    ::time::OffsetDateTime::from_unix_timestamp_nanos(millis * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&::time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+enum Format {
+    Json,
+    /// Literal text and field names, alternating.
+    Template(Vec<Piece>),
+}
+
+enum Piece {
+    Text(String),
+    Field(String),
+}
+
+pub struct AccessLog {
+    sender: SyncSender<AccessRecord>,
+    dropped: Counter,
+    sample: f64,
+    reopen: Arc<AtomicBool>,
+    redacted: Vec<String>,
+}
+
+impl AccessLog {
+    /// Start the writer thread. The file is opened on that thread, so a path that blocks
+    /// (a FIFO without a reader) never holds up start-up.
+    pub fn start(
+        config: &AccessLogConfig,
+        extra_redacted: Vec<String>,
+        dropped: Counter,
+    ) -> std::io::Result<Self> {
+        let (sender, receiver) = sync_channel::<AccessRecord>(config.buffer_lines.max(1));
+        let reopen = Arc::new(AtomicBool::new(false));
+        let format = parse_format(&config.format);
+        let path = config.path.clone();
+        let reopen_flag = reopen.clone();
+        std::thread::Builder::new()
+            .name("gatehouse-access-log".to_owned())
+            .spawn(move || {
+                let open = |path: &str| -> Option<Box<dyn Write>> {
+                    if path == "stdout" {
+                        return Some(Box::new(std::io::stdout()));
+                    }
+                    match OpenOptions::new().create(true).append(true).open(path) {
+                        Ok(file) => Some(Box::new(std::io::BufWriter::new(file))),
+                        Err(err) => {
+                            tracing::error!(%path, error = %err, "cannot open the access log");
+                            None
+                        }
+                    }
+                };
+                let mut writer = open(&path);
+                loop {
+                    match receiver.recv_timeout(Duration::from_millis(200)) {
+                        Ok(record) => {
+                            if let Some(out) = writer.as_mut() {
+                                let line = render(&format, &record);
+                                if out.write_all(line.as_bytes()).is_err() {
+                                    writer = None;
+                                }
+                            }
+                            // Flush once the queue is drained, not after every line.
+                            continue_draining(&receiver, &format, &mut writer);
+                            if let Some(out) = writer.as_mut() {
+                                let _ = out.flush();
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => {
+                            if let Some(out) = writer.as_mut() {
+                                let _ = out.flush();
+                            }
+                            return;
+                        }
+                    }
+                    if reopen_flag.swap(false, Ordering::AcqRel) {
+                        if let Some(out) = writer.as_mut() {
+                            let _ = out.flush();
+                        }
+                        writer = open(&path);
+                        tracing::info!(%path, "access log reopened");
+                    }
+                }
+            })?;
+        let mut redacted: Vec<String> = DEFAULT_REDACTED.iter().map(|s| (*s).to_owned()).collect();
+        redacted.extend(config.redact_query.iter().cloned());
+        redacted.extend(extra_redacted);
+        Ok(Self {
+            sender,
+            dropped,
+            sample: config.sample,
+            reopen,
+            redacted,
+        })
+    }
+
+    /// Whether this request is among the logged share (server errors always are).
+    pub fn wants(&self, status: u16, draw: f64) -> bool {
+        status >= 500 || self.sample >= 1.0 || draw < self.sample
+    }
+
+    /// Queue a record; never blocks.
+    pub fn log(&self, record: AccessRecord) {
+        match self.sender.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.inc();
+            }
+        }
+    }
+
+    /// Reopen the file before the next line (log rotation: SIGUSR1).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+
+    /// The request target with the values of secret-looking query parameters replaced.
+    pub fn redact_target(&self, path: &str, query: Option<&str>) -> String {
+        let Some(query) = query else {
+            return path.to_owned();
+        };
+        let mut out = String::with_capacity(path.len() + query.len() + 1);
+        out.push_str(path);
+        out.push('?');
+        for (index, pair) in query.split('&').enumerate() {
+            if index > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if self.redacted.iter().any(|r| r.eq_ignore_ascii_case(name)) => {
+                    out.push_str(name);
+                    out.push_str("=REDACTED");
+                }
+                _ => out.push_str(pair),
+            }
+        }
+        out
+    }
+}
+
+fn continue_draining(
+    receiver: &std::sync::mpsc::Receiver<AccessRecord>,
+    format: &Format,
+    writer: &mut Option<Box<dyn Write>>,
+) {
+    while let Ok(record) = receiver.try_recv() {
+        if let Some(out) = writer.as_mut() {
+            if out.write_all(render(format, &record).as_bytes()).is_err() {
+                *writer = None;
+            }
+        }
+    }
+}
+
+fn parse_format(format: &str) -> Format {
+    if format == "json" {
+        return Format::Json;
+    }
+    let mut pieces = Vec::new();
+    let mut rest = format;
+    while let Some(start) = rest.find('{') {
+        let Some(end) = rest[start..].find('}') else {
+            break;
+        };
+        if start > 0 {
+            pieces.push(Piece::Text(rest[..start].to_owned()));
+        }
+        pieces.push(Piece::Field(rest[start + 1..start + end].to_owned()));
+        rest = &rest[start + end + 1..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_owned()));
+    }
+    Format::Template(pieces)
+}
+
+fn render(format: &Format, record: &AccessRecord) -> String {
+    match format {
+        Format::Json => {
+            let mut line = serde_json::to_string(record).unwrap_or_default();
+            line.push('\n');
+            line
+        }
+        Format::Template(pieces) => {
+            let value = serde_json::to_value(record).unwrap_or_default();
+            let mut line = String::new();
+            for piece in pieces {
+                match piece {
+                    Piece::Text(text) => line.push_str(text),
+                    Piece::Field(name) => match value.get(name) {
+                        Some(serde_json::Value::String(s)) => line.push_str(s),
+                        Some(serde_json::Value::Null) | None => line.push('-'),
+                        Some(other) => line.push_str(&other.to_string()),
+                    },
+                }
+            }
+            line.push('\n');
+            line
+        }
+    }
+}
+
+/// The field names a template may use.
+pub const FIELDS: [&str; 19] = [
+    "time",
+    "request_id",
+    "trace_id",
+    "client_ip",
+    "consumer",
+    "route",
+    "service",
+    "endpoint",
+    "method",
+    "path",
+    "protocol",
+    "status",
+    "total_ms",
+    "upstream_ms",
+    "gateway_ms",
+    "bytes_in",
+    "bytes_out",
+    "user_agent",
+    "reason",
+];

@@ -1,0 +1,205 @@
+//! Prometheus metrics (prometheus-client). Labels are bounded by the configuration (route,
+//! service, listener, endpoint names, status classes, problem codes), never by request data.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub service: String,
+    pub method: String,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub service: String,
+    pub endpoint: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Seconds, from half a millisecond to ten seconds.
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: HistogramFamily<RouteLabels>,
+    pub upstream_duration: HistogramFamily<ServiceLabels>,
+    pub gateway_duration: Histogram,
+    pub bytes_received: Family<RouteLabels, Counter>,
+    pub bytes_sent: Family<RouteLabels, Counter>,
+    pub open_connections: Family<ListenerLabels, Gauge>,
+    pub responses_by_code: Family<CodeLabels, Counter>,
+    pub access_log_dropped: Counter<u64, AtomicU64>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub config_version: Gauge,
+    pub endpoint_healthy: Family<EndpointLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gatehouse");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route, service, method and status class",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Time from the request head to the end of the response, by route",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let upstream_duration: HistogramFamily<ServiceLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "upstream_duration",
+            "Time from sending upstream to the upstream's response head, retries included, by service",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let gateway_duration = latency_histogram();
+        registry.register_with_unit(
+            "gateway_duration",
+            "Time the gateway itself added to proxied requests (total minus upstream)",
+            Unit::Seconds,
+            gateway_duration.clone(),
+        );
+        let bytes_received = Family::<RouteLabels, Counter>::default();
+        registry.register_with_unit(
+            "request_body",
+            "Request body bytes received (declared lengths), by route",
+            Unit::Bytes,
+            bytes_received.clone(),
+        );
+        let bytes_sent = Family::<RouteLabels, Counter>::default();
+        registry.register_with_unit(
+            "response_body",
+            "Response body bytes sent, by route",
+            Unit::Bytes,
+            bytes_sent.clone(),
+        );
+        let open_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "open_connections",
+            "Client connections open, by listener",
+            open_connections.clone(),
+        );
+        let responses_by_code = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "gateway_responses",
+            "Answers the gateway generated itself, by problem code (authentication, rate limits, quotas, validation, upstream failures)",
+            responses_by_code.clone(),
+        );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped_lines",
+            "Access-log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result",
+            config_reloads.clone(),
+        );
+        let config_version = Gauge::default();
+        registry.register(
+            "config_version",
+            "Version of the configuration in service",
+            config_version.clone(),
+        );
+        let endpoint_healthy = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "upstream_endpoint_healthy",
+            "1 when an endpoint takes traffic (healthy and not ejected), 0 otherwise",
+            endpoint_healthy.clone(),
+        );
+        registry.register(
+            "build",
+            "Gatehouse build",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            gateway_duration,
+            bytes_received,
+            bytes_sent,
+            open_connections,
+            responses_by_code,
+            access_log_dropped,
+            config_reloads,
+            config_version,
+            endpoint_healthy,
+        }
+    }
+
+    /// The text exposition (OpenMetrics), for `/metrics`.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(16 << 10);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// `2xx`, `4xx`, ... for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
