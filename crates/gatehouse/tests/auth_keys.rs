@@ -22,25 +22,8 @@ struct Key {
 }
 
 fn generate_key(extra: &[&str]) -> Key {
-    let output = Command::new(binary())
-        .args(["keys", "generate", "--secret-env", "GH_TEST_KEY_SECRET"])
-        .args(extra)
-        .env("GH_TEST_KEY_SECRET", SECRET)
-        .output()
-        .expect("run keys generate");
-    assert!(output.status.success(), "{output:?}");
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let mut lines = stdout.lines();
-    let key = lines.next().unwrap().to_owned();
-    let entry: Vec<&str> = lines.filter(|l| !l.starts_with('#')).collect();
-    Key {
-        key,
-        // Indented to sit under `api_keys:` of a consumer.
-        entry: entry
-            .iter()
-            .map(|l| format!("      {l}\n"))
-            .collect::<String>(),
-    }
+    let (key, entry) = common::generate_api_key(SECRET, extra);
+    Key { key, entry }
 }
 
 fn hash_password(password: &str) -> String {

@@ -108,21 +108,7 @@ async fn local_quota_survives_a_restart_and_refuses_until_the_next_day() {
 const SECRET: &str = "test-api-key-secret-0123456789abcdef";
 
 fn key(extra: &[&str]) -> (String, String) {
-    let output = Command::new(binary())
-        .args(["keys", "generate", "--secret-env", "GH_TEST_KEY_SECRET"])
-        .args(extra)
-        .env("GH_TEST_KEY_SECRET", SECRET)
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let mut lines = stdout.lines();
-    let key = lines.next().unwrap().to_owned();
-    let entry = lines
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| format!("      {l}\n"))
-        .collect();
-    (key, entry)
+    common::generate_api_key(SECRET, extra)
 }
 
 #[tokio::test]

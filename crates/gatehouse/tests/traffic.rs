@@ -339,23 +339,8 @@ async fn assert_all_or_nothing(gateway: &Gateway, run: &str) {
 
 const KEY_SECRET: &str = "traffic-test-key-secret-0123456789abcdef";
 
-/// An API key made by `gatehouse keys generate`: the key, and its YAML entry indented to sit
-/// under a consumer's `api_keys:`.
 fn generate_key() -> (String, String) {
-    let output = Command::new(common::binary())
-        .args(["keys", "generate", "--secret-env", "GH_TRAFFIC_KEY_SECRET"])
-        .env("GH_TRAFFIC_KEY_SECRET", KEY_SECRET)
-        .output()
-        .expect("run keys generate");
-    assert!(output.status.success(), "{output:?}");
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let mut lines = stdout.lines();
-    let key = lines.next().unwrap().to_owned();
-    let entry = lines
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| format!("      {l}\n"))
-        .collect();
-    (key, entry)
+    common::generate_api_key(KEY_SECRET, &[])
 }
 
 fn keys_config(upstream: SocketAddr, run: &str, mode: &str) -> String {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use gatehouse_config::ClientAuthMethod;
 use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
@@ -32,6 +33,13 @@ pub enum FetchError {
     Status { url: String, status: StatusCode },
     #[error("{url} sent invalid JSON: {message}")]
     Json { url: String, message: String },
+}
+
+/// The gateway's credentials as an OAuth client.
+pub struct ClientCredentials {
+    pub id: String,
+    pub secret: String,
+    pub method: ClientAuthMethod,
 }
 
 #[derive(Clone)]
@@ -97,6 +105,28 @@ impl HttpFetcher {
             });
         }
         parse_json(url, &response.body)
+    }
+
+    /// POST a form to an authorization server as an OAuth client (RFC 6749 section 2.3.1:
+    /// credentials in HTTP Basic or in the form).
+    pub async fn post_form_as_client(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+        client: &ClientCredentials,
+    ) -> Result<FetchResponse, FetchError> {
+        match client.method {
+            ClientAuthMethod::ClientSecretBasic => {
+                self.post_form(url, form, Some((&client.id, &client.secret)))
+                    .await
+            }
+            ClientAuthMethod::ClientSecretPost => {
+                let mut form = form.to_vec();
+                form.push(("client_id", &client.id));
+                form.push(("client_secret", &client.secret));
+                self.post_form(url, &form, None).await
+            }
+        }
     }
 
     /// POST an `application/x-www-form-urlencoded` body, optionally with HTTP Basic client

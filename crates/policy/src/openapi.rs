@@ -15,6 +15,7 @@ use http::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 
 use crate::rejection::Rejection;
+use crate::request::{media_matches, media_type};
 
 /// One thing wrong with a request or response.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -501,30 +502,8 @@ fn invalid_request(violations: Vec<Violation>) -> Rejection {
     rejection
 }
 
-fn media_type(headers: &HeaderMap) -> String {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default()
-}
-
 fn is_json(media_type: &str) -> bool {
     media_type == "application/json" || media_type.ends_with("+json")
-}
-
-fn media_matches(rule: &str, media_type: &str) -> bool {
-    rule == "*/*"
-        || rule == media_type
-        || rule
-            .strip_suffix("/*")
-            .is_some_and(|kind| media_type.split('/').next() == Some(kind))
 }
 
 fn escape_pointer(name: &str) -> String {

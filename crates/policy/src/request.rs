@@ -34,6 +34,30 @@ pub struct ClientCertificate {
     pub emails: Vec<String>,
 }
 
+/// The media type of the body (`Content-Type` without parameters, lowercase; empty if none).
+pub fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `media_type` is accepted by `rule`: exact, `type/*` or `*/*`.
+pub fn media_matches(rule: &str, media_type: &str) -> bool {
+    rule == "*/*"
+        || rule == media_type
+        || rule
+            .strip_suffix("/*")
+            .is_some_and(|kind| media_type.split('/').next() == Some(kind))
+}
+
 /// The value of cookie `name`.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers

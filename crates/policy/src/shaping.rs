@@ -7,6 +7,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
 use crate::rejection::Rejection;
+use crate::request;
 
 pub struct Shaping {
     pub max_body: Option<u64>,
@@ -91,24 +92,11 @@ impl Shaping {
         let has_body =
             declared.is_some_and(|l| l > 0) || headers.contains_key(header::TRANSFER_ENCODING);
         if has_body && !self.content_types.is_empty() {
-            let media_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| {
-                    v.split(';')
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_ascii_lowercase()
-                })
-                .unwrap_or_default();
-            let accepted = self.content_types.iter().any(|rule| {
-                rule == "*/*"
-                    || *rule == media_type
-                    || rule
-                        .strip_suffix("/*")
-                        .is_some_and(|kind| media_type.split('/').next() == Some(kind))
-            });
+            let media_type = request::media_type(headers);
+            let accepted = self
+                .content_types
+                .iter()
+                .any(|rule| request::media_matches(rule, &media_type));
             if !accepted {
                 let shown = if media_type.is_empty() {
                     "none".to_owned()

@@ -30,31 +30,11 @@ where
 /// `body`, holding `guard` until the body is dropped (sent or abandoned): for limits that
 /// count a request until its response has gone out.
 pub fn with_guard<G: Send + Unpin + 'static>(body: ProxyBody, guard: G) -> ProxyBody {
-    struct Guarded<G> {
-        inner: ProxyBody,
-        _guard: G,
+    struct Holds<G>(G);
+    impl<G: Send + Unpin + 'static> BodyObserver for Holds<G> {
+        fn on_data(&mut self, _bytes: usize) {}
     }
-    impl<G: Send + Unpin + 'static> http_body::Body for Guarded<G> {
-        type Data = Bytes;
-        type Error = BoxError;
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-            std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-        }
-        fn is_end_stream(&self) -> bool {
-            self.inner.is_end_stream()
-        }
-        fn size_hint(&self) -> http_body::SizeHint {
-            self.inner.size_hint()
-        }
-    }
-    Guarded {
-        inner: body,
-        _guard: guard,
-    }
-    .boxed_unsync()
+    counted(body, Holds(guard))
 }
 
 /// Read `body` whole, up to `max` bytes (trailers are dropped). Written out rather than

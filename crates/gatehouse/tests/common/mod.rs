@@ -241,3 +241,23 @@ pub async fn distribution(
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
+
+/// An API key made by `gatehouse keys generate` under `secret` (`extra`: more flags such as
+/// `--expires`): the key, and its YAML entry indented to sit under a consumer's `api_keys:`.
+pub fn generate_api_key(secret: &str, extra: &[&str]) -> (String, String) {
+    let output = Command::new(binary())
+        .args(["keys", "generate", "--secret-env", "GH_TEST_KEY_SECRET"])
+        .args(extra)
+        .env("GH_TEST_KEY_SECRET", secret)
+        .output()
+        .expect("run keys generate");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    let mut lines = stdout.lines();
+    let key = lines.next().expect("the key").to_owned();
+    let entry = lines
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("      {l}\n"))
+        .collect();
+    (key, entry)
+}

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gatehouse_config::{ClientAuthMethod, IntrospectionMethod};
+use gatehouse_config::IntrospectionMethod;
 use http::StatusCode;
 use serde_json::{Map, Value};
 
@@ -14,7 +14,7 @@ use super::{
     MethodContext, TokenReader,
 };
 use crate::consumer::ConsumerDirectory;
-use crate::fetch::{parse_json, HttpFetcher};
+use crate::fetch::{parse_json, ClientCredentials, HttpFetcher};
 use crate::identity::Identity;
 use crate::rejection::Rejection;
 use crate::request::RequestInfo;
@@ -29,9 +29,7 @@ struct CachedResult {
 pub struct IntrospectionAuth {
     name: String,
     endpoint: String,
-    client_id: String,
-    client_secret: String,
-    client_auth: ClientAuthMethod,
+    client: ClientCredentials,
     reader: TokenReader,
     cache_ttl: Duration,
     negative_ttl: Duration,
@@ -51,9 +49,11 @@ impl IntrospectionAuth {
         Ok(Self {
             name: context.name.to_owned(),
             endpoint: config.endpoint.value.clone(),
-            client_id: config.client_id.clone(),
-            client_secret: config.client_secret.0.clone(),
-            client_auth: config.client_auth,
+            client: ClientCredentials {
+                id: config.client_id.clone(),
+                secret: config.client_secret.0.clone(),
+                method: config.client_auth,
+            },
             reader: TokenReader::new(&config.token),
             cache_ttl: config.cache_ttl.0,
             negative_ttl: config.negative_cache_ttl.0,
@@ -94,20 +94,10 @@ impl IntrospectionAuth {
     }
 
     async fn introspect(&self, token: &str) -> Result<CachedResult, String> {
-        let mut form = vec![("token", token), ("token_type_hint", "access_token")];
-        let basic = match self.client_auth {
-            ClientAuthMethod::ClientSecretBasic => {
-                Some((self.client_id.as_str(), self.client_secret.as_str()))
-            }
-            ClientAuthMethod::ClientSecretPost => {
-                form.push(("client_id", &self.client_id));
-                form.push(("client_secret", &self.client_secret));
-                None
-            }
-        };
+        let form = [("token", token), ("token_type_hint", "access_token")];
         let response = self
             .fetcher
-            .post_form(&self.endpoint, &form, basic)
+            .post_form_as_client(&self.endpoint, &form, &self.client)
             .await
             .map_err(|e| e.to_string())?;
         if response.status != StatusCode::OK {

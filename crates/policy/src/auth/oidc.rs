@@ -12,7 +12,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
-use gatehouse_config::{ClientAuthMethod, OidcMethod};
+use gatehouse_config::OidcMethod;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,7 @@ use super::jwks::{JwksCache, KeyLookup, KeySource, ProviderMetadata};
 use super::jwt::key_cache;
 use super::{identity_from_claims, now_secs, Attempt, Authenticated, MethodContext};
 use crate::consumer::ConsumerDirectory;
-use crate::fetch::{parse_json, HttpFetcher};
+use crate::fetch::{parse_json, ClientCredentials, HttpFetcher};
 use crate::rejection::Rejection;
 use crate::request::{self, RequestInfo};
 
@@ -35,8 +35,7 @@ pub struct OidcAuth {
     name: String,
     issuer: String,
     client_id: String,
-    client_secret: String,
-    client_auth: ClientAuthMethod,
+    client: ClientCredentials,
     callback_path: String,
     logout_path: String,
     post_logout_redirect: String,
@@ -104,8 +103,11 @@ impl OidcAuth {
             name: context.name.to_owned(),
             issuer,
             client_id: config.client_id.clone(),
-            client_secret: config.client_secret.0.clone(),
-            client_auth: config.client_auth,
+            client: ClientCredentials {
+                id: config.client_id.clone(),
+                secret: config.client_secret.0.clone(),
+                method: config.client_auth,
+            },
             callback_path: config.callback_path.clone(),
             logout_path: config.logout_path.clone(),
             post_logout_redirect: config.post_logout_redirect.clone(),
@@ -386,20 +388,9 @@ impl OidcAuth {
             .token_endpoint
             .clone()
             .ok_or("the provider has no token endpoint")?;
-        let mut form = form.to_vec();
-        let basic = match self.client_auth {
-            ClientAuthMethod::ClientSecretBasic => {
-                Some((self.client_id.as_str(), self.client_secret.as_str()))
-            }
-            ClientAuthMethod::ClientSecretPost => {
-                form.push(("client_id", &self.client_id));
-                form.push(("client_secret", &self.client_secret));
-                None
-            }
-        };
         let response = self
             .fetcher
-            .post_form(&endpoint, &form, basic)
+            .post_form_as_client(&endpoint, form, &self.client)
             .await
             .map_err(|e| e.to_string())?;
         if response.status != StatusCode::OK {
