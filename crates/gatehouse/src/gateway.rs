@@ -84,6 +84,7 @@ pub async fn run_demo(listen: SocketAddr, admin: SocketAddr) -> Result<ExitCode,
          \n  curl -i http://{listen}/nowhere              # problem+json 404\
          \n  curl -s http://{admin}/admin/services -H 'authorization: Bearer {token}'\
          \n  curl -s http://{admin}/admin/config/versions -H 'authorization: Bearer {token}'\
+         \n  curl -s http://{admin}/metrics -H 'authorization: Bearer {token}' | grep requests_total\
          \n\nPress Ctrl-C to stop.\n",
         c0 = upstreams.catalog[0],
         c1 = upstreams.catalog[1],
