@@ -2,8 +2,9 @@
 # The test command (README, and .ci/run calls it). Runs every test of the workspace:
 # unit tests and end-to-end tests that start the real `gatehouse` binary on loopback.
 # Cluster rate-limit tests need a real Redis on 127.0.0.1:6379 (and the redis-server binary,
-# which outage tests start on their own ports): this script installs Redis if it is missing,
-# starts it if it is not running, and fails loudly if it cannot.
+# which outage tests start on their own ports), and the metrics test needs promtool: this
+# script installs what is missing, starts Redis if it is not running, and fails loudly if it
+# cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,18 @@ ensure_redis() {
   fi
 }
 
+# The metrics test lints the /metrics output with Prometheus's promtool.
+ensure_promtool() {
+  if ! command -v promtool >/dev/null 2>&1; then
+    echo "test.sh: installing promtool (Debian package prometheus)" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null ||
+      { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } ||
+      { echo "test.sh: cannot install promtool; install Debian's prometheus package and rerun" >&2; exit 1; }
+  fi
+}
+
 ensure_redis
+ensure_promtool
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test.sh: installing cargo-nextest" >&2

@@ -256,7 +256,7 @@ async fn get_routes(State(state): State<AdminState>) -> Json<Value> {
     Json(json!({ "version": snapshot.version, "routes": routes }))
 }
 
-/// Prometheus metrics (OpenMetrics text). Endpoint health is read from the running
+/// Prometheus metrics (text format 0.0.4). Endpoint health is read from the running
 /// snapshot at scrape time.
 async fn get_metrics(State(state): State<AdminState>) -> axum::response::Response {
     use axum::response::IntoResponse;
@@ -288,7 +288,7 @@ async fn get_metrics(State(state): State<AdminState>) -> axum::response::Respons
         Ok(text) => (
             [(
                 axum::http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                "text/plain; version=0.0.4; charset=utf-8",
             )],
             text,
         )

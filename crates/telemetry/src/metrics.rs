@@ -8,7 +8,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +47,11 @@ pub struct ResultLabels {
 pub struct EndpointLabels {
     pub service: String,
     pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -163,11 +167,15 @@ impl Metrics {
             "1 when an endpoint takes traffic (healthy and not ejected), 0 otherwise",
             endpoint_healthy.clone(),
         );
-        registry.register(
-            "build",
-            "Gatehouse build",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        // A gauge at 1, the classic `_info` convention: the OpenMetrics `info` type is
+        // refused by Prometheus text-format parsers (promtool).
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "Gatehouse build, value 1", build_info);
         Self {
             registry,
             requests,
@@ -185,11 +193,11 @@ impl Metrics {
         }
     }
 
-    /// The text exposition (OpenMetrics), for `/metrics`.
+    /// The Prometheus text exposition (format 0.0.4), for `/metrics`.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::with_capacity(16 << 10);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
+        let mut open_metrics = String::with_capacity(16 << 10);
+        prometheus_client::encoding::text::encode(&mut open_metrics, &self.registry)?;
+        Ok(to_prometheus_text(&open_metrics))
     }
 }
 
@@ -201,5 +209,51 @@ pub fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+/// The classic Prometheus text format from OpenMetrics text: counter families are named
+/// with their `_total` suffix in `HELP` and `TYPE` (as their samples are), and `UNIT` and
+/// `EOF` lines are left out. Every Prometheus version and `promtool` read this format.
+pub fn to_prometheus_text(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_carry_their_total_suffix_in_help_and_type() {
+        let text = to_prometheus_text(
+            "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total 3\n# HELP x_seconds Time.\n# TYPE x_seconds histogram\n# UNIT x_seconds seconds\nx_seconds_count 1\n# EOF\n",
+        );
+        assert_eq!(
+            text,
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total 3\n# HELP x_seconds Time.\n# TYPE x_seconds histogram\nx_seconds_count 1\n"
+        );
     }
 }
