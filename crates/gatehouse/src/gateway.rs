@@ -196,3 +196,60 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
+
+/// `gatehouse explain`: print what the gateway would do with one request.
+pub async fn explain(
+    path: &Path,
+    method: &str,
+    headers: &[String],
+    client_ip: Option<std::net::IpAddr>,
+    json: bool,
+    url: &str,
+) -> Result<ExitCode, ExitCode> {
+    let fail = |message: String| {
+        eprintln!("gatehouse explain: {message}");
+        ExitCode::FAILURE
+    };
+    let (config, _) = gatehouse_config::load_file(path).map_err(|errors| {
+        eprint!("{errors}");
+        ExitCode::FAILURE
+    })?;
+    let snapshot = Snapshot::compile(config, 0, None).map_err(|problems| {
+        eprint!(
+            "{}",
+            gatehouse_config::ConfigErrors {
+                file: path.display().to_string(),
+                problems,
+            }
+        );
+        ExitCode::FAILURE
+    })?;
+    let method = http::Method::from_bytes(method.as_bytes())
+        .map_err(|_| fail(format!("`{method}` is not a method")))?;
+    let headers = headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| fail(format!("header `{h}` is not `Name: value`")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let request = gatehouse_proxy::explain::ExplainRequest {
+        method,
+        url: url.to_owned(),
+        headers,
+        client_ip,
+    };
+    let report = gatehouse_proxy::explain::explain(&snapshot, &request)
+        .await
+        .map_err(fail)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", gatehouse_proxy::explain::render_text(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -40,6 +40,27 @@ enum Command {
     },
     /// Print the JSON Schema of the configuration.
     Schema,
+    /// Show what the gateway would do with a request: the route and why earlier routes did
+    /// not match, the policies and their decisions, the action. Sends nothing upstream.
+    Explain {
+        /// Configuration file (YAML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Request method.
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        /// Request header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+        /// Client address the policies see.
+        #[arg(long, value_name = "IP")]
+        client_ip: Option<std::net::IpAddr>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Absolute URL, e.g. https://api.example.com/orders/42.
+        url: String,
+    },
     /// Make credentials: API keys and password hashes for `consumers`.
     Keys {
         #[command(subcommand)]
@@ -102,6 +123,18 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::HashPassword,
         } => Ok(keys::hash_password()),
+        Command::Explain {
+            config,
+            method,
+            headers,
+            client_ip,
+            json,
+            url,
+        } => runtime(Some(1)).and_then(|rt| {
+            rt.block_on(gateway::explain(
+                &config, &method, &headers, client_ip, json, &url,
+            ))
+        }),
         Command::Gateway { config, threads } => {
             init_logging();
             runtime(threads).and_then(|rt| rt.block_on(gateway::run_file(&config)))

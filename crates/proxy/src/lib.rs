@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod error;
+pub mod explain;
 pub mod forward;
 pub mod framing;
 pub mod listener;

@@ -169,24 +169,46 @@ impl<A> Router<A> {
 
     /// Find the route for a request, following the documented precedence.
     pub fn find(&self, request: &RequestView<'_>) -> Option<Matched<'_, A>> {
+        self.walk(request, &mut None)
+    }
+
+    /// Find the route and record every route tried on the way, with why it did not take the
+    /// request (`gatehouse explain`).
+    pub fn explain(&self, request: &RequestView<'_>) -> (Option<Matched<'_, A>>, Vec<Considered>) {
+        let mut trail = Some(Trail::default());
+        let found = self.walk(request, &mut trail);
+        (found, trail.map(|t| t.considered).unwrap_or_default())
+    }
+
+    fn walk(&self, request: &RequestView<'_>, trail: &mut Option<Trail>) -> Option<Matched<'_, A>> {
         if let Some(group) = self.exact_hosts.get(request.host) {
-            if let Some(found) = self.find_in(group, request) {
+            if let Some(found) = self.find_in(group, request, "exact host", trail) {
                 return Some(found);
             }
         }
         for (suffix, group) in &self.wildcard_hosts {
             if request.host.len() > suffix.len() && request.host.ends_with(suffix.as_str()) {
-                if let Some(found) = self.find_in(group, request) {
+                if let Some(found) = self.find_in(group, request, "wildcard host", trail) {
                     return Some(found);
                 }
             }
         }
-        self.find_in(&self.any_host, request)
+        self.find_in(&self.any_host, request, "any host", trail)
     }
 
-    fn find_in(&self, group: &HostGroup, request: &RequestView<'_>) -> Option<Matched<'_, A>> {
-        for (_, table) in &group.levels {
-            if let Some(found) = self.find_in_table(table, request) {
+    fn find_in(
+        &self,
+        group: &HostGroup,
+        request: &RequestView<'_>,
+        host_group: &'static str,
+        trail: &mut Option<Trail>,
+    ) -> Option<Matched<'_, A>> {
+        for (priority, table) in &group.levels {
+            if let Some(trail) = trail.as_mut() {
+                trail.host_group = host_group;
+                trail.priority = *priority;
+            }
+            if let Some(found) = self.find_in_table(table, request, trail) {
                 return Some(found);
             }
         }
@@ -197,10 +219,11 @@ impl<A> Router<A> {
         &self,
         table: &PathTable,
         request: &RequestView<'_>,
+        trail: &mut Option<Trail>,
     ) -> Option<Matched<'_, A>> {
         let path = request.path;
         if let Some(candidates) = table.exact.get(path) {
-            if let Some(route) = self.first_passing(candidates, request) {
+            if let Some(route) = self.first_passing(candidates, request, "exact", trail) {
                 return Some(Matched {
                     route,
                     captures: Vec::new(),
@@ -209,9 +232,12 @@ impl<A> Router<A> {
         }
         if let Some(templates) = &table.templates {
             if let Ok(found) = templates.at(path) {
-                if let Some(route) =
-                    self.first_passing(&table.template_routes[*found.value], request)
-                {
+                if let Some(route) = self.first_passing(
+                    &table.template_routes[*found.value],
+                    request,
+                    "template",
+                    trail,
+                ) {
                     let captures = found
                         .params
                         .iter()
@@ -227,7 +253,7 @@ impl<A> Router<A> {
             loop {
                 let candidate = if end == 0 { "/" } else { &path[..end] };
                 if let Some(candidates) = table.prefixes.get(candidate) {
-                    if let Some(route) = self.first_passing(candidates, request) {
+                    if let Some(route) = self.first_passing(candidates, request, "prefix", trail) {
                         return Some(Matched {
                             route,
                             captures: Vec::new(),
@@ -242,7 +268,9 @@ impl<A> Router<A> {
         }
         for (regex, index) in &table.regexes {
             if let Some(caps) = regex.captures(path) {
-                if let Some(route) = self.first_passing(std::slice::from_ref(index), request) {
+                if let Some(route) =
+                    self.first_passing(std::slice::from_ref(index), request, "regex", trail)
+                {
                     let captures = regex
                         .capture_names()
                         .flatten()
@@ -255,7 +283,7 @@ impl<A> Router<A> {
                 }
             }
         }
-        self.first_passing(&table.any_path, request)
+        self.first_passing(&table.any_path, request, "any path", trail)
             .map(|route| Matched {
                 route,
                 captures: Vec::new(),
@@ -266,35 +294,119 @@ impl<A> Router<A> {
         &self,
         candidates: &[usize],
         request: &RequestView<'_>,
+        path_kind: &'static str,
+        trail: &mut Option<Trail>,
     ) -> Option<&Arc<CompiledRoute<A>>> {
-        candidates
-            .iter()
-            .map(|&i| &self.routes[i])
-            .find(|route| route.conditions_hold(request))
+        let Some(trail) = trail.as_mut() else {
+            return candidates
+                .iter()
+                .map(|&i| &self.routes[i])
+                .find(|route| route.conditions_hold(request));
+        };
+        for &index in candidates {
+            let route = &self.routes[index];
+            let mismatch = route.first_mismatch(request).map(|m| m.owned());
+            let taken = mismatch.is_none();
+            trail.considered.push(Considered {
+                route: index,
+                host_group: trail.host_group,
+                priority: trail.priority,
+                path_kind,
+                mismatch,
+            });
+            if taken {
+                return Some(route);
+            }
+        }
+        None
+    }
+}
+
+/// Why a route whose host and path fit did not take the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    Method,
+    Header(String),
+    Query(String),
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Method => f.write_str("method not accepted"),
+            Self::Header(name) => write!(f, "header condition on `{name}` does not hold"),
+            Self::Query(name) => write!(f, "query condition on `{name}` does not hold"),
+        }
     }
 }
 
 impl<A> CompiledRoute<A> {
     fn conditions_hold(&self, request: &RequestView<'_>) -> bool {
+        self.first_mismatch(request).is_none()
+    }
+
+    /// The first method, header or query condition that fails (`None`: all hold).
+    fn first_mismatch(&self, request: &RequestView<'_>) -> Option<MismatchAt<'_>> {
         if !self.methods.is_empty() && !self.methods.contains(request.method) {
-            return false;
+            return Some(MismatchAt::Method);
         }
-        let headers_hold = self.headers.iter().all(|m| {
+        let header = self.headers.iter().find(|m| {
             let value = m
                 .header_name
                 .as_ref()
                 .and_then(|name| request.headers.get(name))
                 .and_then(|v| v.to_str().ok());
-            m.test.holds(value)
+            !m.test.holds(value)
         });
-        if !headers_hold {
-            return false;
+        if let Some(header) = header {
+            return Some(MismatchAt::Header(&header.name));
         }
-        self.query.iter().all(|m| {
-            let value = request.query.and_then(|q| query_value(q, &m.name));
-            m.test.holds(value.as_deref())
-        })
+        self.query
+            .iter()
+            .find(|m| {
+                let value = request.query.and_then(|q| query_value(q, &m.name));
+                !m.test.holds(value.as_deref())
+            })
+            .map(|m| MismatchAt::Query(&m.name))
     }
+}
+
+/// [`Mismatch`] without allocating, for the request path.
+enum MismatchAt<'r> {
+    Method,
+    Header(&'r str),
+    Query(&'r str),
+}
+
+impl MismatchAt<'_> {
+    fn owned(&self) -> Mismatch {
+        match self {
+            Self::Method => Mismatch::Method,
+            Self::Header(name) => Mismatch::Header((*name).to_owned()),
+            Self::Query(name) => Mismatch::Query((*name).to_owned()),
+        }
+    }
+}
+
+/// Where the walk is, and what it tried.
+#[derive(Default)]
+struct Trail {
+    host_group: &'static str,
+    priority: i32,
+    considered: Vec<Considered>,
+}
+
+/// A route the router tried, in the order it tried them (`gatehouse explain`).
+#[derive(Debug, Clone)]
+pub struct Considered {
+    pub route: usize,
+    /// `exact host`, `wildcard host` or `any host`.
+    pub host_group: &'static str,
+    pub priority: i32,
+    /// `exact`, `template`, `prefix`, `regex` or `any path`.
+    pub path_kind: &'static str,
+    /// `None`: this route took the request.
+    pub mismatch: Option<Mismatch>,
 }
 
 /// The first value of a query parameter, percent-decoded.

@@ -1,0 +1,160 @@
+//! `gatehouse explain` on a configuration with overlapping routes: the route taken, why
+//! each route tried before it did not match, the policy decisions, the action; as text and
+//! as JSON. Nothing is sent upstream (the service address is a closed port).
+
+mod common;
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const SECRET: &str = "test-api-key-secret-0123456789abcdef";
+
+fn config(dir: &std::path::Path, key_entry: &str) -> std::path::PathBuf {
+    let upstream = common::closed_port();
+    let path = dir.join("gatehouse.yaml");
+    common::write(
+        &path,
+        &format!(
+            r#"listeners:
+  - name: public
+    listen: 127.0.0.1:0
+services:
+  - name: orders
+    endpoints: [{{ address: "{upstream}" }}]
+authentication:
+  api_key_secret: "{SECRET}"
+  methods:
+    keys:
+      api_key: {{ header: x-api-key }}
+consumers:
+  - id: acme
+    api_keys:
+{key_entry}rate_limits:
+  per-client:
+    limits: [{{ requests: 10, per: 1s }}]
+routes:
+  - name: order-writes
+    match: {{ hosts: [api.example.com], path: {{ template: "/orders/{{id}}" }}, methods: [PUT, DELETE] }}
+    service: orders
+  - name: beta-orders
+    match: {{ hosts: [api.example.com], path: {{ template: "/orders/{{id}}" }}, headers: [{{ name: x-beta, exact: "1" }}] }}
+    service: orders
+  - name: order-by-id
+    match: {{ hosts: [api.example.com], path: {{ template: "/orders/{{id}}" }} }}
+    service: orders
+    auth: {{ methods: [keys] }}
+    rate_limits: [per-client]
+    rewrite: {{ path: "/v2/orders/{{id}}" }}
+  - name: catch-all
+    respond: {{ status: 404, body: nope }}
+"#
+        ),
+    );
+    path
+}
+
+fn explain(config: &std::path::Path, args: &[&str]) -> String {
+    let output = Command::new(common::binary())
+        .args(["explain", "-c", config.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn explains_the_route_the_misses_and_the_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, entry) = common::generate_api_key(SECRET, &[]);
+    let config = config(dir.path(), &entry);
+
+    let text = explain(&config, &["https://api.example.com/orders/42"]);
+    assert!(text.contains("order-writes"), "{text}");
+    assert!(text.contains("method not accepted"), "{text}");
+    assert!(
+        text.contains("header condition on `x-beta` does not hold"),
+        "{text}"
+    );
+    assert!(text.contains("Route: order-by-id"), "{text}");
+    assert!(text.contains("captures: id=42"), "{text}");
+    assert!(text.contains("refused: 401 credentials_missing"), "{text}");
+    assert!(text.contains("as /v2/orders/42"), "{text}");
+    assert!(text.contains("Outcome: 401 credentials_missing"), "{text}");
+
+    let json: Value = serde_json::from_str(&explain(
+        &config,
+        &[
+            "--json",
+            "-X",
+            "GET",
+            "-H",
+            &format!("x-api-key: {key}"),
+            "https://api.example.com/orders/7?expand=items",
+        ],
+    ))
+    .unwrap();
+    let tried: Vec<(&str, &str)> = json["considered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["route"].as_str().unwrap(), c["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        tried,
+        [
+            ("order-writes", "method not accepted"),
+            ("beta-orders", "header condition on `x-beta` does not hold"),
+            ("order-by-id", "matched"),
+        ]
+    );
+    assert_eq!(json["route"]["captures"]["id"], "7");
+    let auth = &json["policies"][0];
+    assert_eq!(auth["policy"], "auth");
+    let public_id = key.split('_').nth(1).unwrap();
+    assert_eq!(
+        auth["decision"],
+        format!("granted: consumer `acme` (api_key:{public_id})")
+    );
+    assert_eq!(json["policies"][1]["policy"], "rate_limit");
+    assert_eq!(json["action"]["forward"]["service"], "orders");
+    assert_eq!(json["action"]["forward"]["upstream_path"], "/v2/orders/7");
+    assert_eq!(json["outcome"], "the action runs");
+
+    // With the beta header, the earlier route takes it.
+    let json: Value = serde_json::from_str(&explain(
+        &config,
+        &[
+            "--json",
+            "-H",
+            "x-beta: 1",
+            "http://api.example.com/orders/7",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(json["route"]["name"], "beta-orders");
+
+    // Another host: the host-specific routes are never tried; the catch-all answers.
+    let text = explain(&config, &["http://other.example.com/orders/7"]);
+    assert!(text.contains("catch-all"), "{text}");
+    assert!(!text.contains("order-by-id"), "{text}");
+    assert!(text.contains("Action: respond 404"), "{text}");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, entry) = common::generate_api_key(SECRET, &[]);
+    let config = config(dir.path(), &entry);
+    let output = Command::new(common::binary())
+        .args(["explain", "-c", config.to_str().unwrap(), "/relative/path"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("absolute URL"));
+}

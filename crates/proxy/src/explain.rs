@@ -1,0 +1,372 @@
+//! `gatehouse explain`: what the gateway would do with a request, without sending anything
+//! upstream. Which route takes it and why each route tried before it did not, the policy
+//! chain with the decision each policy can take here, and the action.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use serde_json::{json, Value};
+
+use crate::pipeline::normalize_path;
+use crate::router::RequestView;
+use crate::snapshot::{RouteAction, Snapshot};
+use gatehouse_policy::{AccessOutcome, RequestInfo};
+
+/// The request to explain.
+pub struct ExplainRequest {
+    pub method: Method,
+    /// Absolute URL: `https://api.example.com/orders/42?x=1`.
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// The client address policies see (default 127.0.0.1).
+    pub client_ip: Option<IpAddr>,
+}
+
+/// Explain `request` against `snapshot`; the report is JSON (`render_text` for people).
+pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Value, String> {
+    let uri: http::Uri = request
+        .url
+        .parse()
+        .map_err(|_| format!("`{}` is not a URL", request.url))?;
+    let authority = uri
+        .authority()
+        .ok_or("give an absolute URL, like http://api.example.com/path")?
+        .clone();
+    let host = authority.host().to_ascii_lowercase();
+    let scheme = uri.scheme_str().unwrap_or("http").to_owned();
+    let mut headers = HeaderMap::new();
+    for (name, value) in &request.headers {
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("invalid header name `{name}`"))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| format!("invalid value for header `{name}`"))?;
+        headers.append(name, value);
+    }
+    let path = normalize_path(uri.path()).ok_or("the path climbs above the root")?;
+    let view = RequestView {
+        host: &host,
+        method: &request.method,
+        path: &path,
+        query: uri.query(),
+        headers: &headers,
+    };
+    let (matched, considered) = snapshot.router.explain(&view);
+    let routes = snapshot.router.routes();
+    let config = &snapshot.config;
+    let line_of = |index: usize| config.routes[index].matches.referenced.line();
+    let trail: Vec<Value> = considered
+        .iter()
+        .map(|c| {
+            json!({
+                "route": routes[c.route].name,
+                "index": c.route,
+                "line": line_of(c.route),
+                "host_group": c.host_group,
+                "priority": c.priority,
+                "path_match": c.path_kind,
+                "result": match &c.mismatch {
+                    None => "matched".to_owned(),
+                    Some(mismatch) => mismatch.to_string(),
+                },
+            })
+        })
+        .collect();
+    let mut report = json!({
+        "request": {
+            "method": request.method.as_str(),
+            "scheme": scheme,
+            "host": host,
+            "path": path,
+            "query": uri.query(),
+        },
+        "considered": trail,
+    });
+    let Some(matched) = matched else {
+        report["route"] = Value::Null;
+        report["outcome"] = json!("404 route_not_found: no route takes this request");
+        return Ok(report);
+    };
+    let route = &matched.route.payload;
+    let route_config = &config.routes[matched.route.index];
+    report["route"] = json!({
+        "name": matched.route.name,
+        "index": matched.route.index,
+        "line": line_of(matched.route.index),
+        "captures": matched.captures.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+    });
+
+    let client_ip = request.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let mut policies = Vec::new();
+    let mut outcome: Option<String> = None;
+    if let Some(filter) = &route.ip_filter {
+        let decision = match filter.check(client_ip) {
+            Ok(()) => format!("client {client_ip} allowed"),
+            Err(rejection) => {
+                outcome.get_or_insert(format!(
+                    "{} {}: {}",
+                    rejection.status.as_u16(),
+                    rejection.code,
+                    rejection.detail
+                ));
+                format!("refused: {}", rejection.detail)
+            }
+        };
+        policies.push(json!({ "policy": "ip_filter", "decision": decision }));
+    }
+    if let Some(shaping) = &route.shaping {
+        let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let decision = match shaping.check(&request.method, target, &headers) {
+            Ok(()) => "accepted".to_owned(),
+            Err(rejection) => {
+                outcome.get_or_insert(format!(
+                    "{} {}: {}",
+                    rejection.status.as_u16(),
+                    rejection.code,
+                    rejection.detail
+                ));
+                format!("refused: {}", rejection.detail)
+            }
+        };
+        policies.push(json!({ "policy": "request", "decision": decision }));
+    }
+    if let Some(access) = &route.access {
+        let info = RequestInfo {
+            method: &request.method,
+            path: &path,
+            query: uri.query(),
+            headers: &headers,
+            captures: &matched.captures,
+            client_ip,
+            client_certificate: None,
+            scheme: &scheme,
+            authority: authority.as_str(),
+        };
+        let methods: Vec<&str> = route_config
+            .auth
+            .iter()
+            .flat_map(|a| a.methods.iter().map(|m| m.value.as_str()))
+            .collect();
+        let check =
+            tokio::time::timeout(std::time::Duration::from_secs(5), access.check(&info)).await;
+        let decision = match check {
+            Ok(Ok(AccessOutcome::Granted(granted))) => format!(
+                "granted: consumer `{}` ({})",
+                granted.identity.consumer.id, granted.identity.credential
+            ),
+            Ok(Ok(AccessOutcome::Respond(response))) => {
+                outcome.get_or_insert(format!(
+                    "{} answered by the authentication method (login redirect or callback)",
+                    response.status().as_u16()
+                ));
+                format!("answered by the method: {}", response.status().as_u16())
+            }
+            Ok(Err(rejection)) => {
+                outcome.get_or_insert(format!(
+                    "{} {}: {}",
+                    rejection.status.as_u16(),
+                    rejection.code,
+                    rejection.detail
+                ));
+                format!(
+                    "refused: {} {} ({})",
+                    rejection.status.as_u16(),
+                    rejection.code,
+                    rejection.detail
+                )
+            }
+            Err(_) => "undecided: the identity provider did not answer within 5 s".to_owned(),
+        };
+        policies.push(json!({ "policy": "auth", "methods": methods, "decision": decision }));
+    }
+    for name in &route_config.rate_limits {
+        let mode = config
+            .rate_limits
+            .get(&name.value)
+            .map(|p| format!("{:?}", p.value.mode).to_lowercase())
+            .unwrap_or_default();
+        policies.push(json!({
+            "policy": "rate_limit",
+            "name": name.value,
+            "mode": mode,
+            "decision": "counts this request; counters live in the running gateway (or Redis), not evaluated here",
+        }));
+    }
+    for name in &route_config.quotas {
+        policies.push(json!({
+            "policy": "quota",
+            "name": name.value,
+            "decision": "counts this request; counters live in the running gateway, not evaluated here",
+        }));
+    }
+    if let Some(rules) = &route.openapi {
+        let decision = match rules.check_request(&request.method, &path, uri.query(), &headers) {
+            Ok(found) => format!(
+                "parameters valid for operation `{}` (a body is checked when it arrives)",
+                found.operation.id.as_deref().unwrap_or("-")
+            ),
+            Err(rejection) => {
+                outcome.get_or_insert(format!(
+                    "{} {}: {}",
+                    rejection.status.as_u16(),
+                    rejection.code,
+                    rejection.detail
+                ));
+                let violations = rejection.extensions.clone().unwrap_or(Value::Null);
+                format!(
+                    "refused: {} {} {}",
+                    rejection.status.as_u16(),
+                    rejection.code,
+                    violations
+                )
+            }
+        };
+        policies.push(json!({ "policy": "openapi", "decision": decision }));
+    }
+    if let Some(max) = route_config.max_in_flight {
+        policies.push(json!({ "policy": "max_in_flight", "decision": format!("at most {max} requests of this route at once") }));
+    }
+    report["policies"] = Value::Array(policies);
+
+    report["action"] = match &route.action {
+        RouteAction::Respond { status, .. } => json!({ "respond": status.as_u16() }),
+        RouteAction::Redirect(redirect) => json!({ "redirect": redirect }),
+        RouteAction::Forward {
+            service, rewrite, ..
+        } => {
+            let upstream_path = match rewrite {
+                Some(rewrite) => rewrite.apply(&path, &matched.captures),
+                None => path.to_string(),
+            };
+            let now = crate::upstream::endpoint::now_ms();
+            let endpoints: Vec<Value> = service
+                .endpoints()
+                .endpoints
+                .iter()
+                .map(|e| json!({ "address": e.addr.to_string(), "weight": e.weight, "available": e.is_available(now) }))
+                .collect();
+            json!({ "forward": {
+                "service": service.name,
+                "load_balancing": service.config.load_balancing,
+                "upstream_path": upstream_path,
+                "endpoints": endpoints,
+                "mirror": route_config.mirror.as_ref().map(|m| m.service.value.clone()),
+            }})
+        }
+    };
+    report["outcome"] = json!(outcome.unwrap_or_else(|| "the action runs".to_owned()));
+    Ok(report)
+}
+
+/// The report as text for a person.
+pub fn render_text(report: &Value) -> String {
+    let mut out = String::new();
+    let request = &report["request"];
+    out.push_str(&format!(
+        "{} {}://{}{}{}\n\n",
+        request["method"].as_str().unwrap_or(""),
+        request["scheme"].as_str().unwrap_or("http"),
+        request["host"].as_str().unwrap_or(""),
+        request["path"].as_str().unwrap_or(""),
+        request["query"]
+            .as_str()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default(),
+    ));
+    out.push_str("Routes tried, in order:\n");
+    let considered = report["considered"].as_array().cloned().unwrap_or_default();
+    if considered.is_empty() {
+        out.push_str("  (none: no route's host and path fit)\n");
+    }
+    for step in &considered {
+        out.push_str(&format!(
+            "  {:<24} line {:<4} {} / priority {} / {} path: {}\n",
+            step["route"].as_str().unwrap_or(""),
+            step["line"],
+            step["host_group"].as_str().unwrap_or(""),
+            step["priority"],
+            step["path_match"].as_str().unwrap_or(""),
+            step["result"].as_str().unwrap_or(""),
+        ));
+    }
+    match report["route"].as_object() {
+        None => out.push_str("\nNo route matches.\n"),
+        Some(route) => {
+            out.push_str(&format!(
+                "\nRoute: {} (line {})\n",
+                route["name"].as_str().unwrap_or(""),
+                route["line"]
+            ));
+            if let Some(captures) = route["captures"].as_object().filter(|c| !c.is_empty()) {
+                let list: Vec<String> = captures
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect();
+                out.push_str(&format!("  captures: {}\n", list.join(", ")));
+            }
+            let policies = report["policies"].as_array().cloned().unwrap_or_default();
+            if !policies.is_empty() {
+                out.push_str("\nPolicies, in order:\n");
+            }
+            for (step, policy) in policies.iter().enumerate() {
+                let name = policy["name"]
+                    .as_str()
+                    .map(|n| format!(" `{n}`"))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "  {}. {}{}: {}\n",
+                    step + 1,
+                    policy["policy"].as_str().unwrap_or(""),
+                    name,
+                    policy["decision"].as_str().unwrap_or("")
+                ));
+            }
+            out.push_str(&format!(
+                "\nAction: {}\n",
+                describe_action(&report["action"])
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "Outcome: {}\n",
+        report["outcome"].as_str().unwrap_or("")
+    ));
+    out
+}
+
+fn describe_action(action: &Value) -> String {
+    if let Some(forward) = action.get("forward") {
+        let endpoints: Vec<String> = forward["endpoints"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|e| {
+                        let state = if e["available"] == Value::Bool(true) {
+                            "available"
+                        } else {
+                            "unavailable"
+                        };
+                        format!("{} ({state})", e["address"].as_str().unwrap_or(""))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut text = format!(
+            "forward to service `{}` ({}) as {}; endpoints: {}",
+            forward["service"].as_str().unwrap_or(""),
+            forward["load_balancing"],
+            forward["upstream_path"].as_str().unwrap_or(""),
+            endpoints.join(", ")
+        );
+        if let Some(mirror) = forward["mirror"].as_str() {
+            text.push_str(&format!("; mirrored to `{mirror}`"));
+        }
+        return text;
+    }
+    if let Some(status) = action.get("respond") {
+        return format!("respond {status}");
+    }
+    if let Some(redirect) = action.get("redirect") {
+        return format!("redirect {redirect}");
+    }
+    action.to_string()
+}
