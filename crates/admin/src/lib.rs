@@ -37,6 +37,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/routes", get(get_routes))
         .route("/admin/services", get(get_services))
         .route("/metrics", get(get_metrics))
+        .route("/admin/explain", post(post_explain))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
@@ -175,6 +176,59 @@ async fn get_ready(State(state): State<AdminState>) -> Response {
 async fn get_config(State(state): State<AdminState>) -> Json<Value> {
     let snapshot = state.store.snapshot();
     Json(json!({ "version": snapshot.version, "config": &*snapshot.config }))
+}
+
+#[derive(serde::Deserialize)]
+struct ExplainBody {
+    #[serde(default = "get_method")]
+    method: String,
+    url: String,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    client_ip: Option<std::net::IpAddr>,
+}
+
+fn get_method() -> String {
+    "GET".to_owned()
+}
+
+/// `gatehouse explain` against the running configuration (live endpoint health).
+async fn post_explain(State(state): State<AdminState>, body: Bytes) -> Response {
+    use axum::response::IntoResponse;
+    let request: ExplainBody = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("expected {{\"method\", \"url\", \"headers\", \"client_ip\"}}: {err}"),
+                None,
+            )
+        }
+    };
+    let Ok(method) = http::Method::from_bytes(request.method.as_bytes()) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("`{}` is not a method", request.method),
+            None,
+        );
+    };
+    let snapshot = state.store.snapshot();
+    let explain_request = gatehouse_proxy::explain::ExplainRequest {
+        method,
+        url: request.url,
+        headers: request.headers.into_iter().collect(),
+        client_ip: request.client_ip,
+    };
+    match gatehouse_proxy::explain::explain(&snapshot, &explain_request).await {
+        Ok(mut report) => {
+            report["version"] = json!(snapshot.version);
+            Json(report).into_response()
+        }
+        Err(message) => problem(StatusCode::BAD_REQUEST, "invalid_request", message, None),
+    }
 }
 
 async fn post_config(State(state): State<AdminState>, body: Bytes) -> Response {

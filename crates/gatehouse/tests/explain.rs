@@ -158,3 +158,51 @@ fn bad_input_is_refused_with_a_message() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("absolute URL"));
 }
+
+#[tokio::test]
+async fn the_admin_api_explains_against_the_running_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, entry) = common::generate_api_key(SECRET, &[]);
+    let path = config(dir.path(), &entry);
+    let yaml = format!(
+        "{}{}",
+        common::admin_block(),
+        std::fs::read_to_string(&path).unwrap()
+    );
+    let gateway = common::Gateway::start(&yaml);
+    let client = common::client();
+    let explain = |body: serde_json::Value| {
+        client
+            .post(gateway.admin_url("/admin/explain"))
+            .bearer_auth(common::ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let response = explain(serde_json::json!({
+        "method": "DELETE",
+        "url": "https://api.example.com/orders/9",
+        "headers": { "x-api-key": key },
+    }))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["route"]["name"], "order-writes");
+    assert_eq!(report["version"], 1);
+    assert_eq!(
+        report["action"]["forward"]["endpoints"][0]["available"],
+        true
+    );
+    // Without the token: refused like every admin endpoint.
+    let anonymous = client
+        .post(gateway.admin_url("/admin/explain"))
+        .json(&serde_json::json!({ "url": "http://x/" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let bad = explain(serde_json::json!({ "url": "/relative" }))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
