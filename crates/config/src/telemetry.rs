@@ -3,6 +3,31 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_saphyr::{Location, Spanned};
+
+/// The fields of an access-log record: the JSON keys, and the `{field}` placeholders a
+/// template may use.
+pub const ACCESS_LOG_FIELDS: [&str; 19] = [
+    "time",
+    "request_id",
+    "trace_id",
+    "client_ip",
+    "consumer",
+    "route",
+    "service",
+    "endpoint",
+    "method",
+    "path",
+    "protocol",
+    "status",
+    "total_ms",
+    "upstream_ms",
+    "gateway_ms",
+    "bytes_in",
+    "bytes_out",
+    "user_agent",
+    "reason",
+];
 
 /// Where and how each finished request is logged.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -14,7 +39,8 @@ pub struct AccessLogConfig {
     /// `json` (one object per line) or a template with `{field}` placeholders, e.g.
     /// `"{client_ip} {method} {path} {status} {total_ms}"`.
     #[serde(default = "json")]
-    pub format: String,
+    #[schemars(with = "String")]
+    pub format: Spanned<String>,
     /// Share of requests logged, 0 to 1 (errors, status >= 500, are always logged).
     #[serde(default = "one")]
     pub sample: f64,
@@ -32,8 +58,8 @@ pub struct AccessLogConfig {
 fn stdout() -> String {
     "stdout".to_owned()
 }
-fn json() -> String {
-    "json".to_owned()
+fn json() -> Spanned<String> {
+    Spanned::new("json".to_owned(), Location::UNKNOWN, Location::UNKNOWN)
 }
 fn one() -> f64 {
     1.0

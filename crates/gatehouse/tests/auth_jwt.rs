@@ -1020,6 +1020,41 @@ async fn scopes_groups_and_claim_conditions_are_enforced() {
     assert_eq!(upstream.hits(), 6, "refused requests reached the upstream");
 }
 
+/// Tokens naming unknown key ids make the gateway refetch the key set at most once per
+/// `min_refetch_interval`: random `kid`s cannot make it hammer the issuer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_key_ids_refetch_at_most_once_per_interval() {
+    let key = SigningKey::generate(Algorithm::ES256, "ec-known");
+    let issuer = Issuer::start(vec![key.jwk()]).await;
+    let upstream = Upstream::start().await;
+    let methods = format!(
+        "    partners:\n      jwt:\n        issuer: \"{realm}\"\n        jwks_uri: \"{jwks}\"\n        min_refetch_interval: 1h",
+        realm = issuer.realm(),
+        jwks = issuer.jwks_uri(),
+    );
+    let routes = "  - match: { path: { prefix: /orders } }\n    service: app\n    auth: { methods: [partners] }";
+    let gateway = Gateway::start(&config(upstream.addr, &methods, routes));
+    let client = client();
+    let url = gateway.url("/orders");
+    expect_upstream(
+        get_bearer(&client, &url, &key.sign(&claims(&issuer.realm()))).await,
+        "known key",
+    )
+    .await;
+    let loaded = issuer.jwks_fetches();
+    for attempt in 0..20 {
+        let token = key.sign_as(&format!("random-{attempt}"), &claims(&issuer.realm()));
+        let response = get_bearer(&client, &url, &token).await;
+        expect_invalid_token(response, "random kid", &["unknown signing key"]).await;
+    }
+    assert_eq!(
+        issuer.jwks_fetches(),
+        loaded + 1,
+        "20 unknown kids caused one refetch, not one each"
+    );
+    assert_eq!(upstream.hits(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_token_still_expires() {
     let key = SigningKey::generate(Algorithm::ES256, "ec-1");

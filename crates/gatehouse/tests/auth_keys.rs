@@ -686,13 +686,19 @@ mod mtls {
         };
 
         let upstream = echo("mtls").await;
-        let gateway = Gateway::start(&format!(
-            r#"listeners:
+        let listener = |required: bool| {
+            format!(
+                r#"listeners:
   - name: public
     listen: 127.0.0.1:0
     tls:
       certificates: [{{ cert: "{cert_path}", key: "{key_path}" }}]
-      client_auth: {{ ca: "{ca_path}", required: false }}
+      client_auth: {{ ca: "{ca_path}", required: {required} }}
+"#
+            )
+        };
+        let rest = format!(
+            r#"
 services:
   - name: echo
     endpoints: [{{ address: "{upstream}" }}]
@@ -707,7 +713,8 @@ routes:
   - service: echo
     auth: {{ methods: [partner-certs] }}
 "#
-        ));
+        );
+        let gateway = Gateway::start(&format!("{}{rest}", listener(false)));
         let port = gateway.addr().port();
         let url = format!("https://api.test:{port}/orders");
         let with = |identity: Option<&Party>| client_for(ca_cert.der(), identity);
@@ -743,5 +750,19 @@ routes:
             forged_result.is_err(),
             "a certificate of an untrusted CA is refused"
         );
+
+        // `required: true`: no certificate, no connection; a valid one still gets through.
+        let strict = Gateway::start(&format!("{}{rest}", listener(true)));
+        let url = format!("https://api.test:{}/orders", strict.addr().port());
+        assert!(
+            with(None).get(&url).send().await.is_err(),
+            "the handshake needs a client certificate"
+        );
+        let response = with(Some(&party(&partner, &partner_key)))
+            .get(&url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
     }
 }

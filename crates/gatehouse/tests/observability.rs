@@ -272,27 +272,12 @@ async fn access_log_has_every_field_redacts_and_reopens() {
     })
     .await;
     let first = &lines[0];
-    for field in [
-        "time",
-        "request_id",
-        "trace_id",
-        "client_ip",
-        "consumer",
-        "route",
-        "service",
-        "endpoint",
-        "method",
-        "path",
-        "protocol",
-        "status",
-        "total_ms",
-        "upstream_ms",
-        "gateway_ms",
-        "bytes_in",
-        "bytes_out",
-        "user_agent",
-        "reason",
-    ] {
+    assert_eq!(
+        first.as_object().unwrap().len(),
+        gatehouse_config::ACCESS_LOG_FIELDS.len(),
+        "{first}"
+    );
+    for field in gatehouse_config::ACCESS_LOG_FIELDS {
         assert!(
             first.get(field).is_some(),
             "field `{field}` missing: {first}"
@@ -420,4 +405,70 @@ async fn disabled_metrics_are_neither_recorded_nor_served() {
     assert_eq!(response.status(), 404);
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["code"], "not_found");
+}
+
+#[tokio::test]
+async fn templates_and_sampling_shape_the_log() {
+    let upstream = echo("template").await;
+    let down = common::closed_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    // `sample: 0` logs nothing but server errors, which are always logged.
+    let gateway = Gateway::start(&format!(
+        r#"listeners:
+  - name: public
+    listen: 127.0.0.1:0
+services:
+  - name: echo
+    endpoints: [{{ address: "{upstream}" }}]
+  - name: gone
+    endpoints: [{{ address: "{down}" }}]
+routes:
+  - name: fine
+    match: {{ path: {{ prefix: /fine }} }}
+    service: echo
+  - name: broken
+    match: {{ path: {{ prefix: /broken }} }}
+    service: gone
+access_log:
+  path: "{log}"
+  format: "{{client_ip}} {{method}} {{path}} {{status}} {{route}} {{consumer}} reason={{reason}}"
+  sample: 0
+"#,
+        log = log.display()
+    ));
+    let client = client();
+    for _ in 0..3 {
+        let response = client.get(gateway.url("/fine")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    }
+    let failed = client.get(gateway.url("/broken?x=1")).send().await.unwrap();
+    assert_eq!(failed.status(), 503);
+    failed.bytes().await.unwrap();
+    let text = eventually("the server error's line", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        (!text.is_empty()).then_some(text)
+    })
+    .await;
+    assert_eq!(
+        text, "127.0.0.1 GET /broken?x=1 503 broken - reason=upstream_unavailable\n",
+        "only the 5xx is logged, in the template's shape"
+    );
+
+    // An unknown placeholder is refused when the configuration loads.
+    let config = dir.path().join("bad.yaml");
+    common::write(&config, "access_log:\n  format: \"{method} {stauts}\"\n");
+    let output = std::process::Command::new(common::binary())
+        .args(["check", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains(
+            ":2:11: `access_log.format` uses unknown field `{stauts}`, did you mean `status`?"
+        ),
+        "{stdout}"
+    );
 }

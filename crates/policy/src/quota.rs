@@ -17,12 +17,9 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::limit_key::{self, escape_part, key_value, KeyPart};
-use crate::rate_limit::LimitRequest;
+use crate::rate_limit::{policy_item, status_item, LimitRequest, RATELIMIT, RATELIMIT_POLICY};
 use crate::redis::RedisLink;
 use crate::rejection::Rejection;
-
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The period a moment falls in: its index (days or months since the epoch) and the
 /// seconds until the next one starts.
@@ -360,14 +357,10 @@ impl Quota {
                 QuotaPeriod::Day => 86_400,
                 QuotaPeriod::Month => 2_592_000,
             };
-            if let Ok(value) =
-                HeaderValue::from_str(&format!("\"{}\";q={allowance};w={window}", self.name))
-            {
+            if let Ok(value) = HeaderValue::from_str(&policy_item(&self.name, allowance, window)) {
                 headers.push((RATELIMIT_POLICY, value));
             }
-            if let Ok(value) =
-                HeaderValue::from_str(&format!("\"{}\";r={remaining};t={reset}", self.name))
-            {
+            if let Ok(value) = HeaderValue::from_str(&status_item(&self.name, remaining, reset)) {
                 headers.push((RATELIMIT, value));
             }
         }

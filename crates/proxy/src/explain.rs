@@ -102,12 +102,7 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
         let decision = match filter.check(client_ip) {
             Ok(()) => format!("client {client_ip} allowed"),
             Err(rejection) => {
-                outcome.get_or_insert(format!(
-                    "{} {}: {}",
-                    rejection.status.as_u16(),
-                    rejection.code,
-                    rejection.detail
-                ));
+                outcome.get_or_insert(answer(&rejection));
                 format!("refused: {}", rejection.detail)
             }
         };
@@ -118,12 +113,7 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
         let decision = match shaping.check(&request.method, target, &headers) {
             Ok(()) => "accepted".to_owned(),
             Err(rejection) => {
-                outcome.get_or_insert(format!(
-                    "{} {}: {}",
-                    rejection.status.as_u16(),
-                    rejection.code,
-                    rejection.detail
-                ));
+                outcome.get_or_insert(answer(&rejection));
                 format!("refused: {}", rejection.detail)
             }
         };
@@ -161,12 +151,7 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
                 format!("answered by the method: {}", response.status().as_u16())
             }
             Ok(Err(rejection)) => {
-                outcome.get_or_insert(format!(
-                    "{} {}: {}",
-                    rejection.status.as_u16(),
-                    rejection.code,
-                    rejection.detail
-                ));
+                outcome.get_or_insert(answer(&rejection));
                 format!(
                     "refused: {} {} ({})",
                     rejection.status.as_u16(),
@@ -205,12 +190,7 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
                 found.operation.id.as_deref().unwrap_or("-")
             ),
             Err(rejection) => {
-                outcome.get_or_insert(format!(
-                    "{} {}: {}",
-                    rejection.status.as_u16(),
-                    rejection.code,
-                    rejection.detail
-                ));
+                outcome.get_or_insert(answer(&rejection));
                 let violations = rejection.extensions.clone().unwrap_or(Value::Null);
                 format!(
                     "refused: {} {} {}",
@@ -369,4 +349,14 @@ fn describe_action(action: &Value) -> String {
         return format!("redirect {redirect}");
     }
     action.to_string()
+}
+
+/// What the client would get for a refusal: `401 credentials_missing: <detail>`.
+fn answer(rejection: &gatehouse_policy::Rejection) -> String {
+    format!(
+        "{} {}: {}",
+        rejection.status.as_u16(),
+        rejection.code,
+        rejection.detail
+    )
 }

@@ -58,9 +58,11 @@ pub struct RequestTrace {
     /// Headers for the answer whether it succeeds or fails (CORS: a browser must be able
     /// to read a 401 or 429 too).
     response_headers: Vec<(http::HeaderName, HeaderValue)>,
-    route: Option<String>,
-    service: Option<String>,
-    consumer: Option<String>,
+    /// Index of the matched route; its name and service are looked up at log time.
+    route: Option<usize>,
+    /// Whether the request was sent to the route's service.
+    forwarded: bool,
+    identity: Option<Arc<gatehouse_policy::Identity>>,
     endpoint: Option<std::net::SocketAddr>,
     upstream: Option<std::time::Duration>,
 }
@@ -115,6 +117,7 @@ pub async fn handle(
     }
     let status = response.status().as_u16();
     let finish = Finish {
+        snapshot: snapshot.clone(),
         telemetry: telemetry.clone(),
         metrics,
         started,
@@ -144,6 +147,8 @@ fn version_name(version: Version) -> &'static str {
 
 /// The log phase of one request: runs once, when its response body is done or dropped.
 pub struct Finish {
+    /// The snapshot that served the request (route and service names).
+    snapshot: Arc<Snapshot>,
     telemetry: Arc<Telemetry>,
     /// `metrics.enabled` of the snapshot that served the request.
     metrics: bool,
@@ -184,15 +189,18 @@ impl Drop for Finish {
         if !log.wants(self.status, fastrand::f64()) {
             return;
         }
+        let (route, service) = self.names();
+        let route = self.trace.route.map(|_| route.to_owned());
+        let service = self.trace.forwarded.then(|| service.to_owned());
         let millis = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
         log.log(AccessRecord {
             time: std::time::SystemTime::now() - total,
             request_id: std::mem::take(&mut self.request_id),
             trace_id: None,
             client_ip: self.client_ip,
-            consumer: self.trace.consumer.take(),
-            route: self.trace.route.take(),
-            service: self.trace.service.take(),
+            consumer: self.trace.identity.as_ref().map(|i| i.consumer.id.clone()),
+            route,
+            service,
             endpoint: self.trace.endpoint.map(|e| e.to_string()),
             method: self.method.as_str().to_owned(),
             path,
@@ -210,13 +218,30 @@ impl Drop for Finish {
 }
 
 impl Finish {
+    /// The matched route's name and, when the request was forwarded, its service's name
+    /// (empty when there is none).
+    fn names(&self) -> (&str, &str) {
+        let Some(route) = self
+            .trace
+            .route
+            .and_then(|index| self.snapshot.router.routes().get(index))
+        else {
+            return ("", "");
+        };
+        let service = match &route.payload.action {
+            RouteAction::Forward { service, .. } if self.trace.forwarded => service.name.as_str(),
+            _ => "",
+        };
+        (&route.name, service)
+    }
+
     fn record_metrics(&self, total: std::time::Duration, gateway_time: std::time::Duration) {
         use gatehouse_telemetry::metrics::{
             status_class, CodeLabels, RequestLabels, RouteLabels, ServiceLabels,
         };
         let metrics = &self.telemetry.metrics;
-        let route = self.trace.route.clone().unwrap_or_default();
-        let service = self.trace.service.clone().unwrap_or_default();
+        let (route, service) = self.names();
+        let (route, service) = (route.to_owned(), service.to_owned());
         metrics
             .requests
             .get_or_create(&RequestLabels {
@@ -313,7 +338,7 @@ async fn route_and_respond(
         });
     };
     let route = &matched.route.payload;
-    trace.route = Some(matched.route.name.clone());
+    trace.route = Some(matched.route.index);
     if let Some(policy) = &route.cors {
         trace
             .response_headers
@@ -346,7 +371,7 @@ async fn route_and_respond(
             };
             match access.check(&info).await.map_err(GatewayError::Rejected)? {
                 AccessOutcome::Granted(granted) => {
-                    trace.consumer = Some(granted.identity.consumer.id.clone());
+                    trace.identity = Some(granted.identity.clone());
                     Some(granted)
                 }
                 AccessOutcome::Respond(response) => return Ok(response.map(body::full)),
@@ -439,7 +464,7 @@ async fn route_and_respond(
                 (None, Cow::Owned(normalized)) => Some(normalized),
                 (None, Cow::Borrowed(_)) => None,
             };
-            trace.service = Some(service.name.clone());
+            trace.forwarded = true;
             proxy(
                 service,
                 conn,

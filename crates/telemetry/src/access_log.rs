@@ -104,7 +104,7 @@ impl AccessLog {
     ) -> std::io::Result<Self> {
         let (sender, receiver) = sync_channel::<AccessRecord>(config.buffer_lines.max(1));
         let reopen = Arc::new(AtomicBool::new(false));
-        let format = parse_format(&config.format);
+        let format = parse_format(&config.format.value);
         let path = config.path.clone();
         let reopen_flag = reopen.clone();
         std::thread::Builder::new()
@@ -355,26 +355,3 @@ impl Clock {
         let _ = std::io::Write::write_fmt(out, format_args!(".{:03}Z", since.subsec_millis()));
     }
 }
-
-/// The field names a template may use.
-pub const FIELDS: [&str; 19] = [
-    "time",
-    "request_id",
-    "trace_id",
-    "client_ip",
-    "consumer",
-    "route",
-    "service",
-    "endpoint",
-    "method",
-    "path",
-    "protocol",
-    "status",
-    "total_ms",
-    "upstream_ms",
-    "gateway_ms",
-    "bytes_in",
-    "bytes_out",
-    "user_agent",
-    "reason",
-];

@@ -286,6 +286,8 @@ fn validate_routes(
     problems: &mut Vec<Problem>,
 ) {
     let routes = &config.routes;
+    let service_names: Vec<&str> = services.keys().copied().collect();
+    let spec_names: Vec<&str> = config.openapi.keys().map(String::as_str).collect();
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut template_router = matchit::Router::new();
     let mut templates_seen = BTreeSet::new();
@@ -391,18 +393,13 @@ fn validate_routes(
             _ => {}
         }
         auth::validate_route_access(route, &label, &captures, auth_names, problems);
-        let service_names: Vec<&str> = services.keys().copied().collect();
         traffic::validate_route_traffic(
             route,
             &label,
             &config.rate_limits,
             &config.quotas,
             &service_names,
-            &config
-                .openapi
-                .keys()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
+            &spec_names,
             problems,
         );
         let is_prefix = matches!(matches.path, Some(PathMatch::Prefix(_)));

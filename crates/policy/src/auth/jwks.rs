@@ -82,14 +82,6 @@ impl KeySet {
     pub fn key(&self, index: usize) -> Option<&DecodingKey> {
         self.keys.get(index).map(|e| &e.key)
     }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
 }
 
 struct FetchState {

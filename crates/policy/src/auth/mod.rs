@@ -188,7 +188,8 @@ impl Security {
         };
         let challenge = methods
             .iter()
-            .filter_map(|m| m.challenge(None))
+            .filter_map(|m| m.challenge())
+            .filter_map(|c| HeaderValue::from_str(&c).ok())
             .collect::<Vec<_>>();
         Ok(AccessPolicy {
             methods,
@@ -255,21 +256,12 @@ impl Authenticator {
         }
     }
 
-    /// The `WWW-Authenticate` challenge of this method; `error` adds RFC 6750 error details
-    /// for bearer methods.
-    fn challenge(&self, error: Option<(&str, &str)>) -> Option<String> {
-        let bearer = |realm: &str| {
-            let mut value = format!("Bearer realm=\"{realm}\"");
-            if let Some((code, description)) = error {
-                value.push_str(&format!(
-                    ", error=\"{code}\", error_description=\"{description}\""
-                ));
-            }
-            value
-        };
+    /// The `WWW-Authenticate` challenge of this method for a request without credentials
+    /// (refusals of a presented credential carry their own, see `invalid_token`).
+    fn challenge(&self) -> Option<String> {
         match self {
             Self::ApiKey(m) => Some(m.challenge()),
-            Self::Jwt(_) | Self::Introspection(_) => Some(bearer("gatehouse")),
+            Self::Jwt(_) | Self::Introspection(_) => Some("Bearer realm=\"gatehouse\"".to_owned()),
             Self::Basic(m) => Some(m.challenge()),
             Self::ClientCertificate(_) => Some("ClientCertificate realm=\"gatehouse\"".to_owned()),
             Self::Oidc(_) => None,
@@ -311,7 +303,7 @@ pub struct AccessPolicy {
     scopes: Vec<String>,
     claims: Vec<ClaimCheck>,
     /// Challenges of all methods, for a request without credentials.
-    challenge: Vec<String>,
+    challenge: Vec<HeaderValue>,
 }
 
 struct ClaimCheck {
@@ -381,9 +373,7 @@ impl AccessPolicy {
             "this route requires authentication",
         );
         for challenge in &self.challenge {
-            if let Ok(value) = HeaderValue::from_str(challenge) {
-                rejection = rejection.with_header(header::WWW_AUTHENTICATE, value);
-            }
+            rejection = rejection.with_header(header::WWW_AUTHENTICATE, challenge.clone());
         }
         Err(rejection)
     }

@@ -24,8 +24,8 @@ use crate::redis::RedisLink;
 use crate::rejection::Rejection;
 use local::LocalStore;
 
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
@@ -223,14 +223,7 @@ impl RateLimiter {
         }
         let policy_header = limits
             .iter()
-            .map(|l| {
-                format!(
-                    "\"{}\";q={};w={}",
-                    sf_string(&l.name),
-                    l.requests,
-                    l.window_secs
-                )
-            })
+            .map(|l| policy_item(&l.name, l.requests, l.window_secs))
             .collect::<Vec<_>>()
             .join(", ");
         Ok(Self {
@@ -333,12 +326,9 @@ impl RateLimiter {
             if let Some(policy) = &self.policy_header {
                 headers.push((RATELIMIT_POLICY, policy.clone()));
             }
-            let value = format!(
-                "\"{}\";r={};t={reset}",
-                sf_string(&limit.name),
-                decision.remaining
-            );
-            if let Ok(value) = HeaderValue::from_str(&value) {
+            if let Ok(value) =
+                HeaderValue::from_str(&status_item(&limit.name, decision.remaining, reset))
+            {
                 headers.push((RATELIMIT, value));
             }
         }
@@ -384,6 +374,16 @@ fn limit_fingerprint(limit: &LimitConfig) -> String {
         "{}|{:?}|{:?}|{:?}|{:?}",
         limit.requests, limit.per.0, limit.burst, limit.algorithm, key
     )
+}
+
+/// One quota policy of `RateLimit-Policy`: `"name";q=QUOTA;w=WINDOW_SECONDS`.
+pub(crate) fn policy_item(name: &str, quota: u64, window_secs: u64) -> String {
+    format!("\"{}\";q={quota};w={window_secs}", sf_string(name))
+}
+
+/// One item of `RateLimit`: `"name";r=REMAINING;t=RESET_SECONDS`.
+pub(crate) fn status_item(name: &str, remaining: u64, reset_secs: u64) -> String {
+    format!("\"{}\";r={remaining};t={reset_secs}", sf_string(name))
 }
 
 /// A structured-field string body: `"` and `\` escaped, other characters kept printable.
