@@ -11,7 +11,7 @@ use crate::auth::{
     AuthenticationConfig, ClientCertificateAuth, ConsumerConfig, IpFilterConfig, RouteAuth,
 };
 use crate::shaping::{CorsConfig, MirrorConfig, OpenApiSpec, RequestShaping, RouteOpenApi};
-use crate::telemetry::{AccessLogConfig, MetricsConfig};
+use crate::telemetry::{AccessLogConfig, MetricsConfig, TracingConfig};
 use crate::traffic::{QuotaConfig, QuotaStoreConfig, RateLimitPolicy, RedisConfig};
 use crate::units::{ByteSize, HumanDuration};
 
@@ -63,6 +63,9 @@ pub struct Config {
     /// Prometheus metrics on the admin listener.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Distributed tracing with OTLP export; absent: trace context passes through untouched.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
     /// Where relative file paths (certificates, keys) are resolved: the configuration
     /// file's directory. Not part of the file.
     #[serde(skip)]

@@ -193,6 +193,15 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
     if let Err(message) = store.snapshot().quotas.flush() {
         tracing::error!(error = %message, "quota counters not saved at shutdown");
     }
+    if store.telemetry.tracer.is_some() {
+        let telemetry = store.telemetry.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            if let Some(tracer) = &telemetry.tracer {
+                tracer.flush();
+            }
+        });
+        let _ = flushed.await;
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

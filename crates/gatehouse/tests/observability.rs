@@ -259,6 +259,10 @@ async fn access_log_has_every_field_redacts_and_reopens() {
         .get(gateway.url("/orders/7?page=2&api_key=gh_abc_secret&session=s3cret"))
         .header("user-agent", "observability-test/1.0")
         .header("x-request-id", "req-123")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .send()
         .await
         .unwrap();
@@ -284,6 +288,9 @@ async fn access_log_has_every_field_redacts_and_reopens() {
         );
     }
     assert_eq!(first["request_id"], "req-123");
+    // Without `tracing`, the trace id is the client's.
+    assert_eq!(first["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(lines[1]["trace_id"], Value::Null);
     assert_eq!(first["client_ip"], "127.0.0.1");
     assert_eq!(first["route"], "orders");
     assert_eq!(first["service"], "echo");

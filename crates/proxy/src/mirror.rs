@@ -55,15 +55,18 @@ impl Mirror {
             let _slot = slot;
             let call = async {
                 let response = service
-                    .call(UpstreamRequest {
-                        method,
-                        path_and_query,
-                        headers,
-                        body: OutgoingBody::Buffered(body),
-                        hash_key: None,
-                        retryable: false,
-                        upgrade: false,
-                    })
+                    .call(
+                        UpstreamRequest {
+                            method,
+                            path_and_query,
+                            headers,
+                            body: OutgoingBody::Buffered(body),
+                            hash_key: None,
+                            retryable: false,
+                            upgrade: false,
+                        },
+                        None,
+                    )
                     .await?;
                 // Read the answer so the connection can be reused.
                 let _ = response.into_body().collect().await;

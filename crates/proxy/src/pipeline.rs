@@ -23,7 +23,8 @@ use gatehouse_policy::{
     cors, AccessOutcome, ClientCertificate, Granted, InFlightLimit, LimitRequest, RequestInfo,
     Security,
 };
-use gatehouse_telemetry::{AccessRecord, Telemetry};
+use gatehouse_telemetry::trace::{incoming_trace_id, AttributeValue, SpanKind, SpanRecord};
+use gatehouse_telemetry::{AccessRecord, Telemetry, TraceContext};
 
 use crate::mirror::Mirror;
 use gatehouse_config::ResponseValidation;
@@ -65,6 +66,10 @@ pub struct RequestTrace {
     identity: Option<Arc<gatehouse_policy::Identity>>,
     endpoint: Option<std::net::SocketAddr>,
     upstream: Option<std::time::Duration>,
+    /// The trace this request continues, when tracing is configured.
+    context: Option<TraceContext>,
+    /// Spans of the upstream attempts of a sampled trace.
+    attempt_spans: Vec<SpanRecord>,
 }
 
 /// Handle one request against `snapshot`. Never fails: errors become problem responses.
@@ -79,20 +84,39 @@ pub async fn handle(
     let request_id = forward::request_id(request.headers());
     let method = request.method().clone();
     let bytes_in = content_length(request.headers()).unwrap_or(0);
-    let logged = telemetry.access_log.as_ref().map(|log| {
-        (
-            log.redact_target(request.uri().path(), request.uri().query()),
-            request
-                .headers()
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            version_name(request.version()),
-        )
+    let context = telemetry
+        .tracer
+        .as_ref()
+        .map(|tracer| tracer.begin(request.headers()));
+    let user_agent = || {
+        request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let logged = telemetry.access_log.as_ref().map(|log| Logged {
+        target: log.redact_target(request.uri().path(), request.uri().query()),
+        user_agent: user_agent(),
+        protocol: version_name(request.version()),
+        trace_id: match &context {
+            Some(context) => Some(context.trace_id_hex()),
+            None => incoming_trace_id(request.headers()),
+        },
+    });
+    let server_span = context.as_ref().filter(|c| c.sampled).map(|_| ServerSpan {
+        start: std::time::SystemTime::now(),
+        path: request.uri().path().to_owned(),
+        user_agent: user_agent(),
+        scheme: if conn.tls { "https" } else { "http" },
+        protocol: version_name(request.version()),
     });
     let client_ip =
         forward::client_ip(conn.peer, request.headers(), &conn.listener.trusted_proxies);
-    let mut trace = RequestTrace::default();
+    let mut trace = RequestTrace {
+        context,
+        ..RequestTrace::default()
+    };
     let result =
         route_and_respond(&snapshot, conn, request, &request_id, client_ip, &mut trace).await;
     let mut reason = None;
@@ -110,7 +134,7 @@ pub async fn handle(
         response.headers_mut().append(name, value);
     }
     let metrics = snapshot.config.metrics.enabled;
-    if !metrics && logged.is_none() {
+    if !metrics && logged.is_none() && server_span.is_none() {
         // Telemetry off: no log phase at all.
         response.headers_mut().insert(X_REQUEST_ID, request_id);
         return response;
@@ -130,6 +154,7 @@ pub async fn handle(
         client_ip,
         request_id: request_id.to_str().unwrap_or("").to_owned(),
         logged,
+        server_span,
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id);
     response.map(|body| body::counted(body, finish))
@@ -143,6 +168,24 @@ fn version_name(version: Version) -> &'static str {
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
     }
+}
+
+/// What the access log needs from the request head, read only when it is configured.
+struct Logged {
+    /// Path and query, secrets redacted.
+    target: String,
+    user_agent: Option<String>,
+    protocol: &'static str,
+    trace_id: Option<String>,
+}
+
+/// What the gateway's span of a sampled request needs from the request head.
+struct ServerSpan {
+    start: std::time::SystemTime,
+    path: String,
+    user_agent: Option<String>,
+    scheme: &'static str,
+    protocol: &'static str,
 }
 
 /// The log phase of one request: runs once, when its response body is done or dropped.
@@ -161,8 +204,8 @@ pub struct Finish {
     bytes_out: u64,
     client_ip: std::net::IpAddr,
     request_id: String,
-    /// Target, user agent and protocol, read only when an access log is configured.
-    logged: Option<(String, Option<String>, &'static str)>,
+    logged: Option<Logged>,
+    server_span: Option<ServerSpan>,
 }
 
 impl body::BodyObserver for Finish {
@@ -181,9 +224,10 @@ impl Drop for Finish {
         if self.metrics {
             self.record_metrics(total, gateway_time);
         }
-        let (Some(log), Some((path, user_agent, protocol))) =
-            (&self.telemetry.access_log, self.logged.take())
-        else {
+        if let Some(span) = self.server_span.take() {
+            self.record_spans(span);
+        }
+        let (Some(log), Some(logged)) = (&self.telemetry.access_log, self.logged.take()) else {
             return;
         };
         if !log.wants(self.status, fastrand::f64()) {
@@ -196,22 +240,22 @@ impl Drop for Finish {
         log.log(AccessRecord {
             time: std::time::SystemTime::now() - total,
             request_id: std::mem::take(&mut self.request_id),
-            trace_id: None,
+            trace_id: logged.trace_id,
             client_ip: self.client_ip,
             consumer: self.trace.identity.as_ref().map(|i| i.consumer.id.clone()),
             route,
             service,
             endpoint: self.trace.endpoint.map(|e| e.to_string()),
             method: self.method.as_str().to_owned(),
-            path,
-            protocol,
+            path: logged.target,
+            protocol: logged.protocol,
             status: self.status,
             total_ms: millis(total),
             upstream_ms: self.trace.upstream.map(millis),
             gateway_ms: millis(gateway_time),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
-            user_agent,
+            user_agent: logged.user_agent,
             reason: self.reason,
         });
     }
@@ -233,6 +277,70 @@ impl Finish {
             _ => "",
         };
         (&route.name, service)
+    }
+
+    /// The gateway's span for the request (parented to the caller's span) and its upstream
+    /// attempts' spans, to the exporter.
+    fn record_spans(&mut self, span: ServerSpan) {
+        let (Some(tracer), Some(context)) = (&self.telemetry.tracer, self.trace.context.take())
+        else {
+            return;
+        };
+        let (route, service) = self.names();
+        let mut attributes: Vec<(&'static str, AttributeValue)> = vec![
+            ("http.request.method", self.method.as_str().into()),
+            ("url.path", span.path.into()),
+            ("url.scheme", span.scheme.into()),
+            ("network.protocol.name", "http".into()),
+            (
+                "network.protocol.version",
+                span.protocol.trim_start_matches("HTTP/").into(),
+            ),
+            ("client.address", self.client_ip.to_string().into()),
+            ("http.response.status_code", i64::from(self.status).into()),
+            ("gatehouse.request_id", self.request_id.as_str().into()),
+        ];
+        if self.trace.route.is_some() {
+            attributes.push(("http.route", route.into()));
+        }
+        if !service.is_empty() {
+            attributes.push(("gatehouse.service", service.into()));
+        }
+        if let Some(user_agent) = span.user_agent {
+            attributes.push(("user_agent.original", user_agent.into()));
+        }
+        if let Some(identity) = &self.trace.identity {
+            attributes.push(("gatehouse.consumer", identity.consumer.id.as_str().into()));
+        }
+        if let Some(reason) = self.reason {
+            attributes.push(("error.type", reason.into()));
+        }
+        let name = match self.trace.route {
+            Some(_) => format!("{} {route}", self.method),
+            None => self.method.to_string(),
+        };
+        // Server spans are errors for 5xx only: a 4xx is the client's failure.
+        let error = (self.status >= 500).then(|| self.reason.unwrap_or("server error").to_owned());
+        tracer.record(SpanRecord {
+            trace_id: context.trace_id,
+            span_id: context.span_id,
+            parent: context.parent,
+            remote_parent: context.parent.is_some(),
+            tracestate: context
+                .tracestate
+                .as_ref()
+                .and_then(|s| s.to_str().ok())
+                .map(str::to_owned),
+            name,
+            kind: SpanKind::Server,
+            start: span.start,
+            end: std::time::SystemTime::now(),
+            attributes,
+            error,
+        });
+        for attempt in std::mem::take(&mut self.trace.attempt_spans) {
+            tracer.record(attempt);
+        }
     }
 
     fn record_metrics(&self, total: std::time::Duration, gateway_time: std::time::Duration) {
@@ -733,16 +841,23 @@ async fn proxy(
             bytes.clone(),
         );
     }
+    let tracing = trace
+        .context
+        .as_ref()
+        .map(|context| (context, &mut trace.attempt_spans));
     let mut response = service
-        .call(UpstreamRequest {
-            method: parts.method,
-            path_and_query,
-            headers,
-            body,
-            hash_key,
-            retryable,
-            upgrade,
-        })
+        .call(
+            UpstreamRequest {
+                method: parts.method,
+                path_and_query,
+                headers,
+                body,
+                hash_key,
+                retryable,
+                upgrade,
+            },
+            tracing,
+        )
         .await?;
 
     if let Some(info) = response.extensions().get::<UpstreamInfo>() {

@@ -13,7 +13,7 @@ use gatehouse_config::{Config, ConfigErrors, Problem};
 use serde::Serialize;
 
 use crate::snapshot::Snapshot;
-use gatehouse_telemetry::{AccessLog, Metrics, Telemetry};
+use gatehouse_telemetry::{AccessLog, Metrics, Telemetry, Tracer};
 
 /// Versions kept for rollback.
 const HISTORY: usize = 50;
@@ -99,10 +99,23 @@ impl ConfigStore {
             ),
             None => None,
         };
+        let tracer = match &snapshot.config.tracing {
+            Some(tracing) => Some(Tracer::start(tracing, metrics.trace_spans.clone()).map_err(
+                |err| ConfigErrors {
+                    file: origin.to_owned(),
+                    problems: vec![Problem::at(
+                        &tracing.otlp.endpoint.referenced,
+                        err.to_string(),
+                    )],
+                },
+            )?),
+            None => None,
+        };
         let store = Self {
             telemetry: Arc::new(Telemetry {
                 metrics,
                 access_log,
+                tracer,
             }),
             current: ArcSwap::from_pointee(snapshot),
             path,
@@ -302,6 +315,14 @@ fn check_restart_only_changes(running: &Config, next: &Config) -> Result<(), Vec
             0,
             0,
             "`access_log` changed; the access log is set up at start-up, so that needs a restart",
+        ));
+    }
+    let tracing = |c: &Config| serde_json::to_string(&c.tracing).unwrap_or_default();
+    if tracing(running) != tracing(next) {
+        problems.push(Problem::new(
+            0,
+            0,
+            "`tracing` changed; the tracer and its exporter are set up at start-up, so that needs a restart",
         ));
     }
     if problems.is_empty() {

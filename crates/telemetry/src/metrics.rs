@@ -77,6 +77,7 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
     pub endpoint_healthy: Family<EndpointLabels, Gauge>,
+    pub trace_spans: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -167,6 +168,12 @@ impl Metrics {
             "1 when an endpoint takes traffic (healthy and not ejected), 0 otherwise",
             endpoint_healthy.clone(),
         );
+        let trace_spans = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "trace_spans",
+            "Finished trace spans, by result: exported, failed (the collector refused or was unreachable), dropped (export queue full)",
+            trace_spans.clone(),
+        );
         // A gauge at 1, the classic `_info` convention: the OpenMetrics `info` type is
         // refused by Prometheus text-format parsers (promtool).
         let build_info = Family::<BuildLabels, Gauge>::default();
@@ -190,6 +197,7 @@ impl Metrics {
             config_reloads,
             config_version,
             endpoint_healthy,
+            trace_spans,
         }
     }
 

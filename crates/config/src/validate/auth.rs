@@ -352,7 +352,7 @@ fn is_key_hash(value: &str) -> bool {
     })
 }
 
-fn check_url(value: &str) -> Result<(), String> {
+pub(super) fn check_url(value: &str) -> Result<(), String> {
     let rest = value
         .strip_prefix("https://")
         .or_else(|| value.strip_prefix("http://"))
@@ -363,7 +363,7 @@ fn check_url(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_header_name(name: &str, at: &Location, problems: &mut Vec<Problem>) {
+pub(super) fn check_header_name(name: &str, at: &Location, problems: &mut Vec<Problem>) {
     let valid = !name.is_empty()
         && name
             .bytes()

@@ -10,6 +10,7 @@ use crate::model::*;
 use crate::problem::Problem;
 
 mod auth;
+mod telemetry;
 mod traffic;
 pub use auth::{parse_cidr, parse_rfc3339, JWT_ALGORITHMS};
 
@@ -53,6 +54,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     let services = validate_services(&config.services, &mut problems);
     let auth_names = auth::validate_security(config, &mut problems);
     traffic::validate_traffic(config, &mut problems);
+    telemetry::validate_telemetry(config, &mut problems);
     validate_routes(config, &services, &auth_names, &mut problems);
     problems.sort_by_key(|p| (p.line, p.column));
     problems

@@ -20,40 +20,6 @@ pub const LIMIT_KEYS: [&str; 6] = [
 ];
 
 pub(crate) fn validate_traffic(config: &Config, problems: &mut Vec<Problem>) {
-    if let Some(log) = &config.access_log {
-        if !(0.0..=1.0).contains(&log.sample) {
-            problems.push(Problem::new(
-                0,
-                0,
-                format!("`access_log.sample` {} is outside 0..=1", log.sample),
-            ));
-        }
-        if log.buffer_lines == 0 {
-            problems.push(Problem::new(
-                0,
-                0,
-                "`access_log.buffer_lines` must be at least 1",
-            ));
-        }
-        if log.format.value != "json" {
-            let placeholders = log
-                .format
-                .value
-                .split('{')
-                .skip(1)
-                .filter_map(|p| p.split_once('}'));
-            for (field, _) in placeholders {
-                if !crate::telemetry::ACCESS_LOG_FIELDS.contains(&field) {
-                    let mut message =
-                        format!("`access_log.format` uses unknown field `{{{field}}}`");
-                    if let Some(best) = did_you_mean(field, crate::telemetry::ACCESS_LOG_FIELDS) {
-                        message.push_str(&format!(", did you mean `{best}`?"));
-                    }
-                    problems.push(Problem::at(&log.format.referenced, message));
-                }
-            }
-        }
-    }
     for (name, quota) in &config.quotas {
         let at = &quota.referenced;
         if quota.value.requests == 0 {

@@ -8,7 +8,7 @@ mod pool;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -25,6 +25,9 @@ pub use pool::{Pool, PooledBody};
 use crate::body::{self, ProxyBody};
 use crate::error::GatewayError;
 use crate::tls;
+use gatehouse_telemetry::trace::{
+    new_span_id, AttributeValue, SpanId, SpanKind, SpanRecord, TraceContext,
+};
 
 pub struct Service {
     pub name: String,
@@ -191,9 +194,13 @@ impl Service {
 
     /// Send the request, retrying within policy and budget; returns the response and the
     /// endpoint that produced it.
+    ///
+    /// With `tracing`, each attempt carries its own span id in `traceparent`, and when the
+    /// trace is sampled each attempt's span is added to the list.
     pub async fn call(
         &self,
         mut request: UpstreamRequest,
+        mut tracing: Option<(&TraceContext, &mut Vec<SpanRecord>)>,
     ) -> Result<Response<PooledBody>, GatewayError> {
         let policy = &self.config.retries;
         let started = Instant::now();
@@ -217,13 +224,32 @@ impl Service {
                 OutgoingBody::Streaming(stream) => std::mem::replace(stream, body::empty()),
             };
             // Every retry needs a replayable body: only then keep a copy of the headers.
-            let headers = if may_retry_after {
+            let mut headers = if may_retry_after {
                 request.headers.clone()
             } else {
                 std::mem::take(&mut request.headers)
             };
+            let attempt_span = tracing.as_ref().map(|(context, _)| {
+                let span_id = new_span_id();
+                context.inject(span_id, &mut headers);
+                (span_id, SystemTime::now())
+            });
             let target = (request.method.clone(), request.path_and_query.clone());
             let outcome = self.attempt(&endpoint, target, headers, body).await;
+            if let (Some((span_id, start)), Some((context, spans))) =
+                (attempt_span, tracing.as_mut())
+            {
+                if context.sampled {
+                    spans.push(self.attempt_span(
+                        context,
+                        (span_id, start),
+                        &request.method,
+                        &endpoint,
+                        attempt,
+                        &outcome,
+                    ));
+                }
+            }
             let (retry_reason, error) = match outcome {
                 Ok(response) => {
                     let status = response.status().as_u16();
@@ -283,6 +309,52 @@ impl Service {
         }
     }
 
+    /// The client span of one upstream attempt, from sending to the response head.
+    fn attempt_span(
+        &self,
+        context: &TraceContext,
+        (span_id, start): (SpanId, SystemTime),
+        method: &Method,
+        endpoint: &Endpoint,
+        attempt: u32,
+        outcome: &Result<Response<PooledBody>, AttemptError>,
+    ) -> SpanRecord {
+        let mut attributes: Vec<(&'static str, AttributeValue)> = vec![
+            ("http.request.method", method.as_str().into()),
+            ("server.address", endpoint.addr.ip().to_string().into()),
+            ("server.port", i64::from(endpoint.addr.port()).into()),
+            ("gatehouse.service", self.name.as_str().into()),
+        ];
+        if attempt > 0 {
+            attributes.push(("http.request.resend_count", i64::from(attempt).into()));
+        }
+        let error = match outcome {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                attributes.push(("http.response.status_code", i64::from(status).into()));
+                (status >= 500).then(|| status.to_string())
+            }
+            Err(err) => {
+                let kind = err.kind();
+                attributes.push(("error.type", kind.into()));
+                Some(kind.to_owned())
+            }
+        };
+        SpanRecord {
+            trace_id: context.trace_id,
+            span_id,
+            parent: Some(context.span_id),
+            remote_parent: false,
+            tracestate: None,
+            name: format!("{} {}", method, self.name),
+            kind: SpanKind::Client,
+            start,
+            end: SystemTime::now(),
+            attributes,
+            error,
+        }
+    }
+
     async fn attempt(
         &self,
         endpoint: &Arc<Endpoint>,
@@ -337,6 +409,19 @@ enum AttemptError {
     /// The client's body broke framing mid-stream (bad chunk): the client's fault.
     MalformedBody,
     Other(String),
+}
+
+impl AttemptError {
+    /// The `error.type` of the attempt's span.
+    fn kind(&self) -> &'static str {
+        match self {
+            AttemptError::Connect(_) => "connect_error",
+            AttemptError::Timeout(_) => "timeout",
+            AttemptError::BodyTooLarge(_) => "request_body_too_large",
+            AttemptError::MalformedBody => "malformed_request_body",
+            AttemptError::Other(_) => "upstream_reset",
+        }
+    }
 }
 
 fn classify(err: &SendError) -> AttemptError {
