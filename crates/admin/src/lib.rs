@@ -19,6 +19,11 @@ use gatehouse_proxy::snapshot::RouteAction;
 use gatehouse_proxy::ConfigStore;
 use serde_json::{json, Value};
 
+pub mod openapi;
+pub mod views;
+
+use views::*;
+
 /// Environment variable read when the configuration sets no admin token.
 pub const TOKEN_ENV: &str = "GATEHOUSE_ADMIN_TOKEN";
 
@@ -38,6 +43,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/services", get(get_services))
         .route("/metrics", get(get_metrics))
         .route("/admin/explain", post(post_explain))
+        .route("/admin/openapi.json", get(get_openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
@@ -136,22 +142,20 @@ fn problem(
     status: StatusCode,
     code: &str,
     detail: String,
-    extra: Option<(&str, Value)>,
+    errors: Option<Vec<String>>,
 ) -> Response {
-    let mut body = json!({
-        "type": format!("https://gatehouse.dev/problems/{code}"),
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "code": code,
-        "detail": detail,
-    });
-    if let Some((key, value)) = extra {
-        body[key] = value;
-    }
+    let body = Problem {
+        kind: format!("https://gatehouse.dev/problems/{code}"),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        code: code.to_owned(),
+        detail,
+        errors,
+    };
     (
         status,
         [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
+        serde_json::to_string(&body).unwrap_or_default(),
     )
         .into_response()
 }
@@ -161,7 +165,7 @@ fn config_problem(errors: &ConfigErrors) -> Response {
         StatusCode::BAD_REQUEST,
         "invalid_configuration",
         "the configuration was rejected; the running configuration is unchanged".into(),
-        Some(("errors", json!(errors.lines()))),
+        Some(errors.lines()),
     )
 }
 
@@ -173,24 +177,17 @@ async fn get_ready(State(state): State<AdminState>) -> Response {
     }
 }
 
-async fn get_config(State(state): State<AdminState>) -> Json<Value> {
+async fn get_config(State(state): State<AdminState>) -> Response {
     let snapshot = state.store.snapshot();
-    Json(json!({ "version": snapshot.version, "config": &*snapshot.config }))
+    Json(ConfigDocument {
+        version: snapshot.version,
+        config: &snapshot.config,
+    })
+    .into_response()
 }
 
-#[derive(serde::Deserialize)]
-struct ExplainBody {
-    #[serde(default = "get_method")]
-    method: String,
-    url: String,
-    #[serde(default)]
-    headers: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    client_ip: Option<std::net::IpAddr>,
-}
-
-fn get_method() -> String {
-    "GET".to_owned()
+async fn get_openapi() -> Json<Value> {
+    Json(openapi::document())
 }
 
 /// `gatehouse explain` against the running configuration (live endpoint health).
@@ -244,7 +241,7 @@ async fn post_config(State(state): State<AdminState>, body: Bytes) -> Response {
     let applied =
         tokio::task::spawn_blocking(move || store.apply_text(&text, "request", "admin api")).await;
     match applied {
-        Ok(Ok(version)) => Json(json!({ "version": version })).into_response(),
+        Ok(Ok(version)) => Json(Applied { version }).into_response(),
         Ok(Err(errors)) => {
             tracing::warn!("configuration from the admin API rejected:\n{errors}");
             config_problem(&errors)
@@ -258,17 +255,33 @@ async fn post_config(State(state): State<AdminState>, body: Bytes) -> Response {
     }
 }
 
-async fn get_versions(State(state): State<AdminState>) -> Json<Value> {
+async fn get_versions(State(state): State<AdminState>) -> Json<Versions> {
     let snapshot = state.store.snapshot();
-    Json(json!({ "active": snapshot.version, "versions": state.store.versions() }))
+    let versions = state
+        .store
+        .versions()
+        .into_iter()
+        .map(|v| VersionView {
+            version: v.version,
+            applied_at: v.applied_at,
+            reason: v.reason,
+            active: v.active,
+        })
+        .collect();
+    Json(Versions {
+        active: snapshot.version,
+        versions,
+    })
 }
 
 async fn post_rollback(State(state): State<AdminState>, Path(version): Path<u64>) -> Response {
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.rollback(version)).await {
-        Ok(Ok(new_version)) => {
-            Json(json!({ "version": new_version, "rolled_back_to": version })).into_response()
-        }
+        Ok(Ok(new_version)) => Json(RolledBack {
+            version: new_version,
+            rolled_back_to: version,
+        })
+        .into_response(),
         Ok(Err(RollbackError::UnknownVersion(v))) => problem(
             StatusCode::NOT_FOUND,
             "unknown_version",
@@ -285,29 +298,36 @@ async fn post_rollback(State(state): State<AdminState>, Path(version): Path<u64>
     }
 }
 
-async fn get_routes(State(state): State<AdminState>) -> Json<Value> {
+async fn get_routes(State(state): State<AdminState>) -> Json<Routes> {
     let snapshot = state.store.snapshot();
-    let routes: Vec<Value> = snapshot
+    let routes = snapshot
         .router
         .routes()
         .iter()
         .map(|route| {
             let config = &snapshot.config.routes[route.index];
             let action = match &route.payload.action {
-                RouteAction::Forward { service, .. } => json!({ "service": service.name }),
-                RouteAction::Redirect(redirect) => json!({ "redirect": redirect }),
-                RouteAction::Respond { status, .. } => json!({ "respond": status.as_u16() }),
+                RouteAction::Forward { service, .. } => ActionView::Service(service.name.clone()),
+                RouteAction::Redirect(redirect) => ActionView::Redirect(redirect.clone()),
+                RouteAction::Respond { status, .. } => ActionView::Respond(status.as_u16()),
             };
-            let auth = config.auth.as_ref().map(|auth| {
-                json!({
-                    "methods": auth.methods.iter().map(|m| m.value.as_str()).collect::<Vec<_>>(),
-                    "anonymous": auth.anonymous.as_ref().map(|a| a.value.as_str()),
-                })
+            let auth = config.auth.as_ref().map(|auth| AuthView {
+                methods: auth.methods.iter().map(|m| m.value.clone()).collect(),
+                anonymous: auth.anonymous.as_ref().map(|a| a.value.clone()),
             });
-            json!({ "name": route.name, "priority": config.priority, "match": config.matches.value, "action": action, "auth": auth })
+            RouteView {
+                name: route.name.clone(),
+                priority: config.priority,
+                matches: config.matches.value.clone(),
+                action,
+                auth,
+            }
         })
         .collect();
-    Json(json!({ "version": snapshot.version, "routes": routes }))
+    Json(Routes {
+        version: snapshot.version,
+        routes,
+    })
 }
 
 /// Prometheus metrics (text format 0.0.4). Endpoint health is read from the running
@@ -357,31 +377,33 @@ async fn get_metrics(State(state): State<AdminState>) -> axum::response::Respons
     }
 }
 
-async fn get_services(State(state): State<AdminState>) -> Json<Value> {
+async fn get_services(State(state): State<AdminState>) -> Json<Services> {
     let snapshot = state.store.snapshot();
     let now = gatehouse_proxy::upstream::endpoint::now_ms();
-    let mut services: Vec<Value> = snapshot
+    let mut services: Vec<ServiceView> = snapshot
         .services
         .values()
-        .map(|service| {
-            let endpoints: Vec<Value> = service
+        .map(|service| ServiceView {
+            name: service.name.clone(),
+            load_balancing: service.config.load_balancing.clone(),
+            endpoints: service
                 .endpoints()
                 .endpoints
                 .iter()
-                .map(|e| {
-                    json!({
-                        "address": e.addr.to_string(),
-                        "weight": e.weight,
-                        "healthy": e.is_healthy(),
-                        "ejected": e.is_ejected(now),
-                        "ejections": e.ejection_count(),
-                        "in_flight": e.in_flight(),
-                    })
+                .map(|e| EndpointView {
+                    address: e.addr.to_string(),
+                    weight: e.weight,
+                    healthy: e.is_healthy(),
+                    ejected: e.is_ejected(now),
+                    ejections: e.ejection_count(),
+                    in_flight: e.in_flight(),
                 })
-                .collect();
-            json!({ "name": service.name, "load_balancing": service.config.load_balancing, "endpoints": endpoints })
+                .collect(),
         })
         .collect();
-    services.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    Json(json!({ "version": snapshot.version, "services": services }))
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(Services {
+        version: snapshot.version,
+        services,
+    })
 }

@@ -164,3 +164,267 @@ fn admin_refuses_non_loopback_addresses_unless_allowed() {
         "{stdout}"
     );
 }
+
+/// Check `body` against the schema the OpenAPI document gives for this answer.
+fn assert_documented(doc: &Value, method: &str, path: &str, status: u16, body: &Value) {
+    let responses = &doc["paths"][path][method]["responses"];
+    let response = &responses[status.to_string()];
+    assert!(
+        response.is_object(),
+        "{method} {path} answered {status}, which the document does not list: {responses}"
+    );
+    let content = response["content"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{method} {path} {status} has no content"));
+    let (_, media) = content.iter().next().unwrap();
+    let mut schema = media["schema"].clone();
+    schema["components"] = doc["components"].clone();
+    let validator = jsonschema::validator_for(&schema)
+        .unwrap_or_else(|e| panic!("{method} {path} {status}: bad schema: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status} does not match its documented schema: {errors:?}\n{body}"
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_describes_every_endpoint_and_the_answers_match_it() {
+    let upstream = common::echo("openapi").await;
+    let yaml = format!(
+        r#"{admin}listeners:
+  - name: public
+    listen: 127.0.0.1:0
+services:
+  - name: echo
+    endpoints: [{{ address: "{upstream}", weight: 3 }}]
+    load_balancing: least_request
+authentication:
+  api_key_secret: "test-api-key-secret-0123456789abcdef"
+  methods:
+    keys: {{ api_key: {{ header: x-api-key }} }}
+consumers:
+  - id: guest
+routes:
+  - name: orders
+    match: {{ hosts: [api.example.com], path: {{ template: "/orders/{{id}}" }}, methods: [GET] }}
+    service: echo
+    auth: {{ methods: [keys], anonymous: guest }}
+  - name: old
+    match: {{ path: {{ prefix: /old }} }}
+    redirect: {{ path: /new, status: 301 }}
+  - name: version
+    match: {{ path: {{ exact: /version }} }}
+    respond: {{ status: 200, body: one }}
+"#,
+        admin = admin_block()
+    );
+    let gateway = Gateway::start(&yaml);
+    let client = client();
+    let response = client
+        .get(gateway.admin_url("/admin/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "the document needs the token too");
+    let doc: Value = client
+        .get(gateway.admin_url("/admin/openapi.json"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["adminToken"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        doc["paths"]["/health"]["get"]["security"],
+        serde_json::json!([])
+    );
+
+    let mut exercised = std::collections::BTreeSet::new();
+    let mut call = |method: &'static str,
+                    path: &'static str,
+                    concrete: String,
+                    body: Option<(&'static str, String)>| {
+        exercised.insert((method, path));
+        let mut request = match method {
+            "get" => client.get(gateway.admin_url(&concrete)),
+            _ => client.post(gateway.admin_url(&concrete)),
+        }
+        .bearer_auth(ADMIN_TOKEN);
+        if let Some((content_type, body)) = body {
+            request = request.header("content-type", content_type).body(body);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            (status, text)
+        }
+    };
+    let json = |text: &str| -> Value {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+
+    let (status, text) = call("get", "/admin/config", "/admin/config".into(), None).await;
+    assert_eq!(status, 200);
+    assert_documented(&doc, "get", "/admin/config", status, &json(&text));
+    let (status, text) = call("get", "/admin/routes", "/admin/routes".into(), None).await;
+    assert_eq!(status, 200);
+    let routes = json(&text);
+    assert_eq!(routes["routes"][0]["action"]["service"], "echo");
+    assert_eq!(routes["routes"][0]["auth"]["anonymous"], "guest");
+    assert_eq!(routes["routes"][1]["action"]["redirect"]["status"], 301);
+    assert_eq!(routes["routes"][2]["action"]["respond"], 200);
+    assert_documented(&doc, "get", "/admin/routes", status, &routes);
+    let (status, text) = call("get", "/admin/services", "/admin/services".into(), None).await;
+    assert_eq!(status, 200);
+    let services = json(&text);
+    assert_eq!(services["services"][0]["endpoints"][0]["weight"], 3);
+    assert_documented(&doc, "get", "/admin/services", status, &services);
+
+    let explain = serde_json::json!({ "url": "http://api.example.com/orders/42", "headers": { "x-trace": "1" } });
+    let (status, text) = call(
+        "post",
+        "/admin/explain",
+        "/admin/explain".into(),
+        Some(("application/json", explain.to_string())),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let report = json(&text);
+    assert_eq!(report["route"]["name"], "orders");
+    assert_documented(&doc, "post", "/admin/explain", status, &report);
+    let nowhere = serde_json::json!({ "url": "http://other.example.com/nothing" });
+    let (status, text) = call(
+        "post",
+        "/admin/explain",
+        "/admin/explain".into(),
+        Some(("application/json", nowhere.to_string())),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_documented(&doc, "post", "/admin/explain", status, &json(&text));
+    let (status, text) = call(
+        "post",
+        "/admin/explain",
+        "/admin/explain".into(),
+        Some(("application/json", "{}".into())),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_documented(&doc, "post", "/admin/explain", status, &json(&text));
+
+    let (status, text) = call(
+        "post",
+        "/admin/config",
+        "/admin/config".into(),
+        Some(("application/yaml", "listeners: [{ nme: x }]\n".into())),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let refused = json(&text);
+    assert!(
+        refused["errors"][0].as_str().unwrap().contains(":1:"),
+        "{refused}"
+    );
+    assert_documented(&doc, "post", "/admin/config", status, &refused);
+    let (status, text) = call(
+        "post",
+        "/admin/config",
+        "/admin/config".into(),
+        Some(("application/yaml", yaml.replace("body: one", "body: two"))),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_documented(&doc, "post", "/admin/config", status, &json(&text));
+    let (status, text) = call(
+        "get",
+        "/admin/config/versions",
+        "/admin/config/versions".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_documented(&doc, "get", "/admin/config/versions", status, &json(&text));
+    let (status, text) = call(
+        "post",
+        "/admin/config/rollback/{version}",
+        "/admin/config/rollback/1".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_documented(
+        &doc,
+        "post",
+        "/admin/config/rollback/{version}",
+        status,
+        &json(&text),
+    );
+    let (status, text) = call(
+        "post",
+        "/admin/config/rollback/{version}",
+        "/admin/config/rollback/99".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_documented(
+        &doc,
+        "post",
+        "/admin/config/rollback/{version}",
+        status,
+        &json(&text),
+    );
+    let (status, text) = call("get", "/metrics", "/metrics".into(), None).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("gatehouse_build_info"));
+    let (status, _) = call(
+        "get",
+        "/admin/openapi.json",
+        "/admin/openapi.json".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for path in ["/health", "/ready"] {
+        let response = client.get(gateway.admin_url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        exercised.insert(("get", path));
+    }
+    let unauthorized = client
+        .get(gateway.admin_url("/admin/routes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let body: Value = unauthorized.json().await.unwrap();
+    assert_documented(&doc, "get", "/admin/routes", 401, &body);
+
+    // Every operation in the document was called above.
+    let documented: std::collections::BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (method.clone(), path.clone()))
+        })
+        .collect();
+    let exercised: std::collections::BTreeSet<(String, String)> = exercised
+        .into_iter()
+        .map(|(m, p)| (m.to_owned(), p.to_owned()))
+        .collect();
+    assert_eq!(documented, exercised);
+}
