@@ -330,8 +330,8 @@ async fn get_routes(State(state): State<AdminState>) -> Json<Routes> {
     })
 }
 
-/// Prometheus metrics (text format 0.0.4). Endpoint health is read from the running
-/// snapshot at scrape time.
+/// Prometheus metrics (text format 0.0.4). Upstream state (endpoint health, ejections,
+/// retries) is read from the running snapshot at scrape time.
 async fn get_metrics(State(state): State<AdminState>) -> axum::response::Response {
     use axum::response::IntoResponse;
     let snapshot = state.store.snapshot();
@@ -345,19 +345,6 @@ async fn get_metrics(State(state): State<AdminState>) -> axum::response::Respons
         .into_response();
     }
     let metrics = &state.store.telemetry.metrics;
-    let now = gatehouse_proxy::upstream::endpoint::now_ms();
-    metrics.endpoint_healthy.clear();
-    for service in snapshot.services.values() {
-        for endpoint in service.endpoints().endpoints.iter() {
-            metrics
-                .endpoint_healthy
-                .get_or_create(&gatehouse_telemetry::metrics::EndpointLabels {
-                    service: service.name.clone(),
-                    endpoint: endpoint.addr.to_string(),
-                })
-                .set(i64::from(endpoint.is_available(now)));
-        }
-    }
     match metrics.encode() {
         Ok(text) => (
             [(

@@ -479,3 +479,81 @@ access_log:
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn retries_budget_refusals_and_ejections_are_counted() {
+    let upstream = echo("retry").await;
+    let closed = common::closed_port();
+    let gateway = Gateway::start(&format!(
+        r#"{admin}listeners:
+  - name: public
+    listen: 127.0.0.1:0
+services:
+  - name: flaky
+    endpoints: [{{ address: "{closed}" }}, {{ address: "{upstream}" }}]
+    retries: {{ attempts: 1, backoff: 1ms }}
+    outlier_detection: {{ consecutive_failures: 1, base_ejection_time: 5m, max_ejection_percent: 50 }}
+  - name: stingy
+    endpoints: [{{ address: "{closed}" }}]
+    retries: {{ attempts: 2, budget_ratio: 0, budget_min_per_second: 0 }}
+routes:
+  - name: flaky
+    match: {{ path: {{ prefix: /flaky }} }}
+    service: flaky
+  - name: stingy
+    match: {{ path: {{ prefix: /stingy }} }}
+    service: stingy
+"#,
+        admin = admin_block()
+    ));
+    let client = client();
+    // Round robin: one of the two requests meets the closed endpoint first, is retried on
+    // the other, and the closed one is ejected.
+    for _ in 0..2 {
+        let response = client.get(gateway.url("/flaky")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let response = client.get(gateway.url("/stingy")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+
+    let text = scrape(&gateway).await;
+    let value = |series: &str| {
+        sample(&text, series).unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+    };
+    assert_eq!(
+        value(r#"gatehouse_upstream_retries_total{service="flaky",reason="connect"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"gatehouse_upstream_retries_total{service="flaky",reason="status"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(r#"gatehouse_upstream_retry_budget_exhausted_total{service="stingy"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"gatehouse_upstream_retry_budget_exhausted_total{service="flaky"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(&format!(
+            r#"gatehouse_upstream_endpoint_ejections_total{{service="flaky",endpoint="{closed}"}}"#
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            r#"gatehouse_upstream_endpoint_healthy{{service="flaky",endpoint="{closed}"}}"#
+        )),
+        0.0
+    );
+    assert_eq!(
+        value(&format!(
+            r#"gatehouse_upstream_endpoint_healthy{{service="flaky",endpoint="{upstream}"}}"#
+        )),
+        1.0
+    );
+    // A service without outlier detection has no ejection series.
+    assert!(!text.contains(r#"gatehouse_upstream_endpoint_ejections_total{service="stingy""#));
+}

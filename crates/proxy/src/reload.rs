@@ -15,6 +15,8 @@ use serde::Serialize;
 use crate::snapshot::Snapshot;
 use gatehouse_telemetry::{AccessLog, Metrics, Telemetry, Tracer};
 
+use crate::upstream::metrics::UpstreamCollector;
+
 /// Versions kept for rollback.
 const HISTORY: usize = 50;
 
@@ -43,7 +45,8 @@ pub enum RollbackError {
 }
 
 pub struct ConfigStore {
-    current: ArcSwap<Snapshot>,
+    /// Shared with the upstream metrics collector, which reads it at scrape time.
+    current: Arc<ArcSwap<Snapshot>>,
     /// Metrics and the access log: process-wide, they outlive snapshots.
     pub telemetry: Arc<Telemetry>,
     path: Option<PathBuf>,
@@ -79,7 +82,12 @@ impl ConfigStore {
             file: origin.to_owned(),
             problems,
         })?;
-        let metrics = Metrics::new();
+        let snapshot = Arc::new(snapshot);
+        let current = Arc::new(ArcSwap::new(snapshot.clone()));
+        let mut metrics = Metrics::new();
+        metrics.register_collector(Box::new(UpstreamCollector {
+            current: current.clone(),
+        }));
         metrics.config_version.set(1);
         let access_log = match &snapshot.config.access_log {
             Some(log_config) => Some(
@@ -117,7 +125,7 @@ impl ConfigStore {
                 access_log,
                 tracer,
             }),
-            current: ArcSwap::from_pointee(snapshot),
+            current,
             path,
             history: Mutex::new(VecDeque::new()),
             next_version: AtomicU64::new(2),

@@ -44,12 +44,6 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointLabels {
-    pub service: String,
-    pub endpoint: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -76,7 +70,6 @@ pub struct Metrics {
     pub access_log_dropped: Counter<u64, AtomicU64>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
-    pub endpoint_healthy: Family<EndpointLabels, Gauge>,
     pub trace_spans: Family<ResultLabels, Counter>,
 }
 
@@ -162,12 +155,6 @@ impl Metrics {
             "Version of the configuration in service",
             config_version.clone(),
         );
-        let endpoint_healthy = Family::<EndpointLabels, Gauge>::default();
-        registry.register(
-            "upstream_endpoint_healthy",
-            "1 when an endpoint takes traffic (healthy and not ejected), 0 otherwise",
-            endpoint_healthy.clone(),
-        );
         let trace_spans = Family::<ResultLabels, Counter>::default();
         registry.register(
             "trace_spans",
@@ -196,9 +183,16 @@ impl Metrics {
             access_log_dropped,
             config_reloads,
             config_version,
-            endpoint_healthy,
             trace_spans,
         }
+    }
+
+    /// Add metrics read at scrape time (the upstream state of the running snapshot).
+    pub fn register_collector(
+        &mut self,
+        collector: Box<dyn prometheus_client::collector::Collector>,
+    ) {
+        self.registry.register_collector(collector);
     }
 
     /// The Prometheus text exposition (format 0.0.4), for `/metrics`.

@@ -4,9 +4,11 @@
 mod balancer;
 mod budget;
 pub mod endpoint;
+pub mod metrics;
 mod pool;
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -40,6 +42,8 @@ pub struct Service {
     connector: Connector,
     scheme: http::uri::Scheme,
     budget: RetryBudget,
+    /// Retries made and refused, for the metrics.
+    pub retry_stats: RetryStats,
     /// `max_in_flight`: load shedding over all routes to this service.
     pub in_flight: Option<gatehouse_policy::InFlightLimit>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
@@ -65,6 +69,26 @@ pub enum ServiceError {
 pub struct UpstreamInfo {
     pub endpoint: std::net::SocketAddr,
     pub elapsed: std::time::Duration,
+}
+
+/// Why a request was retried: the values of the `reason` label.
+pub const RETRY_REASONS: [&str; 4] = ["status", "connect", "timeout", "reset"];
+
+/// Retry counters of one service, read by the metrics collector at scrape time.
+#[derive(Default)]
+pub struct RetryStats {
+    /// Retries made, by `RETRY_REASONS` index.
+    pub by_reason: [AtomicU64; 4],
+    /// Retries the policy wanted but the retry budget refused.
+    pub budget_exhausted: AtomicU64,
+}
+
+impl RetryStats {
+    fn count(&self, reason: &str) {
+        if let Some(index) = RETRY_REASONS.iter().position(|r| *r == reason) {
+            self.by_reason[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The body sent upstream: buffered bodies can be replayed on retry, streamed ones cannot.
@@ -139,6 +163,7 @@ impl Service {
             } else {
                 http::uri::Scheme::HTTP
             },
+            retry_stats: RetryStats::default(),
             budget: RetryBudget::new(
                 config.retries.budget_ratio,
                 config.retries.budget_min_per_second,
@@ -255,7 +280,7 @@ impl Service {
                     let status = response.status().as_u16();
                     self.record(&endpoint, status < 500);
                     let retry_status = policy.on_status.contains(&status) && request.retryable;
-                    if !(retry_status && may_retry_after && self.budget.try_withdraw()) {
+                    if !self.may_retry(retry_status && may_retry_after) {
                         let mut response = response;
                         response.extensions_mut().insert(UpstreamInfo {
                             endpoint: endpoint.addr,
@@ -269,7 +294,7 @@ impl Service {
                     self.record(&endpoint, false);
                     // Nothing reached the upstream: safe to retry any method whose body we
                     // still have. A streamed body went with the failed attempt.
-                    let retry = retries_left > 0 && replayable && self.budget.try_withdraw();
+                    let retry = self.may_retry(retries_left > 0 && replayable);
                     if !retry {
                         return Err(GatewayError::UpstreamConnect(message));
                     }
@@ -277,7 +302,7 @@ impl Service {
                 }
                 Err(AttemptError::Timeout(timeout)) => {
                     self.record(&endpoint, false);
-                    if !(request.retryable && may_retry_after && self.budget.try_withdraw()) {
+                    if !self.may_retry(request.retryable && may_retry_after) {
                         return Err(GatewayError::UpstreamTimeout {
                             timeout_ms: timeout.as_millis(),
                         });
@@ -292,7 +317,7 @@ impl Service {
                 }
                 Err(AttemptError::Other(message)) => {
                     self.record(&endpoint, false);
-                    if !(request.retryable && may_retry_after && self.budget.try_withdraw()) {
+                    if !self.may_retry(request.retryable && may_retry_after) {
                         return Err(GatewayError::BadGateway(message));
                     }
                     ("reset", Some(message))
@@ -300,6 +325,7 @@ impl Service {
             };
             attempt += 1;
             retries_left -= 1;
+            self.retry_stats.count(retry_reason);
             tracing::debug!(service = %self.name, endpoint = %endpoint.addr, attempt, reason = retry_reason, error = ?error, "retrying upstream request");
             previous = Some(endpoint);
             let base = policy.backoff.0.saturating_mul(1 << (attempt - 1).min(10));
@@ -307,6 +333,21 @@ impl Service {
             let delay = base.mul_f64(0.5 + fastrand::f64() * 0.5);
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Whether a retry the policy wants may go ahead: the budget has the last word, and
+    /// its refusals are counted.
+    fn may_retry(&self, wanted: bool) -> bool {
+        if !wanted {
+            return false;
+        }
+        let allowed = self.budget.try_withdraw();
+        if !allowed {
+            self.retry_stats
+                .budget_exhausted
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        allowed
     }
 
     /// The client span of one upstream attempt, from sending to the response head.
