@@ -341,6 +341,31 @@ async fn access_log_has_every_field_redacts_and_reopens() {
         2,
         "the rotated file keeps its lines"
     );
+
+    // A chunked upload (no Content-Length) is counted as it streams.
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+        Ok(bytes::Bytes::from_static(b"hello ")),
+        Ok(bytes::Bytes::from_static(b"chunked")),
+        Ok(bytes::Bytes::from_static(b"!")),
+    ];
+    let response = client
+        .post(gateway.url("/orders/upload"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["headers"]["transfer-encoding"], "chunked");
+    let lines = eventually("the upload's line", || {
+        let lines = read_lines(&log);
+        (lines.len() >= 2).then_some(lines)
+    })
+    .await;
+    assert_eq!(lines[1]["path"], "/orders/upload");
+    assert_eq!(lines[1]["bytes_in"], 14);
 }
 
 #[tokio::test]

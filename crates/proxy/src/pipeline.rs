@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -70,6 +71,18 @@ pub struct RequestTrace {
     context: Option<TraceContext>,
     /// Spans of the upstream attempts of a sampled trace.
     attempt_spans: Vec<SpanRecord>,
+    /// Bytes of a request body sent without `Content-Length` (chunked), counted as it is
+    /// read.
+    chunked_bytes_in: Option<Arc<AtomicU64>>,
+}
+
+/// Counts the bytes of a chunked request body as it streams upstream.
+struct RequestBytes(Arc<AtomicU64>);
+
+impl body::BodyObserver for RequestBytes {
+    fn on_data(&mut self, bytes: usize) {
+        self.0.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
 }
 
 /// Handle one request against `snapshot`. Never fails: errors become problem responses.
@@ -217,6 +230,9 @@ impl body::BodyObserver for Finish {
 impl Drop for Finish {
     fn drop(&mut self) {
         let total = self.started.elapsed();
+        if let Some(counted) = &self.trace.chunked_bytes_in {
+            self.bytes_in = counted.load(Ordering::Relaxed);
+        }
         let gateway_time = match self.trace.upstream {
             Some(upstream) => total.saturating_sub(upstream),
             None => total,
@@ -793,6 +809,9 @@ async fn proxy(
             .rules
             .check_body(validation.operation, &headers, &collected)
             .map_err(GatewayError::Rejected)?;
+        if declared_length.is_none() {
+            trace.chunked_bytes_in = Some(Arc::new(AtomicU64::new(collected.len() as u64)));
+        }
         OutgoingBody::Buffered(collected)
     } else if let Some(buffer) = declared_length.filter(|len| {
         !upgrade
@@ -812,10 +831,10 @@ async fn proxy(
                 ClientBodyError::Malformed(err)
             }
         });
-        OutgoingBody::Streaming(body::boxed(limited))
+        OutgoingBody::Streaming(count_chunked(body::boxed(limited), declared_length, trace))
     } else {
         let marked = incoming.map_err(|err| ClientBodyError::Malformed(Box::new(err)));
-        OutgoingBody::Streaming(body::boxed(marked))
+        OutgoingBody::Streaming(count_chunked(body::boxed(marked), declared_length, trace))
     };
 
     let path_and_query = match (upstream_path, parts.uri.path_and_query(), query_override) {
@@ -897,6 +916,16 @@ async fn proxy(
         None => body,
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// A body without a declared length is counted as it streams, for the log phase.
+fn count_chunked(body: ProxyBody, declared: Option<u64>, trace: &mut RequestTrace) -> ProxyBody {
+    if declared.is_some() {
+        return body;
+    }
+    let counter = Arc::new(AtomicU64::new(0));
+    trace.chunked_bytes_in = Some(counter.clone());
+    body::counted(body, RequestBytes(counter))
 }
 
 fn is_idempotent(method: &Method) -> bool {
