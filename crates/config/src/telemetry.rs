@@ -79,11 +79,20 @@ pub struct MetricsConfig {
     /// Serve `/metrics`.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Routes whose requests are also counted per consumer
+    /// (`gatehouse_consumer_requests_total`); `"*"` for every route. Each consumer adds
+    /// series per route and status class, so list the routes you watch by consumer.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub per_consumer: Vec<Spanned<String>>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            per_consumer: Vec::new(),
+        }
     }
 }
 

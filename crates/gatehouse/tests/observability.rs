@@ -582,3 +582,103 @@ routes:
     // A service without outlier detection has no ejection series.
     assert!(!text.contains(r#"gatehouse_upstream_endpoint_ejections_total{service="stingy""#));
 }
+
+#[tokio::test]
+async fn consumer_labels_only_on_the_routes_that_opt_in() {
+    let upstream = echo("consumers").await;
+    let secret = "test-api-key-secret-0123456789abcdef";
+    let (alice_key, alice) = common::generate_api_key(secret, &[]);
+    let (bob_key, bob) = common::generate_api_key(secret, &[]);
+    let gateway = Gateway::start(&format!(
+        r#"{admin}listeners:
+  - name: public
+    listen: 127.0.0.1:0
+services:
+  - name: echo
+    endpoints: [{{ address: "{upstream}" }}]
+metrics:
+  per_consumer: [billed]
+authentication:
+  api_key_secret: "{secret}"
+  methods:
+    keys: {{ api_key: {{ header: x-api-key }} }}
+consumers:
+  - id: alice
+    api_keys:
+{alice}  - id: bob
+    api_keys:
+{bob}routes:
+  - name: billed
+    match: {{ path: {{ prefix: /billed }} }}
+    service: echo
+    auth: {{ methods: [keys] }}
+  - name: unbilled
+    match: {{ path: {{ prefix: /unbilled }} }}
+    service: echo
+    auth: {{ methods: [keys] }}
+"#,
+        admin = admin_block()
+    ));
+    let client = client();
+    for (path, key, times) in [
+        ("/billed", &alice_key, 3),
+        ("/billed", &bob_key, 1),
+        ("/unbilled", &alice_key, 2),
+    ] {
+        for _ in 0..times {
+            let response = client
+                .get(gateway.url(path))
+                .header("x-api-key", key.as_str())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    }
+    let refused = client.get(gateway.url("/billed")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let text = scrape(&gateway).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"gatehouse_consumer_requests_total{route="billed",consumer="alice",status_class="2xx"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"gatehouse_consumer_requests_total{route="billed",consumer="bob",status_class="2xx"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(
+        !text.contains(r#"gatehouse_consumer_requests_total{route="unbilled""#),
+        "a route that did not opt in has no consumer series:\n{text}"
+    );
+    assert_eq!(
+        text.matches("gatehouse_consumer_requests_total{").count(),
+        2,
+        "anonymous refusals carry no consumer:\n{text}"
+    );
+
+    // A route name that does not exist is refused with its location.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "metrics:\n  per_consumer: [biled]\nroutes:\n  - name: billed\n    match: { path: { prefix: / } }\n    respond: { status: 200 }\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(common::binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("bad.yaml:2:18: `metrics.per_consumer` names undefined route `biled`, did you mean `billed`?"),
+        "{stdout}"
+    );
+}

@@ -361,7 +361,7 @@ impl Finish {
 
     fn record_metrics(&self, total: std::time::Duration, gateway_time: std::time::Duration) {
         use gatehouse_telemetry::metrics::{
-            status_class, CodeLabels, RequestLabels, RouteLabels, ServiceLabels,
+            status_class, CodeLabels, ConsumerLabels, RequestLabels, RouteLabels, ServiceLabels,
         };
         let metrics = &self.telemetry.metrics;
         let (route, service) = self.names();
@@ -375,6 +375,21 @@ impl Finish {
                 status_class: status_class(self.status),
             })
             .inc();
+        let per_consumer = self
+            .trace
+            .route
+            .and_then(|index| self.snapshot.router.routes().get(index))
+            .is_some_and(|route| route.payload.per_consumer_metrics);
+        if let (true, Some(identity)) = (per_consumer, &self.trace.identity) {
+            metrics
+                .consumer_requests
+                .get_or_create(&ConsumerLabels {
+                    route: route.clone(),
+                    consumer: identity.consumer.id.clone(),
+                    status_class: status_class(self.status),
+                })
+                .inc();
+        }
         let route_labels = RouteLabels { route };
         metrics
             .request_duration

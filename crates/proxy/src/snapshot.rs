@@ -68,6 +68,8 @@ pub struct RouteRuntime {
     pub mirror: Option<Mirror>,
     /// OpenAPI validation of requests and responses.
     pub openapi: Option<RouteValidation>,
+    /// Count this route's requests per consumer (`metrics.per_consumer`).
+    pub per_consumer_metrics: bool,
     pub action: RouteAction,
 }
 
@@ -242,6 +244,17 @@ impl Snapshot {
                     })
                     .collect::<Result<_, _>>()?,
                 ip_filter: route.ip_filter.as_ref().map(IpFilter::new),
+                per_consumer_metrics: {
+                    let name = route
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("route-{index}"));
+                    config
+                        .metrics
+                        .per_consumer
+                        .iter()
+                        .any(|listed| listed.value == "*" || listed.value == name)
+                },
                 rate_limits: route
                     .rate_limits
                     .iter()

@@ -19,6 +19,13 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    pub route: String,
+    pub consumer: String,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
 }
@@ -60,6 +67,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    pub consumer_requests: Family<ConsumerLabels, Counter>,
     pub request_duration: HistogramFamily<RouteLabels>,
     pub upstream_duration: HistogramFamily<ServiceLabels>,
     pub gateway_duration: Histogram,
@@ -87,6 +95,12 @@ impl Metrics {
             "requests",
             "Requests answered, by route, service, method and status class",
             requests.clone(),
+        );
+        let consumer_requests = Family::<ConsumerLabels, Counter>::default();
+        registry.register(
+            "consumer_requests",
+            "Requests answered, by route, consumer and status class, on the routes listed in metrics.per_consumer",
+            consumer_requests.clone(),
         );
         let request_duration: HistogramFamily<RouteLabels> =
             Family::new_with_constructor(latency_histogram);
@@ -173,6 +187,7 @@ impl Metrics {
         Self {
             registry,
             requests,
+            consumer_requests,
             request_duration,
             upstream_duration,
             gateway_duration,

@@ -8,6 +8,29 @@ use super::auth::{check_header_name, check_url};
 use super::did_you_mean;
 
 pub(crate) fn validate_telemetry(config: &Config, problems: &mut Vec<Problem>) {
+    let route_names: Vec<String> = config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(index, route)| {
+            route
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("route-{index}"))
+        })
+        .collect();
+    for name in &config.metrics.per_consumer {
+        if name.value != "*" && !route_names.contains(&name.value) {
+            let mut message = format!(
+                "`metrics.per_consumer` names undefined route `{}`",
+                name.value
+            );
+            if let Some(best) = did_you_mean(&name.value, route_names.iter().map(String::as_str)) {
+                message.push_str(&format!(", did you mean `{best}`?"));
+            }
+            problems.push(Problem::at(&name.referenced, message));
+        }
+    }
     if let Some(log) = &config.access_log {
         if !(0.0..=1.0).contains(&log.sample) {
             problems.push(Problem::new(
