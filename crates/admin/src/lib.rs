@@ -218,6 +218,7 @@ async fn post_explain(State(state): State<AdminState>, body: Bytes) -> Response 
         url: request.url,
         headers: request.headers.into_iter().collect(),
         client_ip: request.client_ip,
+        live: true,
     };
     match gatehouse_proxy::explain::explain(&snapshot, &explain_request).await {
         Ok(mut report) => {

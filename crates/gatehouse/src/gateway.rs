@@ -248,6 +248,7 @@ pub async fn explain(
         url: url.to_owned(),
         headers,
         client_ip,
+        live: false,
     };
     let report = gatehouse_proxy::explain::explain(&snapshot, &request)
         .await

@@ -206,3 +206,145 @@ async fn the_admin_api_explains_against_the_running_configuration() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test]
+async fn the_admin_api_reads_live_rate_limit_and_quota_counters_without_counting() {
+    let upstream = common::echo("explain").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice_key, alice) = common::generate_api_key(SECRET, &[]);
+    let (bob_key, bob) = common::generate_api_key(SECRET, &[]);
+    // A quota in Redis (cluster mode), named afresh so earlier runs' counts do not show.
+    let fleet = format!(
+        "fleet-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let gateway = common::Gateway::start(&format!(
+        r#"{admin}listeners:
+  - name: public
+    listen: 127.0.0.1:0
+services:
+  - name: echo
+    endpoints: [{{ address: "{upstream}" }}]
+authentication:
+  api_key_secret: "{SECRET}"
+  methods:
+    keys: {{ api_key: {{ header: x-api-key }} }}
+consumers:
+  - id: alice
+    api_keys:
+{alice}  - id: bob
+    api_keys:
+{bob}rate_limits:
+  per-consumer:
+    limits: [{{ name: hourly, requests: 2, per: 1h, key: [consumer] }}]
+quota_store:
+  path: "{store}"
+redis:
+  url: redis://127.0.0.1:6379
+quotas:
+  daily:
+    requests: 5
+    period: day
+    key: [consumer]
+  {fleet}:
+    requests: 100
+    period: month
+    key: [consumer]
+    mode: cluster
+routes:
+  - name: orders
+    match: {{ path: {{ prefix: /orders }} }}
+    service: echo
+    auth: {{ methods: [keys] }}
+    rate_limits: [per-consumer]
+    quotas: [daily, {fleet}]
+"#,
+        admin = common::admin_block(),
+        fleet = fleet,
+        store = dir.path().join("quotas.json").display(),
+    ));
+    let client = common::client();
+    for _ in 0..2 {
+        let response = client
+            .get(gateway.url("/orders"))
+            .header("x-api-key", alice_key.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let explain = |key: &str| {
+        client
+            .post(gateway.admin_url("/admin/explain"))
+            .bearer_auth(common::ADMIN_TOKEN)
+            .json(&serde_json::json!({
+                "url": "http://gateway.test/orders",
+                "headers": { "x-api-key": key },
+            }))
+            .send()
+    };
+    let policy = |report: &Value, name: &str| -> Value {
+        report["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["policy"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} policy in {report}"))
+    };
+    // Alice used her two requests this hour and two of five today.
+    for _ in 0..2 {
+        // Asking twice shows explain itself counts nothing.
+        let report: Value = explain(&alice_key).await.unwrap().json().await.unwrap();
+        let limit = policy(&report, "rate_limit");
+        assert_eq!(limit["limits"][0]["name"], "hourly");
+        assert_eq!(limit["limits"][0]["allowed"], false, "{report}");
+        assert!(limit["limits"][0]["retry_after_seconds"].as_u64().unwrap() > 0);
+        assert!(
+            limit["decision"]
+                .as_str()
+                .unwrap()
+                .starts_with("would refuse"),
+            "{limit}"
+        );
+        let quotas: Vec<&Value> = report["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["policy"] == "quota")
+            .collect();
+        assert_eq!(quotas[0]["name"], "daily");
+        assert_eq!(quotas[0]["state"]["used"], 2, "{report}");
+        assert_eq!(quotas[0]["state"]["remaining"], 3);
+        assert_eq!(quotas[0]["state"]["allowance"], 5);
+        // The cluster quota's count is read from Redis.
+        assert_eq!(quotas[1]["name"], fleet.as_str());
+        assert_eq!(quotas[1]["state"]["used"], 2, "{report}");
+        assert_eq!(quotas[1]["state"]["remaining"], 98);
+        assert!(
+            report["outcome"]
+                .as_str()
+                .unwrap()
+                .starts_with("429 rate_limited"),
+            "{report}"
+        );
+    }
+    // Bob has his whole allowance: one left after the next request.
+    let report: Value = explain(&bob_key).await.unwrap().json().await.unwrap();
+    let limit = policy(&report, "rate_limit");
+    assert_eq!(limit["limits"][0]["allowed"], true);
+    assert_eq!(limit["limits"][0]["remaining"], 1);
+    assert_eq!(policy(&report, "quota")["state"]["used"], 0);
+    assert_eq!(report["outcome"], "the action runs");
+    // And the real request agrees: Alice is refused.
+    let response = client
+        .get(gateway.url("/orders"))
+        .header("x-api-key", alice_key.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+}

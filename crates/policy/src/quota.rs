@@ -54,6 +54,16 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// A quota's state for one key, as `explain` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuotaState {
+    pub allowance: u64,
+    pub used: u64,
+    pub remaining: u64,
+    /// Until the next period.
+    pub reset_seconds: u64,
+}
+
 /// A compiled quota policy.
 pub struct Quota {
     name: String,
@@ -125,6 +135,15 @@ impl LocalQuotas {
             flush_interval: store.flush_interval.0,
             started: AtomicBool::new(false),
         })
+    }
+
+    /// Requests counted for `key` in `period`.
+    fn count(&self, policy: &str, key: &str, period: i64) -> u64 {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        match counts.get(&(policy.to_owned(), key.to_owned())) {
+            Some((stored, count)) if *stored == period => *count,
+            _ => 0,
+        }
     }
 
     /// Count one request if `key` is under `allowance` in the current period.
@@ -303,18 +322,14 @@ impl Quota {
         })
     }
 
-    /// Count the request against the quota: `Ok` with headers, or 429 `quota_exceeded`
-    /// with `Retry-After` until the next period.
-    pub async fn check(
-        &self,
-        request: &LimitRequest<'_>,
-    ) -> Result<Vec<(HeaderName, HeaderValue)>, Rejection> {
+    /// `request`'s allowance, the period it falls in, seconds to the next period, and its
+    /// counter key.
+    fn locate(&self, request: &LimitRequest<'_>) -> (u64, i64, u64, String) {
         let allowance = request
             .identity
             .and_then(|i| i.consumer.quotas.get(&self.name).copied())
             .unwrap_or(self.requests);
-        let now = now_unix();
-        let (period, reset) = period_of(self.period, now);
+        let (period, reset) = period_of(self.period, now_unix());
         let mut key = String::new();
         for (index, part) in self.key.iter().enumerate() {
             if index > 0 {
@@ -324,11 +339,43 @@ impl Quota {
             key_value(part, request).write(&mut value);
             key.push_str(&escape_part(&value));
         }
+        (allowance, period, reset, key)
+    }
+
+    fn redis_key(&self, period: i64, key: &str) -> String {
+        format!("gatehouse:quota:{}:{period}:{key}", escape_part(&self.name))
+    }
+
+    /// The quota's state for `request` now, counting nothing: for `explain` against the
+    /// running gateway. In cluster mode the count is read from Redis.
+    pub async fn peek(&self, request: &LimitRequest<'_>) -> Result<QuotaState, String> {
+        let (allowance, period, reset, key) = self.locate(request);
+        let used = match (self.mode, &self.redis) {
+            (LimitMode::Cluster, Some(redis)) => redis
+                .get_count(&self.redis_key(period, &key))
+                .await
+                .map_err(|e| format!("reading the quota from Redis: {e}"))?,
+            _ => self.local.count(&self.name, &key, period),
+        };
+        Ok(QuotaState {
+            allowance,
+            used,
+            remaining: allowance.saturating_sub(used),
+            reset_seconds: reset,
+        })
+    }
+
+    /// Count the request against the quota: `Ok` with headers, or 429 `quota_exceeded`
+    /// with `Retry-After` until the next period.
+    pub async fn check(
+        &self,
+        request: &LimitRequest<'_>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Rejection> {
+        let (allowance, period, reset, key) = self.locate(request);
         let (admitted, remaining) = match (self.mode, &self.redis) {
             (LimitMode::Cluster, Some(redis)) => {
-                let redis_key =
-                    format!("gatehouse:quota:{}:{period}:{key}", escape_part(&self.name));
-                let expires = now + reset as i64 + 3600;
+                let redis_key = self.redis_key(period, &key);
+                let expires = now_unix() + reset as i64 + 3600;
                 match redis
                     .run_script(&SCRIPT, &[redis_key], &[allowance as i64, expires])
                     .await

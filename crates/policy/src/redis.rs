@@ -82,6 +82,23 @@ impl RedisLink {
             .cloned()
     }
 
+    /// The integer at `key` (0 when absent), within the deadline. For reads off the
+    /// request path (`explain`): failures are returned, not counted against the link.
+    pub async fn get_count(&self, key: &str) -> Result<u64, RedisFailure> {
+        let call = async {
+            let mut connection = self.connection().await?;
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<u64>>(&mut connection)
+                .await
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(count)) => Ok(count.unwrap_or(0)),
+            Ok(Err(err)) => Err(RedisFailure::Redis(err)),
+            Err(_) => Err(RedisFailure::Timeout(self.timeout)),
+        }
+    }
+
     /// Run `script` with `keys` and `args`, within the deadline.
     pub async fn run_script(
         &self,

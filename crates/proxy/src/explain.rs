@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::pipeline::normalize_path;
 use crate::router::RequestView;
 use crate::snapshot::{RouteAction, Snapshot};
-use gatehouse_policy::{AccessOutcome, RequestInfo};
+use gatehouse_policy::{AccessOutcome, LimitRequest, RequestInfo};
 
 /// The request to explain.
 pub struct ExplainRequest {
@@ -20,6 +20,9 @@ pub struct ExplainRequest {
     pub headers: Vec<(String, String)>,
     /// The client address policies see (default 127.0.0.1).
     pub client_ip: Option<IpAddr>,
+    /// `snapshot` is the running gateway's: read its rate-limit and quota counters
+    /// (without counting this request).
+    pub live: bool,
 }
 
 /// Explain `request` against `snapshot`; the report is JSON (`render_text` for people).
@@ -119,6 +122,7 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
         };
         policies.push(json!({ "policy": "request", "decision": decision }));
     }
+    let mut identity = None;
     if let Some(access) = &route.access {
         let info = RequestInfo {
             method: &request.method,
@@ -139,10 +143,13 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
         let check =
             tokio::time::timeout(std::time::Duration::from_secs(5), access.check(&info)).await;
         let decision = match check {
-            Ok(Ok(AccessOutcome::Granted(granted))) => format!(
-                "granted: consumer `{}` ({})",
-                granted.identity.consumer.id, granted.identity.credential
-            ),
+            Ok(Ok(AccessOutcome::Granted(granted))) => {
+                identity = Some(granted.identity.clone());
+                format!(
+                    "granted: consumer `{}` ({})",
+                    granted.identity.consumer.id, granted.identity.credential
+                )
+            }
             Ok(Ok(AccessOutcome::Respond(response))) => {
                 outcome.get_or_insert(format!(
                     "{} answered by the authentication method (login redirect or callback)",
@@ -163,25 +170,72 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
         };
         policies.push(json!({ "policy": "auth", "methods": methods, "decision": decision }));
     }
-    for name in &route_config.rate_limits {
+    let limit_request = LimitRequest {
+        identity: identity.as_deref(),
+        client_ip,
+        route: &matched.route.name,
+        headers: &headers,
+    };
+    for (name, limiter) in route_config.rate_limits.iter().zip(&route.rate_limits) {
         let mode = config
             .rate_limits
             .get(&name.value)
             .map(|p| format!("{:?}", p.value.mode).to_lowercase())
             .unwrap_or_default();
-        policies.push(json!({
-            "policy": "rate_limit",
-            "name": name.value,
-            "mode": mode,
-            "decision": "counts this request; counters live in the running gateway (or Redis), not evaluated here",
-        }));
+        let mut entry = json!({ "policy": "rate_limit", "name": name.value, "mode": mode });
+        entry["decision"] = match (request.live, limiter.peek(&limit_request)) {
+            (false, _) => json!("counts this request; counters live in the running gateway (or Redis): ask the admin API's explain for their state"),
+            (true, None) => json!("counts this request; counters live in Redis and are not read here"),
+            (true, Some(states)) => {
+                let refusing = states.iter().find(|s| !s.allowed);
+                let decision = match refusing {
+                    Some(state) => {
+                        outcome.get_or_insert(format!("429 rate_limited: limit `{}` is exhausted", state.name));
+                        format!("would refuse: limit `{}` allows {} per {} s; retry in {} s", state.name, state.requests, state.per_seconds, state.retry_after_seconds)
+                    }
+                    None => {
+                        let tightest = states.iter().min_by_key(|s| s.remaining);
+                        match tightest {
+                            Some(s) => format!("would pass: {} left on limit `{}` after it ({} per {} s)", s.remaining, s.name, s.requests, s.per_seconds),
+                            None => "would pass".to_owned(),
+                        }
+                    }
+                };
+                entry["limits"] = json!(states);
+                json!(decision)
+            }
+        };
+        policies.push(entry);
     }
-    for name in &route_config.quotas {
-        policies.push(json!({
-            "policy": "quota",
-            "name": name.value,
-            "decision": "counts this request; counters live in the running gateway, not evaluated here",
-        }));
+    for (name, quota) in route_config.quotas.iter().zip(&route.quotas) {
+        let mut entry = json!({ "policy": "quota", "name": name.value });
+        entry["decision"] = if !request.live {
+            json!("counts this request; counters live in the running gateway: ask the admin API's explain for their state")
+        } else {
+            match quota.peek(&limit_request).await {
+                Ok(state) => {
+                    let decision = if state.remaining == 0 {
+                        outcome.get_or_insert(format!(
+                            "429 quota_exceeded: quota `{}` is used up",
+                            name.value
+                        ));
+                        format!(
+                            "would refuse: {} of {} used; the period ends in {} s",
+                            state.used, state.allowance, state.reset_seconds
+                        )
+                    } else {
+                        format!(
+                            "would pass: {} of {} used this period",
+                            state.used, state.allowance
+                        )
+                    };
+                    entry["state"] = json!(state);
+                    json!(decision)
+                }
+                Err(message) => json!(format!("unknown: {message}")),
+            }
+        };
+        policies.push(entry);
     }
     if let Some(rules) = &route.openapi {
         let decision = match rules.check_request(&request.method, &path, uri.query(), &headers) {

@@ -12,6 +12,7 @@ const SHARDS: usize = 64;
 /// Entries per shard before expired cells are swept out.
 const SWEEP_AT: usize = 4096;
 
+#[derive(Clone, Copy)]
 enum Cell {
     /// GCRA: theoretical arrival time, nanoseconds since the store's epoch.
     Gcra { tat: u64 },
@@ -93,62 +94,20 @@ impl LocalStore {
             shard.sweep_at = (shard.cells.len() * 2).max(SWEEP_AT);
         }
         let cell = shard.cells.entry(key).or_insert_with(|| fresh(shape, now));
-        if !matches!(
-            (&*cell, shape),
-            (Cell::Gcra { .. }, LimitShape::Gcra { .. })
-                | (Cell::Window { .. }, LimitShape::Window { .. })
-        ) {
-            // The limit changed algorithm across a reload but kept its store.
-            *cell = fresh(shape, now);
-        }
-        match (shape, cell) {
-            (
-                LimitShape::Gcra {
-                    interval,
-                    tolerance,
-                },
-                Cell::Gcra { tat },
-            ) => {
-                let start = (*tat).max(now);
-                let next = start + interval;
-                if next - now > *tolerance {
-                    Decision::denied(start - now, next - now - tolerance)
-                } else {
-                    *tat = next;
-                    Decision::allowed((tolerance - (next - now)) / interval, next - now)
-                }
-            }
-            (
-                LimitShape::Window { window, limit },
-                Cell::Window {
-                    index: stored,
-                    previous,
-                    current,
-                },
-            ) => {
-                let index = now / window;
-                if *stored + 1 == index {
-                    *previous = *current;
-                    *current = 0;
-                } else if *stored != index {
-                    *previous = 0;
-                    *current = 0;
-                }
-                *stored = index;
-                let into = now % window;
-                let reset = window - into;
-                let weight = 1.0 - into as f64 / *window as f64;
-                let estimate = *previous as f64 * weight + *current as f64;
-                if estimate + 1.0 > *limit as f64 {
-                    Decision::denied(reset, reset)
-                } else {
-                    *current += 1;
-                    Decision::allowed((*limit as f64 - estimate - 1.0).floor() as u64, reset)
-                }
-            }
-            // Unreachable: the cell was made to match the shape above.
-            _ => Decision::allowed(0, 0),
-        }
+        decide(shape, cell, now)
+    }
+
+    /// What [`acquire`] would decide for `key` now, without taking anything.
+    pub fn peek(&self, shape: &LimitShape, key: u64) -> Decision {
+        let now = self.now();
+        let shard = &self.shards[(key as usize) % SHARDS];
+        let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cell = shard
+            .cells
+            .get(&key)
+            .copied()
+            .unwrap_or_else(|| fresh(shape, now));
+        decide(shape, &mut cell, now)
     }
 
     /// Give back a request taken by [`acquire`] (another limit of the route refused it).
@@ -164,6 +123,66 @@ impl LocalStore {
             }
             _ => {}
         }
+    }
+}
+
+/// Take one request from `cell`'s allowance under `shape` at `now`.
+fn decide(shape: &LimitShape, cell: &mut Cell, now: u64) -> Decision {
+    if !matches!(
+        (&*cell, shape),
+        (Cell::Gcra { .. }, LimitShape::Gcra { .. })
+            | (Cell::Window { .. }, LimitShape::Window { .. })
+    ) {
+        // The limit changed algorithm across a reload but kept its store.
+        *cell = fresh(shape, now);
+    }
+    match (shape, cell) {
+        (
+            LimitShape::Gcra {
+                interval,
+                tolerance,
+            },
+            Cell::Gcra { tat },
+        ) => {
+            let start = (*tat).max(now);
+            let next = start + interval;
+            if next - now > *tolerance {
+                Decision::denied(start - now, next - now - tolerance)
+            } else {
+                *tat = next;
+                Decision::allowed((tolerance - (next - now)) / interval, next - now)
+            }
+        }
+        (
+            LimitShape::Window { window, limit },
+            Cell::Window {
+                index: stored,
+                previous,
+                current,
+            },
+        ) => {
+            let index = now / window;
+            if *stored + 1 == index {
+                *previous = *current;
+                *current = 0;
+            } else if *stored != index {
+                *previous = 0;
+                *current = 0;
+            }
+            *stored = index;
+            let into = now % window;
+            let reset = window - into;
+            let weight = 1.0 - into as f64 / *window as f64;
+            let estimate = *previous as f64 * weight + *current as f64;
+            if estimate + 1.0 > *limit as f64 {
+                Decision::denied(reset, reset)
+            } else {
+                *current += 1;
+                Decision::allowed((*limit as f64 - estimate - 1.0).floor() as u64, reset)
+            }
+        }
+        // Unreachable: the cell was made to match the shape above.
+        _ => Decision::allowed(0, 0),
     }
 }
 

@@ -56,6 +56,21 @@ impl LimitShape {
     }
 }
 
+/// One limit's state for one key, as `explain` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LimitState {
+    pub name: String,
+    pub requests: u64,
+    pub per_seconds: u64,
+    /// The next request would pass.
+    pub allowed: bool,
+    /// Requests left after that one.
+    pub remaining: u64,
+    pub reset_seconds: u64,
+    /// Until a refused request could pass (0 when allowed).
+    pub retry_after_seconds: u64,
+}
+
 /// One limit's verdict on one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Decision {
@@ -284,6 +299,31 @@ impl RateLimiter {
                 Err(rejection)
             }
         }
+    }
+
+    /// What each limit would decide on `request` now, taking nothing: for `explain`
+    /// against the running gateway. `None` in cluster mode, where the counters are in Redis.
+    pub fn peek(&self, request: &LimitRequest<'_>) -> Option<Vec<LimitState>> {
+        if self.mode == LimitMode::Cluster {
+            return None;
+        }
+        let states = self
+            .limits
+            .iter()
+            .map(|limit| {
+                let decision = limit.store.peek(&limit.shape, local_key(limit, request));
+                LimitState {
+                    name: limit.name.clone(),
+                    requests: limit.requests,
+                    per_seconds: limit.window_secs,
+                    allowed: decision.allowed,
+                    remaining: decision.remaining,
+                    reset_seconds: decision.reset_ns.div_ceil(1_000_000_000),
+                    retry_after_seconds: decision.retry_after_ns.div_ceil(1_000_000_000),
+                }
+            })
+            .collect();
+        Some(states)
     }
 
     fn decide_locally(&self, request: &LimitRequest<'_>) -> Vec<Decision> {
