@@ -214,6 +214,28 @@ async fn metrics_count_known_traffic() {
         )),
         1.0
     );
+    assert_eq!(
+        count(
+            r#"gatehouse_policy_decisions_total{route="limited",policy="rate_limit",result="allowed"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        count(
+            r#"gatehouse_policy_decisions_total{route="limited",policy="rate_limit",result="refused"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        count(
+            r#"gatehouse_policy_decisions_total{route="private",policy="auth",result="refused"}"#
+        ),
+        1.0
+    );
+    assert!(
+        !text.contains(r#"gatehouse_policy_decisions_total{route="orders""#),
+        "a route without policies has no decisions"
+    );
     assert_eq!(count("gatehouse_config_version"), 1.0);
     assert!(text.contains("gatehouse_build_info{version=\""), "{text}");
     // Prometheus's own linter accepts the exposition (scripts/test.sh installs promtool).

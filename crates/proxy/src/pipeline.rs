@@ -71,6 +71,11 @@ pub struct RequestTrace {
     context: Option<TraceContext>,
     /// Spans of the upstream attempts of a sampled trace.
     attempt_spans: Vec<SpanRecord>,
+    /// Decisions of the route's policies: `Some(true)` passed, `Some(false)` refused,
+    /// `None` did not run.
+    auth_passed: Option<bool>,
+    rate_limits_passed: Option<bool>,
+    quotas_passed: Option<bool>,
     /// Bytes of a request body sent without `Content-Length` (chunked), counted as it is
     /// read.
     chunked_bytes_in: Option<Arc<AtomicU64>>,
@@ -361,7 +366,8 @@ impl Finish {
 
     fn record_metrics(&self, total: std::time::Duration, gateway_time: std::time::Duration) {
         use gatehouse_telemetry::metrics::{
-            status_class, CodeLabels, ConsumerLabels, RequestLabels, RouteLabels, ServiceLabels,
+            status_class, CodeLabels, ConsumerLabels, DecisionLabels, RequestLabels, RouteLabels,
+            ServiceLabels,
         };
         let metrics = &self.telemetry.metrics;
         let (route, service) = self.names();
@@ -389,6 +395,22 @@ impl Finish {
                     status_class: status_class(self.status),
                 })
                 .inc();
+        }
+        for (policy, passed) in [
+            ("auth", self.trace.auth_passed),
+            ("rate_limit", self.trace.rate_limits_passed),
+            ("quota", self.trace.quotas_passed),
+        ] {
+            if let Some(passed) = passed {
+                metrics
+                    .policy_decisions
+                    .get_or_create(&DecisionLabels {
+                        route: route.clone(),
+                        policy,
+                        result: if passed { "allowed" } else { "refused" },
+                    })
+                    .inc();
+            }
         }
         let route_labels = RouteLabels { route };
         metrics
@@ -508,12 +530,18 @@ async fn route_and_respond(
                 scheme: if conn.tls { "https" } else { "http" },
                 authority: &authority,
             };
+            trace.auth_passed = Some(false);
             match access.check(&info).await.map_err(GatewayError::Rejected)? {
                 AccessOutcome::Granted(granted) => {
+                    trace.auth_passed = Some(true);
                     trace.identity = Some(granted.identity.clone());
                     Some(granted)
                 }
-                AccessOutcome::Respond(response) => return Ok(response.map(body::full)),
+                AccessOutcome::Respond(response) => {
+                    // A login redirect or callback: neither a grant nor a refusal.
+                    trace.auth_passed = None;
+                    return Ok(response.map(body::full));
+                }
             }
         }
         None => None,
@@ -526,19 +554,27 @@ async fn route_and_respond(
             route: &matched.route.name,
             headers: request.headers(),
         };
-        for limiter in &route.rate_limits {
-            let headers = limiter
-                .check(&limit_request)
-                .await
-                .map_err(GatewayError::Rejected)?;
-            policy_headers.extend(headers);
+        if !route.rate_limits.is_empty() {
+            trace.rate_limits_passed = Some(false);
+            for limiter in &route.rate_limits {
+                let headers = limiter
+                    .check(&limit_request)
+                    .await
+                    .map_err(GatewayError::Rejected)?;
+                policy_headers.extend(headers);
+            }
+            trace.rate_limits_passed = Some(true);
         }
-        for quota in &route.quotas {
-            let headers = quota
-                .check(&limit_request)
-                .await
-                .map_err(GatewayError::Rejected)?;
-            policy_headers.extend(headers);
+        if !route.quotas.is_empty() {
+            trace.quotas_passed = Some(false);
+            for quota in &route.quotas {
+                let headers = quota
+                    .check(&limit_request)
+                    .await
+                    .map_err(GatewayError::Rejected)?;
+                policy_headers.extend(headers);
+            }
+            trace.quotas_passed = Some(true);
         }
     }
     let operation = match &route.openapi {

@@ -26,6 +26,15 @@ pub struct ConsumerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub route: String,
+    /// `auth`, `rate_limit` or `quota`.
+    pub policy: &'static str,
+    /// `allowed` or `refused`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
 }
@@ -68,6 +77,7 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub consumer_requests: Family<ConsumerLabels, Counter>,
+    pub policy_decisions: Family<DecisionLabels, Counter>,
     pub request_duration: HistogramFamily<RouteLabels>,
     pub upstream_duration: HistogramFamily<ServiceLabels>,
     pub gateway_duration: Histogram,
@@ -101,6 +111,12 @@ impl Metrics {
             "consumer_requests",
             "Requests answered, by route, consumer and status class, on the routes listed in metrics.per_consumer",
             consumer_requests.clone(),
+        );
+        let policy_decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "policy_decisions",
+            "Decisions of route policies, by route, policy (auth, rate_limit, quota) and result (allowed, refused)",
+            policy_decisions.clone(),
         );
         let request_duration: HistogramFamily<RouteLabels> =
             Family::new_with_constructor(latency_histogram);
@@ -188,6 +204,7 @@ impl Metrics {
             registry,
             requests,
             consumer_requests,
+            policy_decisions,
             request_duration,
             upstream_duration,
             gateway_duration,
