@@ -5,6 +5,7 @@
 //! knows what a configuration says, not how it runs.
 
 pub mod auth;
+pub mod caching;
 mod load;
 pub mod model;
 mod problem;
@@ -15,6 +16,7 @@ pub mod units;
 mod validate;
 
 pub use auth::*;
+pub use caching::*;
 pub use load::{load_file, parse_str, schema_json};
 pub use model::*;
 pub use problem::{ConfigErrors, Problem};

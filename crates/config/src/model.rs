@@ -10,6 +10,7 @@ use serde_saphyr::{Location, Spanned};
 use crate::auth::{
     AuthenticationConfig, ClientCertificateAuth, ConsumerConfig, IpFilterConfig, RouteAuth,
 };
+use crate::caching::{CacheConfig, RouteCacheConfig};
 use crate::shaping::{CorsConfig, MirrorConfig, OpenApiSpec, RequestShaping, RouteOpenApi};
 use crate::telemetry::{AccessLogConfig, MetricsConfig, TracingConfig};
 use crate::traffic::{QuotaConfig, QuotaStoreConfig, RateLimitPolicy, RedisConfig};
@@ -63,6 +64,9 @@ pub struct Config {
     /// Prometheus metrics on the admin listener.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The response cache's memory; routes opt in with `cache`.
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// Distributed tracing with OTLP export; absent: trace context passes through untouched.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
@@ -588,6 +592,9 @@ pub struct RouteConfig {
     /// Validate requests (and optionally responses) against an OpenAPI document.
     #[serde(default)]
     pub openapi: Option<RouteOpenApi>,
+    /// Serve repeated requests from the response cache.
+    #[serde(default)]
+    pub cache: Option<RouteCacheConfig>,
 }
 
 fn match_everything() -> Spanned<RouteMatch> {

@@ -53,6 +53,50 @@ pub async fn read_limited(mut body: ProxyBody, max: usize) -> Result<Bytes, BoxE
     Ok(buffer.freeze())
 }
 
+/// Read `body` whole if it ends within `max` bytes: `(bytes, None)`. Otherwise (too long,
+/// trailers, or an error) `(what was read, Some(the rest))`, so nothing is lost: send
+/// `prefixed(bytes, rest)`.
+pub async fn read_prefix(mut body: ProxyBody, max: usize) -> (Bytes, Option<ProxyBody>) {
+    let mut buffer = bytes::BytesMut::new();
+    loop {
+        let frame = match body.frame().await {
+            None => return (buffer.freeze(), None),
+            Some(Err(err)) => {
+                let failed =
+                    http_body_util::StreamBody::new(futures_util::stream::iter([Err(err)]));
+                return (buffer.freeze(), Some(failed.boxed_unsync()));
+            }
+            Some(Ok(frame)) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) if buffer.len() + data.len() <= max => buffer.extend_from_slice(&data),
+            Ok(data) => {
+                buffer.extend_from_slice(&data);
+                return (buffer.freeze(), Some(body));
+            }
+            Err(trailers) => {
+                let rest =
+                    http_body_util::StreamBody::new(futures_util::stream::iter([
+                        Ok::<_, BoxError>(trailers),
+                    ]));
+                return (buffer.freeze(), Some(rest.boxed_unsync()));
+            }
+        }
+    }
+}
+
+/// `prefix`, then `rest`.
+pub fn prefixed(prefix: Bytes, rest: ProxyBody) -> ProxyBody {
+    let first = http_body_util::StreamBody::new(futures_util::stream::iter([Ok::<_, BoxError>(
+        http_body::Frame::data(prefix),
+    )]));
+    let chained = futures_util::stream::StreamExt::chain(
+        http_body_util::BodyStream::new(first),
+        http_body_util::BodyStream::new(rest),
+    );
+    http_body_util::StreamBody::new(chained).boxed_unsync()
+}
+
 /// Told about the response body as it goes out; dropped when the body is done.
 pub trait BodyObserver: Send + Unpin + 'static {
     fn on_data(&mut self, bytes: usize);

@@ -5,6 +5,7 @@
 //! → response. Failures become responses in exactly one place (`error`).
 
 pub mod body;
+pub mod cache;
 pub mod error;
 pub mod explain;
 pub mod forward;

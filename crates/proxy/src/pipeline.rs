@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{self, BoxError, ProxyBody};
+use crate::cache;
 use crate::error::GatewayError;
 use crate::forward::{self, X_REQUEST_ID};
 use crate::router::RequestView;
@@ -76,6 +77,8 @@ pub struct RequestTrace {
     auth_passed: Option<bool>,
     rate_limits_passed: Option<bool>,
     quotas_passed: Option<bool>,
+    /// How the response cache took part.
+    cache: Option<cache::Outcome>,
     /// Bytes of a request body sent without `Content-Length` (chunked), counted as it is
     /// read.
     chunked_bytes_in: Option<Arc<AtomicU64>>,
@@ -366,8 +369,8 @@ impl Finish {
 
     fn record_metrics(&self, total: std::time::Duration, gateway_time: std::time::Duration) {
         use gatehouse_telemetry::metrics::{
-            status_class, CodeLabels, ConsumerLabels, DecisionLabels, RequestLabels, RouteLabels,
-            ServiceLabels,
+            status_class, CacheLabels, CodeLabels, ConsumerLabels, DecisionLabels, RequestLabels,
+            RouteLabels, ServiceLabels,
         };
         let metrics = &self.telemetry.metrics;
         let (route, service) = self.names();
@@ -411,6 +414,15 @@ impl Finish {
                     })
                     .inc();
             }
+        }
+        if let Some(outcome) = self.trace.cache {
+            metrics
+                .cache_lookups
+                .get_or_create(&CacheLabels {
+                    route: route.clone(),
+                    result: outcome.label(),
+                })
+                .inc();
         }
         let route_labels = RouteLabels { route };
         metrics
@@ -633,6 +645,17 @@ async fn route_and_respond(
             rewrite,
             host_rewrite,
         } => {
+            let lookup = route.cache.as_ref().and_then(|cache| {
+                let lookup = cache.lookup(
+                    request.method(),
+                    &host,
+                    &path,
+                    request.uri().query(),
+                    request.headers(),
+                    trace.identity.as_ref().map(|i| i.consumer.id.as_str()),
+                );
+                lookup.map(|lookup| (cache, lookup))
+            });
             // `None`: the path goes upstream exactly as the client sent it.
             let upstream_path = match (rewrite, path) {
                 (Some(rewrite), path) => Some(rewrite.apply(&path, &matched.captures)),
@@ -640,32 +663,42 @@ async fn route_and_respond(
                 (None, Cow::Borrowed(_)) => None,
             };
             trace.forwarded = true;
-            proxy(
-                service,
-                conn,
-                request,
-                trace,
-                Upstream {
-                    path: upstream_path,
-                    host: host_rewrite.as_ref(),
-                    client_ip,
-                    security: &snapshot.security,
-                    granted: granted.as_ref(),
-                    body_limit: route_body_limit(
-                        conn.listener.limits.max_request_body.0,
-                        route.shaping.as_ref().and_then(|s| s.max_body),
-                    ),
-                    mirror: route.mirror.as_ref().filter(|m| m.sample()),
-                    validation: route.openapi.as_ref().zip(operation.as_ref()).map(
-                        |(rules, matched)| Validation {
-                            rules,
-                            operation: matched.operation,
-                        },
-                    ),
-                },
-                request_id,
-            )
-            .await
+            let upstream = Upstream {
+                path: upstream_path,
+                host: host_rewrite.as_ref(),
+                client_ip,
+                security: &snapshot.security,
+                granted: granted.as_ref(),
+                body_limit: route_body_limit(
+                    conn.listener.limits.max_request_body.0,
+                    route.shaping.as_ref().and_then(|s| s.max_body),
+                ),
+                mirror: route.mirror.as_ref().filter(|m| m.sample()),
+                validation: route.openapi.as_ref().zip(operation.as_ref()).map(
+                    |(rules, matched)| Validation {
+                        rules,
+                        operation: matched.operation,
+                    },
+                ),
+            };
+            match lookup {
+                Some((cache, lookup)) => {
+                    cached(
+                        cache, lookup, service, conn, request, trace, upstream, request_id,
+                    )
+                    .await
+                }
+                None => {
+                    let response = proxy(service, conn, request, trace, upstream, request_id).await;
+                    match route.cache {
+                        Some(_) => {
+                            trace.cache = Some(cache::Outcome::Bypass);
+                            response.map(cache::bypassed)
+                        }
+                        None => response,
+                    }
+                }
+            }
         }
     }?;
     if let Some(granted) = &granted {
@@ -679,6 +712,55 @@ async fn route_and_respond(
     if let Some(slot) = route_slot {
         response = response.map(|body| body::with_guard(body, slot));
     }
+    Ok(response)
+}
+
+/// Answer a request the cache may serve: a fresh entry directly, otherwise through the
+/// upstream (conditionally for a stale entry), storing what may be stored. Concurrent
+/// misses for one key wait for the first one's answer.
+#[allow(clippy::too_many_arguments)]
+async fn cached(
+    cache: &cache::RouteCache,
+    mut lookup: cache::Lookup,
+    service: &Service,
+    conn: &ConnInfo,
+    mut request: Request<Incoming>,
+    trace: &mut RequestTrace,
+    upstream: Upstream<'_>,
+    request_id: &HeaderValue,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    use cache::{Found, Outcome, RouteCache};
+    let request_headers = request.headers().clone();
+    let found = cache.find(&mut lookup, &request_headers).await;
+    let (guard, stale) = match found {
+        Found::Fresh(entry) => {
+            trace.cache = Some(Outcome::Hit);
+            return Ok(cache.serve(&entry, &lookup, Outcome::Hit));
+        }
+        Found::Stale(entry) => (None, Some(entry)),
+        Found::Miss(guard) => (guard, None),
+        Found::Pass => {
+            trace.cache = Some(Outcome::Miss { stored: false });
+            let response = proxy(service, conn, request, trace, upstream, request_id).await?;
+            return Ok(cache::passed(response));
+        }
+    };
+    // The client's own conditions are answered from the full response; the upstream is
+    // asked for it whole (a HEAD as a GET), or conditionally on the stored validator.
+    let headers = request.headers_mut();
+    headers.remove(header::IF_NONE_MATCH);
+    headers.remove(header::IF_MODIFIED_SINCE);
+    if let Some(entry) = &stale {
+        RouteCache::conditional_headers(entry, headers);
+    }
+    if request.method() == Method::HEAD {
+        *request.method_mut() = Method::GET;
+    }
+    let response = proxy(service, conn, request, trace, upstream, request_id).await?;
+    let (response, outcome) = cache
+        .complete(lookup, guard, stale, &request_headers, response)
+        .await;
+    trace.cache = Some(outcome);
     Ok(response)
 }
 

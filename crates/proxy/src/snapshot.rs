@@ -21,6 +21,7 @@ use gatehouse_policy::{
 use crate::mirror::Mirror;
 use gatehouse_policy::openapi::{OpenApiDocument, RouteValidation};
 
+use crate::cache::{ResponseCache, RouteCache};
 use crate::router::Router;
 use crate::tls;
 use crate::upstream::Service;
@@ -37,6 +38,8 @@ pub struct Snapshot {
     pub quotas: Quotas,
     pub services: HashMap<String, Arc<Service>>,
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
+    /// The response cache's memory, kept across reloads while `cache` is unchanged.
+    pub response_cache: Arc<ResponseCache>,
 }
 
 /// Per-listener settings read at each accepted connection.
@@ -70,6 +73,8 @@ pub struct RouteRuntime {
     pub openapi: Option<RouteValidation>,
     /// Count this route's requests per consumer (`metrics.per_consumer`).
     pub per_consumer_metrics: bool,
+    /// Answer from the response cache when it may.
+    pub cache: Option<RouteCache>,
     pub action: RouteAction,
 }
 
@@ -220,8 +225,16 @@ impl Snapshot {
             // Routes naming an unloadable document would only repeat the problem.
             return Err(problems);
         }
+        let response_cache = previous
+            .map(|p| p.response_cache.clone())
+            .filter(|cache| cache.same_config(&config.cache))
+            .unwrap_or_else(|| ResponseCache::new(&config.cache));
         let router = Router::compile(&config.routes, |index, route| {
             Ok(RouteRuntime {
+                cache: route
+                    .cache
+                    .as_ref()
+                    .map(|rules| RouteCache::new(response_cache.clone(), rules)),
                 openapi: route
                     .openapi
                     .as_ref()
@@ -315,6 +328,7 @@ impl Snapshot {
                     quotas,
                     services,
                     listeners,
+                    response_cache,
                 })
             }
             _ => Err(problems),

@@ -35,6 +35,13 @@ pub struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub route: String,
+    /// `hit`, `miss`, `revalidated`, `refresh` or `bypass`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
 }
@@ -78,6 +85,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub consumer_requests: Family<ConsumerLabels, Counter>,
     pub policy_decisions: Family<DecisionLabels, Counter>,
+    pub cache_lookups: Family<CacheLabels, Counter>,
     pub request_duration: HistogramFamily<RouteLabels>,
     pub upstream_duration: HistogramFamily<ServiceLabels>,
     pub gateway_duration: Histogram,
@@ -117,6 +125,12 @@ impl Metrics {
             "policy_decisions",
             "Decisions of route policies, by route, policy (auth, rate_limit, quota) and result (allowed, refused)",
             policy_decisions.clone(),
+        );
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Requests on caching routes, by route and result (hit, miss, revalidated, refresh, bypass)",
+            cache_lookups.clone(),
         );
         let request_duration: HistogramFamily<RouteLabels> =
             Family::new_with_constructor(latency_histogram);
@@ -205,6 +219,7 @@ impl Metrics {
             requests,
             consumer_requests,
             policy_decisions,
+            cache_lookups,
             request_duration,
             upstream_duration,
             gateway_duration,

@@ -20,6 +20,20 @@ pub const LIMIT_KEYS: [&str; 6] = [
 ];
 
 pub(crate) fn validate_traffic(config: &Config, problems: &mut Vec<Problem>) {
+    let cache = &config.cache;
+    if cache.max_size.0 == 0 || cache.max_object_size.0 == 0 {
+        problems.push(Problem::new(
+            0,
+            0,
+            "`cache.max_size` and `cache.max_object_size` must be above zero",
+        ));
+    } else if cache.max_object_size.0 > cache.max_size.0 {
+        problems.push(Problem::new(
+            0,
+            0,
+            "`cache.max_object_size` is larger than `cache.max_size`",
+        ));
+    }
     for (name, quota) in &config.quotas {
         let at = &quota.referenced;
         if quota.value.requests == 0 {
@@ -216,6 +230,23 @@ pub(crate) fn validate_route_traffic(
                     format!("origin `{value}` must be `*`, `scheme://host[:port]` or `scheme://*.domain`"),
                 ));
             }
+        }
+    }
+    if let Some(cache) = &route.cache {
+        if route.service.is_none() {
+            problems.push(Problem::at(
+                at,
+                format!("route `{label}`: `cache` needs a `service` to forward to"),
+            ));
+        }
+        if cache.ttl.is_some_and(|ttl| ttl.0.is_zero()) {
+            problems.push(Problem::at(
+                at,
+                format!("route `{label}`: `cache.ttl` must be above zero"),
+            ));
+        }
+        for name in &cache.key_headers {
+            super::auth::check_header_name(name, at, problems);
         }
     }
     if let Some(mirror) = &route.mirror {

@@ -1,5 +1,5 @@
-//! Upstream metrics read from the running snapshot at scrape time: endpoint health,
-//! outlier ejections and retries. The request path only bumps the services' own atomics;
+//! Metrics read from the running snapshot at scrape time: endpoint health, outlier
+//! ejections, retries, and the response cache's size. The request path only bumps the services' own atomics;
 //! a reload that keeps a service keeps its counts, one that replaces it starts them anew
 //! (Prometheus treats that as a counter reset).
 
@@ -119,6 +119,21 @@ impl Collector for UpstreamCollector {
             };
             ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
         }
+        let gauge = ConstGauge::new(0i64);
+        let family = encoder.encode_descriptor(
+            "cache_bytes",
+            "Bytes the response cache holds (bodies, headers and keys)",
+            None,
+            gauge.metric_type(),
+        )?;
+        ConstGauge::new(snapshot.response_cache.weight() as i64).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "cache_entries",
+            "Entries in the response cache",
+            None,
+            gauge.metric_type(),
+        )?;
+        ConstGauge::new(snapshot.response_cache.len() as i64).encode(family)?;
         Ok(())
     }
 }

@@ -1,0 +1,60 @@
+//! The response cache part of the model: the cache's memory (top-level `cache`) and each
+//! route's caching rules (`routes[].cache`). Documented in `docs/caching.md`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, HumanDuration};
+
+/// The in-memory response cache shared by every caching route.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Memory for stored responses (bodies and headers); least recently and least
+    /// frequently used entries are evicted beyond it.
+    #[serde(default = "default_max_size")]
+    pub max_size: ByteSize,
+    /// Largest response stored; larger ones are passed through.
+    #[serde(default = "default_max_object_size")]
+    pub max_object_size: ByteSize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_size: default_max_size(),
+            max_object_size: default_max_object_size(),
+        }
+    }
+}
+
+fn default_max_size() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_max_object_size() -> ByteSize {
+    ByteSize(1 << 20)
+}
+
+/// How one route's responses are cached (RFC 9111: the upstream's `Cache-Control`,
+/// `Expires` and `Vary` decide, the route fills in what the upstream leaves out).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheConfig {
+    /// Freshness of responses that carry neither `Cache-Control: max-age`/`s-maxage` nor
+    /// `Expires`, for backends that send no caching headers. Absent: such responses are
+    /// not stored.
+    #[serde(default)]
+    pub ttl: Option<HumanDuration>,
+    /// Query parameters that are part of the key, in this order. Absent: the whole query
+    /// string as sent.
+    #[serde(default)]
+    pub key_query: Option<Vec<String>>,
+    /// Request headers that are part of the key (besides those the upstream names in
+    /// `Vary`).
+    #[serde(default)]
+    pub key_headers: Vec<String>,
+    /// On an authenticated route, one entry for all consumers. Off by default: each
+    /// consumer has its own entries, so one never sees another's response.
+    #[serde(default)]
+    pub shared: bool,
+}
