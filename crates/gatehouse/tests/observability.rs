@@ -685,22 +685,12 @@ consumers:
     );
 
     // A route name that does not exist is refused with its location.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.yaml");
-    std::fs::write(
-        &path,
+    let (code, output) = common::check_text(
         "metrics:\n  per_consumer: [biled]\nroutes:\n  - name: billed\n    match: { path: { prefix: / } }\n    respond: { status: 200 }\n",
-    )
-    .unwrap();
-    let output = std::process::Command::new(common::binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    );
+    assert_eq!(code, Some(1));
     assert!(
-        stdout.contains("bad.yaml:2:18: `metrics.per_consumer` names undefined route `biled`, did you mean `billed`?"),
-        "{stdout}"
+        output.contains("bad.yaml:2:18: `metrics.per_consumer` names undefined route `biled`, did you mean `billed`?"),
+        "{output}"
     );
 }

@@ -467,22 +467,9 @@ async fn b3_context_is_read_and_written_and_an_unreachable_collector_costs_only_
 
 #[test]
 fn a_bad_otlp_endpoint_is_refused_with_its_location() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.yaml");
-    std::fs::write(
-        &path,
-        "tracing:\n  sample: 2\n  otlp:\n    endpoint: collector:4317\n",
-    )
-    .unwrap();
-    let output = std::process::Command::new(common::binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let text = format!("{stdout}{stderr}");
+    let (code, text) =
+        common::check_text("tracing:\n  sample: 2\n  otlp:\n    endpoint: collector:4317\n");
+    assert_eq!(code, Some(1));
     assert!(text.contains("bad.yaml:4:15: `tracing.otlp.endpoint` `collector:4317` must be an http:// or https:// URL"), "{text}");
     assert!(
         text.contains("`tracing.sample` 2 is outside 0..=1"),

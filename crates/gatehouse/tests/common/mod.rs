@@ -261,3 +261,22 @@ pub fn generate_api_key(secret: &str, extra: &[&str]) -> (String, String) {
         .collect();
     (key, entry)
 }
+
+/// Run `gatehouse check` on `yaml` written to `bad.yaml` in a temporary directory: the
+/// exit code and stdout and stderr together.
+pub fn check_text(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    let output = Command::new(binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}
