@@ -306,6 +306,19 @@ async fn client_directives_and_key_choices() {
     let bypass = get(g, "/max-age?page=1", &[("cache-control", "no-store")]).await;
     assert_eq!(bypass.cache_status(), "gatehouse; fwd=bypass");
     assert_eq!(f.counts.get("max-age"), 4);
+    // A HEAD miss is fetched as a GET and stored: the GET after it is a hit.
+    let head = client()
+        .head(g.url("/max-age?page=9"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.headers()["cache-status"],
+        "gatehouse; fwd=miss; stored"
+    );
+    let after_head = get(g, "/max-age?page=9", &[]).await;
+    assert_eq!(after_head.cache_status(), "gatehouse; hit");
+    assert_eq!(after_head.body, "max-age #5");
     // Other methods pass by the cache.
     let post = client().post(g.url("/max-age")).send().await.unwrap();
     assert_eq!(post.headers()["cache-status"], "gatehouse; fwd=bypass");
