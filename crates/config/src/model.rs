@@ -597,6 +597,16 @@ pub struct RouteConfig {
     pub cache: Option<RouteCacheConfig>,
 }
 
+impl RouteConfig {
+    /// The route's name, or `route-N` (N: its position in the file, from 0) when unnamed:
+    /// how logs, metrics and the admin API refer to it.
+    pub fn name_or_default(&self, index: usize) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("route-{index}"))
+    }
+}
+
 fn match_everything() -> Spanned<RouteMatch> {
     Spanned::new(RouteMatch::default(), Location::UNKNOWN, Location::UNKNOWN)
 }

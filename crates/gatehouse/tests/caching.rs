@@ -93,6 +93,41 @@ async fn origin(
             *response.body_mut() = format!("{body} {consumer}").into();
             response
         }
+        "set-cookie" => {
+            let mut response = with("max-age=60");
+            response
+                .headers_mut()
+                .insert("set-cookie", HeaderValue::from_static("session=1"));
+            response
+        }
+        "vary-star" => {
+            let mut response = with("max-age=60");
+            response
+                .headers_mut()
+                .insert("vary", HeaderValue::from_static("*"));
+            response
+        }
+        "huge" => {
+            let mut response = with("max-age=60");
+            *response.body_mut() = vec![b'h'; 32 << 10].into();
+            response
+        }
+        "lastmod" => {
+            // Revalidated by date: 304 when the client's copy is from that date.
+            const MODIFIED: &str = "Sun, 29 Nov 2026 10:00:00 GMT";
+            if headers
+                .get("if-modified-since")
+                .is_some_and(|v| v == MODIFIED)
+            {
+                counts.bump("lastmod-304");
+                return StatusCode::NOT_MODIFIED.into_response();
+            }
+            let mut response = with("no-cache");
+            response
+                .headers_mut()
+                .insert("last-modified", HeaderValue::from_static(MODIFIED));
+            response
+        }
         "etag" => {
             // Always revalidated (no-cache) and answered 304 when the tag matches.
             if headers.get("if-none-match").is_some_and(|v| v == "\"e1\"") {
@@ -441,4 +476,59 @@ async fn the_byte_bound_is_respected_and_reported() {
         value(r#"gatehouse_cache_lookups_total{route="cached",result="miss"}"#),
         40.0
     );
+}
+
+#[tokio::test]
+async fn what_is_never_stored_and_what_bypasses() {
+    let f = start("cache:\n  max_object_size: 16KiB\n").await;
+    let g = &f.gateway;
+    // Set-Cookie, Vary: *, and a body above max_object_size (passed through whole).
+    for case in ["set-cookie", "vary-star", "huge"] {
+        let first = get(g, &format!("/{case}"), &[]).await;
+        assert_eq!(first.cache_status(), "gatehouse; fwd=miss", "{case}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        get(g, &format!("/{case}"), &[]).await;
+        assert_eq!(f.counts.get(case), 2, "{case}");
+    }
+    assert_eq!(get(g, "/huge", &[]).await.body.len(), 32 << 10);
+    // Pragma: no-cache from an HTTP/1.0 client asks for a fresh answer; Range bypasses.
+    get(g, "/max-age", &[]).await;
+    let pragma = get(g, "/max-age", &[("pragma", "no-cache")]).await;
+    assert_eq!(pragma.cache_status(), "gatehouse; fwd=request");
+    let range = get(g, "/max-age", &[("range", "bytes=0-3")]).await;
+    assert_eq!(range.cache_status(), "gatehouse; fwd=bypass");
+    assert_eq!(f.counts.get("max-age"), 3);
+}
+
+#[tokio::test]
+async fn revalidation_by_last_modified_and_entries_survive_a_reload() {
+    let f = start("").await;
+    let g = &f.gateway;
+    get(g, "/lastmod", &[]).await;
+    let revalidated = get(g, "/lastmod", &[]).await;
+    assert_eq!(revalidated.body, "lastmod #1");
+    assert_eq!(
+        revalidated.cache_status(),
+        "gatehouse; fwd=stale; fwd-status=304"
+    );
+    assert_eq!(f.counts.get("lastmod-304"), 1);
+
+    get(g, "/max-age", &[]).await;
+    // SIGHUP recompiles the configuration; the cache's memory is kept while `cache` is
+    // unchanged.
+    g.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let config: serde_json::Value = client()
+        .get(g.admin_url("/admin/config"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["version"], 2, "SIGHUP applied a new version");
+    let after_reload = get(g, "/max-age", &[]).await;
+    assert_eq!(after_reload.cache_status(), "gatehouse; hit");
+    assert_eq!(f.counts.get("max-age"), 1);
 }

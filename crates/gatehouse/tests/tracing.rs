@@ -476,3 +476,30 @@ fn a_bad_otlp_endpoint_is_refused_with_its_location() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_tracing_is_refused() {
+    let upstream = echo("a").await;
+    let yaml = config(
+        &[upstream],
+        "  otlp: { endpoint: \"http://127.0.0.1:4317\" }\n",
+    );
+    let gateway = Gateway::start(&yaml);
+    let changed = yaml.replace("otlp:", "sample: 0.5\n  otlp:");
+    let response = client()
+        .post(gateway.admin_url("/admin/config"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(changed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.unwrap();
+    assert!(
+        problem["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("`tracing` changed; the tracer and its exporter are set up at start-up"),
+        "{problem}"
+    );
+}

@@ -31,7 +31,7 @@ pub enum Entry {
     /// Responses for this URL vary by these request headers; each variant is stored
     /// under the key extended with their values.
     Vary(Vec<HeaderName>),
-    Response(Stored),
+    Response(Arc<Stored>),
     /// The last response could not be stored (hit-for-pass).
     Pass {
         until: Instant,
@@ -151,10 +151,10 @@ pub struct Lookup {
 
 /// What the cache holds for a request.
 pub enum Found<'a> {
-    Fresh(Arc<Entry>),
+    Fresh(Arc<Stored>),
     /// Stale (or must be revalidated): ask the upstream, conditionally when it has a
     /// validator.
-    Stale(Arc<Entry>),
+    Stale(Arc<Stored>),
     /// Nothing: go upstream; with a guard, others wait for this request's answer.
     Miss(Option<Guard<'a>>),
     /// Known uncacheable: go upstream, store nothing.
@@ -169,9 +169,11 @@ pub enum Outcome {
     Miss {
         stored: bool,
     },
-    /// Revalidated with the upstream: 304 (stored entry served) or a new response.
+    /// A stale entry checked with the upstream: 304 (the entry served, refreshed), or a new
+    /// response (stored or not).
     Revalidated {
         not_modified: bool,
+        stored: bool,
     },
     /// The client asked for a fresh answer (`no-cache`).
     Refresh,
@@ -195,10 +197,11 @@ impl Outcome {
             Outcome::Hit => "gatehouse; hit",
             Outcome::Miss { stored: true } => "gatehouse; fwd=miss; stored",
             Outcome::Miss { stored: false } => "gatehouse; fwd=miss",
-            Outcome::Revalidated { not_modified: true } => "gatehouse; fwd=stale; fwd-status=304",
             Outcome::Revalidated {
-                not_modified: false,
-            } => "gatehouse; fwd=stale; stored",
+                not_modified: true, ..
+            } => "gatehouse; fwd=stale; fwd-status=304",
+            Outcome::Revalidated { stored: true, .. } => "gatehouse; fwd=stale; stored",
+            Outcome::Revalidated { stored: false, .. } => "gatehouse; fwd=stale",
             Outcome::Refresh => "gatehouse; fwd=request",
             Outcome::Bypass => "gatehouse; fwd=bypass",
         })
@@ -296,7 +299,10 @@ impl RouteCache {
                 for name in names {
                     for (found, value) in form_urlencoded::parse(query.as_bytes()) {
                         if found == name.as_str() {
-                            key.push_str(&format!("&{name}={value}"));
+                            key.push('&');
+                            key.push_str(name);
+                            key.push('=');
+                            key.push_str(&value);
                         }
                     }
                 }
@@ -339,8 +345,10 @@ impl RouteCache {
                     lookup.key = key;
                     lookup.variant = true;
                 }
-                Entry::Response(stored) if stored.is_fresh() => return Found::Fresh(entry),
-                Entry::Response(_) => return Found::Stale(entry),
+                Entry::Response(stored) if stored.is_fresh() => {
+                    return Found::Fresh(stored.clone())
+                }
+                Entry::Response(stored) => return Found::Stale(stored.clone()),
                 Entry::Pass { until } if Instant::now() < *until => return Found::Pass,
                 Entry::Pass { .. } => {
                     self.cache.store.remove(&lookup.key);
@@ -352,10 +360,7 @@ impl RouteCache {
     }
 
     /// The answer from a stored entry: `304` when the client's `If-None-Match` matches.
-    pub fn serve(&self, entry: &Entry, lookup: &Lookup, outcome: Outcome) -> Response<ProxyBody> {
-        let Entry::Response(stored) = entry else {
-            return status_only(StatusCode::INTERNAL_SERVER_ERROR);
-        };
+    pub fn serve(&self, stored: &Stored, lookup: &Lookup, outcome: Outcome) -> Response<ProxyBody> {
         let not_modified = lookup
             .if_none_match
             .as_ref()
@@ -386,13 +391,11 @@ impl RouteCache {
     }
 
     /// Headers to revalidate a stale entry with.
-    pub fn conditional_headers(entry: &Entry, headers: &mut HeaderMap) {
-        if let Entry::Response(stored) = entry {
-            if let Some(etag) = stored.etag() {
-                headers.insert(header::IF_NONE_MATCH, etag.clone());
-            } else if let Some(modified) = stored.headers.get(header::LAST_MODIFIED) {
-                headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
-            }
+    pub fn conditional_headers(stored: &Stored, headers: &mut HeaderMap) {
+        if let Some(etag) = stored.etag() {
+            headers.insert(header::IF_NONE_MATCH, etag.clone());
+        } else if let Some(modified) = stored.headers.get(header::LAST_MODIFIED) {
+            headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
         }
     }
 
@@ -402,35 +405,32 @@ impl RouteCache {
         &self,
         mut lookup: Lookup,
         guard: Option<Guard<'_>>,
-        stale: Option<Arc<Entry>>,
+        stale: Option<Arc<Stored>>,
         request_headers: &HeaderMap,
         response: Response<ProxyBody>,
     ) -> (Response<ProxyBody>, Outcome) {
         let revalidating = stale.is_some();
         // 304 to our conditional request: the stored response is still good.
-        if let (Some(entry), StatusCode::NOT_MODIFIED) = (&stale, response.status()) {
-            if let Entry::Response(stored) = &**entry {
-                let refreshed = refresh(stored, response.headers(), self.config.ttl.map(|t| t.0));
-                let outcome = Outcome::Revalidated { not_modified: true };
-                let refreshed = Arc::new(Entry::Response(refreshed));
-                self.cache
-                    .store
-                    .insert(lookup.key.clone(), refreshed.clone());
-                drop(guard);
-                return (self.serve(&refreshed, &lookup, outcome), outcome);
-            }
+        if let (Some(stored), StatusCode::NOT_MODIFIED) = (&stale, response.status()) {
+            let refreshed = Arc::new(refresh(
+                stored,
+                response.headers(),
+                self.config.ttl.map(|t| t.0),
+            ));
+            let outcome = Outcome::Revalidated {
+                not_modified: true,
+                stored: true,
+            };
+            self.fill(
+                &lookup.key,
+                guard,
+                Arc::new(Entry::Response(refreshed.clone())),
+            );
+            return (self.serve(&refreshed, &lookup, outcome), outcome);
         }
         let Some(fresh_for) = self.storable(request_headers, &response) else {
             self.pass(&lookup, guard);
-            let outcome = if lookup.refresh {
-                Outcome::Refresh
-            } else if revalidating {
-                Outcome::Revalidated {
-                    not_modified: false,
-                }
-            } else {
-                Outcome::Miss { stored: false }
-            };
+            let outcome = fetched(&lookup, revalidating, false);
             return (with_status(response, outcome), outcome);
         };
         let (parts, body) = response.into_parts();
@@ -440,7 +440,7 @@ impl RouteCache {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|len| len > self.cache.max_object) {
             self.pass(&lookup, guard);
-            let outcome = Outcome::Miss { stored: false };
+            let outcome = fetched(&lookup, revalidating, false);
             return (
                 with_status(Response::from_parts(parts, body), outcome),
                 outcome,
@@ -451,14 +451,14 @@ impl RouteCache {
         if let Some(rest) = rest {
             // Too large (or broken) to store: the client gets what was read, then the rest.
             self.pass(&lookup, guard);
-            let outcome = Outcome::Miss { stored: false };
+            let outcome = fetched(&lookup, revalidating, false);
             let response = Response::from_parts(parts, body::prefixed(bytes, rest));
             return (with_status(response, outcome), outcome);
         }
         let vary = vary_names(&parts.headers);
         if vary.iter().any(|name| name == "*") {
             self.pass(&lookup, guard);
-            let outcome = Outcome::Miss { stored: false };
+            let outcome = fetched(&lookup, revalidating, false);
             return (
                 with_status(Response::from_parts(parts, body::full(bytes)), outcome),
                 outcome,
@@ -476,7 +476,7 @@ impl RouteCache {
                 .iter()
                 .map(|(n, v)| (n.as_str().len() + v.len() + 32) as u64)
                 .sum::<u64>();
-        let stored = Arc::new(Entry::Response(Stored {
+        let stored = Arc::new(Stored {
             status: parts.status,
             headers,
             body: body_bytes,
@@ -484,57 +484,49 @@ impl RouteCache {
             initial_age,
             fresh_for,
             weight,
-        }));
+        });
+        let entry = Arc::new(Entry::Response(stored.clone()));
         let names: Vec<HeaderName> = vary
             .iter()
             .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();
         if names.is_empty() || lookup.variant {
-            match guard {
-                Some(guard) => {
-                    let _ = guard.insert(stored.clone());
-                }
-                None => self.cache.store.insert(lookup.key.clone(), stored.clone()),
-            }
+            self.fill(&lookup.key, guard, entry);
         } else {
             // The key so far names the URL: it gets the Vary marker, the variant its own key.
-            let marker = Arc::new(Entry::Vary(names.clone()));
-            match guard {
-                Some(guard) => {
-                    let _ = guard.insert(marker);
-                }
-                None => self.cache.store.insert(lookup.key.clone(), marker),
-            }
+            self.fill(&lookup.key, guard, Arc::new(Entry::Vary(names.clone())));
             for name in &names {
                 push_header(&mut lookup.key, request_headers, name);
             }
-            self.cache.store.insert(lookup.key.clone(), stored.clone());
+            self.cache.store.insert(lookup.key.clone(), entry);
         }
-        let outcome = if lookup.refresh {
-            Outcome::Refresh
-        } else if revalidating {
-            Outcome::Revalidated {
-                not_modified: false,
-            }
-        } else {
-            Outcome::Miss { stored: true }
-        };
+        let outcome = fetched(&lookup, revalidating, true);
         // Answered like a hit: HEAD, the client's If-None-Match and Age handled alike.
         (self.serve(&stored, &lookup, outcome), outcome)
     }
 
-    /// Remember that this key's answer could not be stored, waking waiters.
+    /// Put `entry` under `key`, through the guard when this request holds it (waking
+    /// whoever waits on the key).
+    fn fill(&self, key: &str, guard: Option<Guard<'_>>, entry: Arc<Entry>) {
+        match guard {
+            Some(guard) => {
+                // Err only if the guard's key was filled meanwhile: nothing to do.
+                let _ = guard.insert(entry);
+            }
+            None => self.cache.store.insert(key.to_owned(), entry),
+        }
+    }
+
+    /// Remember that this key's answer could not be stored, waking waiters. A client's
+    /// refresh does not mark the key: the stored entry, if any, stays.
     fn pass(&self, lookup: &Lookup, guard: Option<Guard<'_>>) {
+        if guard.is_none() && lookup.refresh {
+            return;
+        }
         let pass = Arc::new(Entry::Pass {
             until: Instant::now() + PASS_FOR,
         });
-        match guard {
-            Some(guard) => {
-                let _ = guard.insert(pass);
-            }
-            None if !lookup.refresh => self.cache.store.insert(lookup.key.clone(), pass),
-            None => {}
-        }
+        self.fill(&lookup.key, guard, pass);
     }
 
     /// How long the response may be served from the cache, or `None` when it may not be
@@ -645,10 +637,18 @@ pub fn bypassed(response: Response<ProxyBody>) -> Response<ProxyBody> {
     with_status(response, Outcome::Bypass)
 }
 
-fn status_only(status: StatusCode) -> Response<ProxyBody> {
-    let mut response = Response::new(body::empty());
-    *response.status_mut() = status;
-    response
+/// How a request the upstream answered took part in the cache.
+fn fetched(lookup: &Lookup, revalidating: bool, stored: bool) -> Outcome {
+    if lookup.refresh {
+        Outcome::Refresh
+    } else if revalidating {
+        Outcome::Revalidated {
+            not_modified: false,
+            stored,
+        }
+    } else {
+        Outcome::Miss { stored }
+    }
 }
 
 fn has_validator(headers: &HeaderMap) -> bool {

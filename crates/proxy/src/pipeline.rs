@@ -730,8 +730,7 @@ async fn cached(
     request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     use cache::{Found, Outcome, RouteCache};
-    let request_headers = request.headers().clone();
-    let found = cache.find(&mut lookup, &request_headers).await;
+    let found = cache.find(&mut lookup, request.headers()).await;
     let (guard, stale) = match found {
         Found::Fresh(entry) => {
             trace.cache = Some(Outcome::Hit);
@@ -745,6 +744,8 @@ async fn cached(
             return Ok(cache::passed(response));
         }
     };
+    // Kept for storing the answer (Vary, Authorization); a hit above does without.
+    let request_headers = request.headers().clone();
     // The client's own conditions are answered from the full response; the upstream is
     // asked for it whole (a HEAD as a GET), or conditionally on the stored validator.
     let headers = request.headers_mut();

@@ -317,21 +317,21 @@ fn check_restart_only_changes(running: &Config, next: &Config) -> Result<(), Vec
             "the admin listener address changed; that needs a restart",
         ));
     }
-    let access_log = |c: &Config| serde_json::to_string(&c.access_log).unwrap_or_default();
-    if access_log(running) != access_log(next) {
-        problems.push(Problem::new(
-            0,
-            0,
+    // Set up once at start-up: a change would silently not apply.
+    let started_once = [
+        (
+            serde_json::to_string(&running.access_log).ok() != serde_json::to_string(&next.access_log).ok(),
             "`access_log` changed; the access log is set up at start-up, so that needs a restart",
-        ));
-    }
-    let tracing = |c: &Config| serde_json::to_string(&c.tracing).unwrap_or_default();
-    if tracing(running) != tracing(next) {
-        problems.push(Problem::new(
-            0,
-            0,
+        ),
+        (
+            serde_json::to_string(&running.tracing).ok() != serde_json::to_string(&next.tracing).ok(),
             "`tracing` changed; the tracer and its exporter are set up at start-up, so that needs a restart",
-        ));
+        ),
+    ];
+    for (changed, message) in started_once {
+        if changed {
+            problems.push(Problem::new(0, 0, message));
+        }
     }
     if problems.is_empty() {
         Ok(())

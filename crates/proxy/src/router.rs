@@ -119,10 +119,7 @@ impl<A> Router<A> {
             let error = |message: String| RouterError { index, message };
             let matches = &config.matches.value;
             let route = CompiledRoute {
-                name: config
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("route-{index}")),
+                name: config.name_or_default(index),
                 index,
                 path: matches.path.clone(),
                 methods: matches

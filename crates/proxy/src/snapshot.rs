@@ -258,10 +258,7 @@ impl Snapshot {
                     .collect::<Result<_, _>>()?,
                 ip_filter: route.ip_filter.as_ref().map(IpFilter::new),
                 per_consumer_metrics: {
-                    let name = route
-                        .name
-                        .clone()
-                        .unwrap_or_else(|| format!("route-{index}"));
+                    let name = route.name_or_default(index);
                     config
                         .metrics
                         .per_consumer
@@ -278,11 +275,7 @@ impl Snapshot {
                     })
                     .collect::<Result<_, _>>()?,
                 in_flight: route.max_in_flight.map(|max| {
-                    let name = route
-                        .name
-                        .clone()
-                        .unwrap_or_else(|| format!("route-{index}"));
-                    InFlightLimit::new(max, format!("route `{name}`"))
+                    InFlightLimit::new(max, format!("route `{}`", route.name_or_default(index)))
                 }),
                 shaping: route.request.as_ref().map(Shaping::new).transpose()?,
                 cors: route.cors.as_ref().map(Cors::new).transpose()?,

@@ -105,19 +105,27 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Lowercase hex of exactly `N` bytes, not all zero.
-fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
-    if text.len() != N * 2 {
-        return None;
-    }
+/// Two lowercase hex digits.
+fn hex_byte(pair: &[u8]) -> Option<u8> {
     let digit = |c: u8| match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),
         _ => None,
     };
+    match pair {
+        [high, low] => Some(digit(*high)? << 4 | digit(*low)?),
+        _ => None,
+    }
+}
+
+/// Lowercase hex of exactly `N` bytes, not all zero.
+fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    if text.len() != N * 2 {
+        return None;
+    }
     let mut out = [0u8; N];
     for (i, pair) in text.chunks_exact(2).enumerate() {
-        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+        out[i] = hex_byte(pair)?;
     }
     (out != [0u8; N]).then_some(out)
 }
@@ -131,9 +139,8 @@ pub fn parse_traceparent(value: &[u8]) -> Option<Parent> {
     if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
         return None;
     }
-    let version = unhex::<1>(&value[..2]).map_or(0, |v| v[0]);
+    let version = hex_byte(&value[..2])?;
     if version == 0xff
-        || (version == 0 && value[..2] != *b"00")
         || (version == 0 && value.len() != 55)
         || (value.len() > 55 && value[55] != b'-')
     {
@@ -141,10 +148,7 @@ pub fn parse_traceparent(value: &[u8]) -> Option<Parent> {
     }
     let trace_id = unhex::<16>(&value[3..35])?;
     let span_id = unhex::<8>(&value[36..52])?;
-    let flags = u8::from_str_radix(std::str::from_utf8(&value[53..55]).ok()?, 16).ok()?;
-    if !value[53..55].iter().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
+    let flags = hex_byte(&value[53..55])?;
     Some((trace_id, span_id, flags & 1 == 1))
 }
 

@@ -12,12 +12,7 @@ pub(crate) fn validate_telemetry(config: &Config, problems: &mut Vec<Problem>) {
         .routes
         .iter()
         .enumerate()
-        .map(|(index, route)| {
-            route
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("route-{index}"))
-        })
+        .map(|(index, route)| route.name_or_default(index))
         .collect();
     for name in &config.metrics.per_consumer {
         if name.value != "*" && !route_names.contains(&name.value) {
