@@ -43,6 +43,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/services", get(get_services))
         .route("/metrics", get(get_metrics))
         .route("/admin/explain", post(post_explain))
+        .route("/admin/cache/purge", post(post_purge))
         .route("/admin/openapi.json", get(get_openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -227,6 +228,86 @@ async fn post_explain(State(state): State<AdminState>, body: Bytes) -> Response 
         }
         Err(message) => problem(StatusCode::BAD_REQUEST, "invalid_request", message, None),
     }
+}
+
+async fn post_purge(State(state): State<AdminState>, body: Bytes) -> Response {
+    use gatehouse_proxy::cache::Purge;
+    let invalid =
+        |detail: String| problem(StatusCode::BAD_REQUEST, "invalid_request", detail, None);
+    let request: PurgeBody = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return invalid(format!(
+                "expected one of `all`, `url`, `route`, `prefix` or `tag`: {err}"
+            ))
+        }
+    };
+    let selectors = [
+        request.all,
+        request.url.is_some(),
+        request.route.is_some(),
+        request.prefix.is_some(),
+        request.tag.is_some(),
+    ];
+    if selectors.iter().filter(|s| **s).count() != 1 {
+        return invalid("give exactly one of `all`, `url`, `route`, `prefix` or `tag`".into());
+    }
+    if request.host.is_some() && request.prefix.is_none() {
+        return invalid("`host` only narrows a `prefix` purge".into());
+    }
+    let snapshot = state.store.snapshot();
+    let caches = snapshot
+        .router
+        .routes()
+        .iter()
+        .filter_map(|route| route.payload.cache.as_ref());
+    let purge = if request.all {
+        Purge::All
+    } else if let Some(url) = request.url {
+        let Some((host, path, query)) = split_url(&url) else {
+            return invalid(format!("`{url}` is not an absolute URL with a valid path"));
+        };
+        Purge::Urls(
+            caches
+                .map(|cache| {
+                    let key = cache.url_key(&host, &path, query.as_deref());
+                    (cache.route().to_owned(), key)
+                })
+                .collect(),
+        )
+    } else if let Some(route) = request.route {
+        if !caches.clone().any(|cache| cache.route() == route) {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route named `{route}` caches responses"),
+                None,
+            );
+        }
+        Purge::Route(route)
+    } else if let Some(prefix) = request.prefix {
+        if !prefix.starts_with('/') {
+            return invalid(format!("prefix `{prefix}` must start with `/`"));
+        }
+        Purge::Prefix {
+            host: request.host.map(|h| h.to_ascii_lowercase()),
+            prefix,
+        }
+    } else {
+        Purge::Tag(request.tag.unwrap_or_default())
+    };
+    let purged = snapshot.response_cache.purge(&purge);
+    tracing::info!(?purge, purged, "response cache purged");
+    Json(Purged { purged }).into_response()
+}
+
+/// Host (lowercase, no port), normalized path and query of an absolute URL, as the
+/// gateway keys a request.
+fn split_url(url: &str) -> Option<(String, String, Option<String>)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let host = uri.authority()?.host().to_ascii_lowercase();
+    let path = gatehouse_proxy::pipeline::normalize_path(uri.path())?.into_owned();
+    Some((host, path, uri.query().map(str::to_owned)))
 }
 
 async fn post_config(State(state): State<AdminState>, body: Bytes) -> Response {

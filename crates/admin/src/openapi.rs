@@ -208,6 +208,19 @@ fn operations(generator: &mut SchemaGenerator) -> Vec<Operation> {
             ],
         },
         Operation {
+            method: "post",
+            path: "/admin/cache/purge",
+            summary: "Remove entries from the response cache: all, by URL, by route, by path prefix or by tag.",
+            protected: true,
+            request: Some(("application/json", json_of::<PurgeBody>(generator))),
+            responses: vec![
+                (200, "Purged.", json_of::<Purged>(generator)),
+                (400, "Not exactly one selector, or a malformed URL.", json_of::<Problem>(generator)),
+                (404, "No caching route of that name.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
             method: "get",
             path: "/metrics",
             summary: "Prometheus metrics, text format 0.0.4.",
@@ -281,7 +294,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Gatehouse admin API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Operate a running Gatehouse gateway: health, configuration versions and rollback, routes, services with endpoint health, explain, metrics. Everything but /health and /ready requires the admin bearer token.",
+            "description": "Operate a running Gatehouse gateway: health, configuration versions and rollback, routes, services with endpoint health, cache purge, explain, metrics. Everything but /health and /ready requires the admin bearer token.",
         },
         "servers": [{ "url": "http://127.0.0.1:9901" }],
         "security": [{ "adminToken": [] }],

@@ -131,6 +131,34 @@ fn get_method() -> String {
     "GET".to_owned()
 }
 
+/// What to purge from the response cache: exactly one of `all`, `url`, `route`, `prefix`
+/// (with `host` optionally) or `tag`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeBody {
+    /// Everything stored.
+    #[serde(default)]
+    pub all: bool,
+    /// One absolute URL, `https://api.example.com/products/1?page=2`: its entries on every
+    /// caching route that could have stored it, for every consumer and `Vary` variant.
+    pub url: Option<String>,
+    /// Everything one route stored (its `name`).
+    pub route: Option<String>,
+    /// Every entry whose path starts with this prefix.
+    pub prefix: Option<String>,
+    /// With `prefix`: only entries of this host.
+    pub host: Option<String>,
+    /// Every response the upstream tagged with this surrogate key (`cache.tag_header`).
+    pub tag: Option<String>,
+}
+
+/// The result of a purge.
+#[derive(Serialize, JsonSchema)]
+pub struct Purged {
+    /// Keys removed (a URL with `Vary` counts its marker and each variant).
+    pub purged: usize,
+}
+
 /// An error answer (RFC 9457 problem details).
 #[derive(Serialize, JsonSchema)]
 pub struct Problem {

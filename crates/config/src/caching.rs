@@ -17,6 +17,11 @@ pub struct CacheConfig {
     /// Largest response stored; larger ones are passed through.
     #[serde(default = "default_max_object_size")]
     pub max_object_size: ByteSize,
+    /// Response header listing an entry's tags (surrogate keys), separated by spaces or
+    /// commas, for purging by tag. Removed from the responses sent to clients on caching
+    /// routes.
+    #[serde(default = "default_tag_header")]
+    pub tag_header: String,
 }
 
 impl Default for CacheConfig {
@@ -24,6 +29,7 @@ impl Default for CacheConfig {
         Self {
             max_size: default_max_size(),
             max_object_size: default_max_object_size(),
+            tag_header: default_tag_header(),
         }
     }
 }
@@ -33,6 +39,9 @@ fn default_max_size() -> ByteSize {
 }
 fn default_max_object_size() -> ByteSize {
     ByteSize(1 << 20)
+}
+fn default_tag_header() -> String {
+    "surrogate-key".into()
 }
 
 /// How one route's responses are cached (RFC 9111: the upstream's `Cache-Control`,
@@ -57,4 +66,14 @@ pub struct RouteCacheConfig {
     /// consumer has its own entries, so one never sees another's response.
     #[serde(default)]
     pub shared: bool,
+    /// How long past its freshness a response may still be served while it is revalidated
+    /// in the background, when the upstream's `Cache-Control: stale-while-revalidate`
+    /// says nothing (RFC 5861). Absent: only the upstream's directive allows it.
+    #[serde(default)]
+    pub stale_while_revalidate: Option<HumanDuration>,
+    /// How long past its freshness a response may still be served when the upstream
+    /// fails (no connection, timeout, or a 500, 502, 503 or 504), when the upstream's
+    /// `Cache-Control: stale-if-error` says nothing (RFC 5861).
+    #[serde(default)]
+    pub stale_if_error: Option<HumanDuration>,
 }

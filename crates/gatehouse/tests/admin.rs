@@ -323,6 +323,26 @@ routes:
     assert_eq!(status, 400);
     assert_documented(&doc, "post", "/admin/explain", status, &json(&text));
 
+    for (body, expected) in [
+        (serde_json::json!({ "all": true }), 200),
+        (
+            serde_json::json!({ "url": "http://api.example.com/orders/42" }),
+            200,
+        ),
+        (serde_json::json!({ "tag": "a", "all": true }), 400),
+        (serde_json::json!({ "route": "orders" }), 404),
+    ] {
+        let (status, text) = call(
+            "post",
+            "/admin/cache/purge",
+            "/admin/cache/purge".into(),
+            Some(("application/json", body.to_string())),
+        )
+        .await;
+        assert_eq!(status, expected, "{body}: {text}");
+        assert_documented(&doc, "post", "/admin/cache/purge", status, &json(&text));
+    }
+
     let (status, text) = call(
         "post",
         "/admin/config",

@@ -1,6 +1,8 @@
 //! The response cache against an upstream that counts its requests: hits and misses, the
 //! Cache-Control directives of both sides, Expires, Vary, Age, per-consumer isolation,
-//! revalidation with 304, coalescing of concurrent misses, and the byte bound.
+//! revalidation with 304, coalescing of concurrent misses, the byte bound,
+//! stale-while-revalidate, stale-if-error (upstream answering 503, and upstream gone),
+//! every purge form of the admin API, and explain's view of the cache.
 
 mod common;
 
@@ -12,6 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use common::{admin_block, client, Gateway, ADMIN_TOKEN};
+use futures_util::future::join_all;
 
 const SECRET: &str = "test-api-key-secret-0123456789abcdef";
 
@@ -147,6 +150,25 @@ async fn origin(
                 .insert("etag", HeaderValue::from_static("\"e1\""));
             response
         }
+        "swr" => with("max-age=1, stale-while-revalidate=60"),
+        "short" => with("max-age=1"),
+        "flaky" | "strict" if counts.get("fail") > 0 => {
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+        "flaky" => with("max-age=1, stale-if-error=60"),
+        "strict" => with("max-age=1, stale-if-error=60, must-revalidate"),
+        "tagged-a" | "tagged-b" => {
+            let mut response = with("max-age=60");
+            let tags = if case == "tagged-a" {
+                "product-1 list"
+            } else {
+                "product-2, list"
+            };
+            response
+                .headers_mut()
+                .insert("surrogate-key", HeaderValue::from_static(tags));
+            response
+        }
         "slow" => {
             tokio::time::sleep(Duration::from_millis(300)).await;
             with("max-age=60")
@@ -193,6 +215,38 @@ struct Fixture {
     counts: Counts,
     alice_key: String,
     bob_key: String,
+    /// Stops the `fragile` upstream: its port refuses connections afterwards.
+    stop_fragile: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// The origin on its own port, closing each connection after its response (nothing stays
+/// pooled), until `stop` fires.
+async fn stoppable_origin(
+    counts: Counts,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let router = axum::Router::new()
+        .route("/{case}", axum::routing::get(origin))
+        .with_state(counts)
+        .layer(axum::middleware::map_response(
+            |mut response: Response| async move {
+                response
+                    .headers_mut()
+                    .insert("connection", HeaderValue::from_static("close"));
+                response
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop)
 }
 
 /// The gateway in front of the counting origin: `/private-api/*` needs an API key,
@@ -204,6 +258,7 @@ async fn start(cache: &str) -> Fixture {
         .route("/{case}", axum::routing::get(origin))
         .with_state(counts.clone());
     let upstream = common::upstream(router).await;
+    let (fragile, stop_fragile) = stoppable_origin(counts.clone()).await;
     let (alice_key, alice) = common::generate_api_key(SECRET, &[]);
     let (bob_key, bob) = common::generate_api_key(SECRET, &[]);
     let yaml = format!(
@@ -213,6 +268,8 @@ async fn start(cache: &str) -> Fixture {
 services:
   - name: origin
     endpoints: [{{ address: "{upstream}" }}]
+  - name: fragile
+    endpoints: [{{ address: "{fragile}" }}]
 authentication:
   api_key_secret: "{SECRET}"
   methods:
@@ -234,6 +291,16 @@ consumers:
     service: origin
     rewrite: {{ strip_prefix: true }}
     cache: {{ ttl: 30s }}
+  - name: windows
+    match: {{ path: {{ prefix: /windows }} }}
+    service: origin
+    rewrite: {{ strip_prefix: true }}
+    cache: {{ ttl: 1s, stale_while_revalidate: 30s, stale_if_error: 30s }}
+  - name: fragile
+    match: {{ path: {{ prefix: /fragile }} }}
+    service: fragile
+    rewrite: {{ strip_prefix: true }}
+    cache: {{ stale_if_error: 60s }}
   - name: cached
     match: {{ path: {{ prefix: / }} }}
     service: origin
@@ -246,6 +313,7 @@ consumers:
         counts,
         alice_key,
         bob_key,
+        stop_fragile: Some(stop_fragile),
     }
 }
 
@@ -434,7 +502,7 @@ async fn concurrent_misses_make_one_upstream_request() {
             response.text().await.unwrap()
         }
     });
-    let bodies = futures_util::future::join_all(requests).await;
+    let bodies = join_all(requests).await;
     assert!(bodies.iter().all(|b| b == "slow #1"), "{bodies:?}");
     assert_eq!(
         f.counts.get("slow"),
@@ -531,4 +599,252 @@ async fn revalidation_by_last_modified_and_entries_survive_a_reload() {
     let after_reload = get(g, "/max-age", &[]).await;
     assert_eq!(after_reload.cache_status(), "gatehouse; hit");
     assert_eq!(f.counts.get("max-age"), 1);
+}
+
+/// Ask for `path` until the background revalidation has stored `body` (bounded: 2 s).
+async fn until_stored(gateway: &Gateway, path: &str, body: &str) -> Answer {
+    for _ in 0..100 {
+        let answer = get(gateway, path, &[]).await;
+        if answer.body == body {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{path} never answered {body:?}");
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
+    let f = start("").await;
+    let g = &f.gateway;
+    assert_eq!(get(g, "/swr", &[]).await.body, "swr #1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Stale within the window: the stored answer at once, one background revalidation
+    // however many requests see it stale.
+    // (Requests arriving after the background answer came back are plain hits on it.)
+    let answers = join_all((0..10).map(|_| get(g, "/swr", &[]))).await;
+    let mut served_stale = 0;
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        match answer.cache_status() {
+            "gatehouse; hit; detail=stale-while-revalidate" => {
+                assert_eq!(answer.body, "swr #1");
+                served_stale += 1;
+            }
+            "gatehouse; hit" => assert_eq!(answer.body, "swr #2"),
+            other => panic!("unexpected Cache-Status {other}"),
+        }
+    }
+    assert!(served_stale >= 1, "the first request found the entry stale");
+    let refreshed = until_stored(g, "/swr", "swr #2").await;
+    assert_eq!(refreshed.cache_status(), "gatehouse; hit");
+    assert_eq!(f.counts.get("swr"), 2, "one background revalidation");
+
+    // The route's own window for an upstream that sends no caching headers.
+    assert_eq!(get(g, "/windows/plain", &[]).await.body, "plain #1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stale = get(g, "/windows/plain", &[]).await;
+    assert_eq!(stale.body, "plain #1");
+    assert_eq!(
+        stale.cache_status(),
+        "gatehouse; hit; detail=stale-while-revalidate"
+    );
+    until_stored(g, "/windows/plain", "plain #2").await;
+    assert_eq!(f.counts.get("plain"), 2);
+}
+
+#[tokio::test]
+async fn stale_if_error_covers_a_failing_or_vanished_upstream() {
+    let mut f = start("").await;
+    let g = &f.gateway;
+    assert_eq!(get(g, "/flaky", &[]).await.body, "flaky #1");
+    assert_eq!(get(g, "/strict", &[]).await.body, "strict #1");
+    f.counts.bump("fail");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The upstream answers 503: the stale entry is served instead, and kept.
+    for _ in 0..2 {
+        let answer = get(g, "/flaky", &[]).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "flaky #1");
+        assert_eq!(
+            answer.cache_status(),
+            "gatehouse; fwd=stale; fwd-status=503; detail=stale-if-error"
+        );
+    }
+    // Each stale request asked the upstream: the first fetch, then two tries (the default
+    // retry policy resends a 503 once) for each of the two requests.
+    assert_eq!(f.counts.get("flaky"), 5);
+    // must-revalidate forbids serving stale: the client sees the 503.
+    let strict = get(g, "/strict", &[]).await;
+    assert_eq!(strict.status, 503);
+
+    // The upstream goes away entirely (connections refused); the route's own window
+    // covers a response that names none.
+    assert_eq!(get(g, "/fragile/short", &[]).await.body, "short #1");
+    f.stop_fragile.take().unwrap().send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let down = get(g, "/fragile/short", &[]).await;
+    assert_eq!(down.status, 200);
+    assert_eq!(down.body, "short #1");
+    assert_eq!(
+        down.cache_status(),
+        "gatehouse; fwd=stale; detail=stale-if-error"
+    );
+    // Nothing stored for this one: the client sees the failure.
+    let missing = get(g, "/fragile/max-age", &[]).await;
+    assert!(missing.status >= 502, "got {}", missing.status);
+}
+
+async fn purge(gateway: &Gateway, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response = client()
+        .post(gateway.admin_url("/admin/cache/purge"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn purge_by_url_route_prefix_tag_and_all() {
+    let f = start("").await;
+    let g = &f.gateway;
+    let hit = |answer: &Answer| answer.cache_status() == "gatehouse; hit";
+    // By URL: the query as the route keys it (`page` only), every Vary variant.
+    get(g, "/max-age?page=2&utm=x", &[]).await;
+    assert!(hit(&get(g, "/max-age?page=2", &[]).await));
+    let url = g.url("/max-age?utm=y&page=2");
+    assert_eq!(
+        purge(g, serde_json::json!({ "url": url })).await,
+        (200, serde_json::json!({ "purged": 1 }))
+    );
+    assert!(!hit(&get(g, "/max-age?page=2", &[]).await));
+    assert_eq!(f.counts.get("max-age"), 2);
+    get(g, "/vary", &[("accept-language", "fr")]).await;
+    get(g, "/vary", &[("accept-language", "de")]).await;
+    let (status, purged) = purge(g, serde_json::json!({ "url": g.url("/vary") })).await;
+    assert_eq!(
+        (status, purged["purged"].as_u64()),
+        (200, Some(3)),
+        "marker and two variants"
+    );
+    assert!(!hit(&get(g, "/vary", &[("accept-language", "fr")]).await));
+
+    // By route: only that route's entries go.
+    get(g, "/defaulted/plain", &[]).await;
+    assert!(hit(&get(g, "/defaulted/plain", &[]).await));
+    let (status, _) = purge(g, serde_json::json!({ "route": "defaulted" })).await;
+    assert_eq!(status, 200);
+    assert!(!hit(&get(g, "/defaulted/plain", &[]).await));
+    assert!(hit(&get(g, "/max-age?page=2", &[]).await));
+
+    // By prefix, on one host or any.
+    get(g, "/big1", &[]).await;
+    get(g, "/big2", &[]).await;
+    let (_, other_host) = purge(
+        g,
+        serde_json::json!({ "prefix": "/big", "host": "example.com" }),
+    )
+    .await;
+    assert_eq!(other_host["purged"], 0);
+    let (_, purged) = purge(
+        g,
+        serde_json::json!({ "prefix": "/big", "host": "127.0.0.1" }),
+    )
+    .await;
+    assert_eq!(purged["purged"], 2);
+    assert!(!hit(&get(g, "/big1", &[]).await));
+
+    // By tag: the upstream's Surrogate-Key, which clients never see.
+    let a = get(g, "/tagged-a", &[]).await;
+    assert!(!a.headers.contains_key("surrogate-key"));
+    get(g, "/tagged-b", &[]).await;
+    let (_, purged) = purge(g, serde_json::json!({ "tag": "product-1" })).await;
+    assert_eq!(purged["purged"], 1);
+    assert!(!hit(&get(g, "/tagged-a", &[]).await));
+    assert!(hit(&get(g, "/tagged-b", &[]).await));
+    let (_, purged) = purge(g, serde_json::json!({ "tag": "list" })).await;
+    assert_eq!(purged["purged"], 2);
+    assert_eq!(f.counts.get("tagged-a"), 2);
+    get(g, "/tagged-b", &[]).await;
+    assert_eq!(f.counts.get("tagged-b"), 2);
+
+    // Everything.
+    let (_, purged) = purge(g, serde_json::json!({ "all": true })).await;
+    assert!(purged["purged"].as_u64().unwrap() >= 5, "{purged}");
+    assert!(!hit(&get(g, "/max-age?page=2", &[]).await));
+
+    // Bad requests are refused, and the token is required.
+    let (status, problem) = purge(g, serde_json::json!({ "route": "cached", "tag": "x" })).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, _) = purge(g, serde_json::json!({ "route": "nope" })).await;
+    assert_eq!(status, 404);
+    let (status, _) = purge(g, serde_json::json!({ "prefix": "big" })).await;
+    assert_eq!(status, 400);
+    let (status, _) = purge(g, serde_json::json!({ "host": "127.0.0.1" })).await;
+    assert_eq!(status, 400);
+    let anonymous = client()
+        .post(g.admin_url("/admin/cache/purge"))
+        .json(&serde_json::json!({ "all": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
+#[tokio::test]
+async fn explain_reports_what_the_cache_holds() {
+    let f = start("").await;
+    let g = &f.gateway;
+    let explain = || async {
+        let report: serde_json::Value = client()
+            .post(g.admin_url("/admin/explain"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "url": g.url("/max-age?page=3&x=1") }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let cache = report["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["policy"] == "cache")
+            .cloned()
+            .unwrap_or_else(|| panic!("no cache step in {report}"));
+        (cache, report["outcome"].as_str().unwrap().to_owned())
+    };
+    let (before, outcome) = explain().await;
+    assert_eq!(before["state"], "absent");
+    assert_eq!(before["key"], "cached\n127.0.0.1/max-age&page=3");
+    assert_eq!(outcome, "the action runs");
+    get(g, "/max-age?page=3", &[]).await;
+    let (after, outcome) = explain().await;
+    assert_eq!(after["state"], "fresh");
+    assert!(outcome.starts_with("answered from the cache"), "{outcome}");
+    assert_eq!(f.counts.get("max-age"), 1, "explain sent nothing upstream");
+    // A method the cache does not take.
+    let report: serde_json::Value = client()
+        .post(g.admin_url("/admin/explain"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "method": "POST", "url": g.url("/max-age") }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let step = report["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["policy"] == "cache")
+        .unwrap();
+    assert!(step["decision"].as_str().unwrap().starts_with("bypass"));
 }

@@ -1,14 +1,20 @@
 //! The response cache (RFC 9111, as a shared cache): which requests may be answered from
 //! it, the key, freshness from the upstream's `Cache-Control`/`Expires` (or the route's
-//! `ttl`), `Vary`, `Age`, validators and revalidation, request coalescing, and the
+//! `ttl`), `Vary`, `Age`, validators and revalidation, request coalescing, serving stale
+//! entries while revalidating or when the upstream fails (RFC 5861), purging, and the
 //! `Cache-Status` header (RFC 9211). Entries live in memory under a byte bound
 //! (quick_cache: weighted, eviction by recency and frequency).
+//!
+//! A key is `route \n host path [query] [\n@consumer] [\nheader:values]...`: purging by
+//! route, URL or path prefix reads those parts back.
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use gatehouse_config::{CacheConfig, RouteCacheConfig};
+use gatehouse_config::{CacheConfig, HumanDuration, RouteCacheConfig};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use quick_cache::sync::{Cache, DefaultLifecycle, PlaceholderGuard};
@@ -48,6 +54,14 @@ pub struct Stored {
     initial_age: Duration,
     /// How long it is fresh for (zero: revalidate every time).
     fresh_for: Duration,
+    /// How long past `fresh_for` it may be served while a background request revalidates
+    /// it, and how long when the upstream fails.
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    /// Tags from the upstream's tag header, for purging by tag.
+    tags: Box<[String]>,
+    /// A background revalidation is under way (one per entry at a time).
+    revalidating: AtomicBool,
     /// Bytes it holds, for the cache's bound.
     weight: u64,
 }
@@ -59,6 +73,26 @@ impl Stored {
 
     fn is_fresh(&self) -> bool {
         self.age() < self.fresh_for
+    }
+
+    /// Stale, but within its `stale-while-revalidate` window.
+    pub fn may_serve_while_revalidating(&self) -> bool {
+        self.age() < self.fresh_for + self.stale_while_revalidate
+    }
+
+    /// Stale, but within its `stale-if-error` window.
+    pub fn may_serve_on_error(&self) -> bool {
+        self.age() < self.fresh_for + self.stale_if_error
+    }
+
+    /// Claim the entry's background revalidation; false when one is already running.
+    pub fn begin_revalidation(&self) -> bool {
+        !self.revalidating.swap(true, Ordering::AcqRel)
+    }
+
+    /// Let a later request revalidate again (the last attempt failed).
+    pub fn end_revalidation(&self) {
+        self.revalidating.store(false, Ordering::Release);
     }
 
     fn etag(&self) -> Option<&HeaderValue> {
@@ -128,13 +162,71 @@ impl ResponseCache {
     pub fn is_empty(&self) -> bool {
         self.store.len() == 0
     }
+
+    /// Remove the entries `purge` selects (the `Vary` markers and variants of a URL
+    /// included); returns how many keys were removed. Visits every entry: an operator's
+    /// action, not a request path.
+    pub fn purge(&self, purge: &Purge) -> usize {
+        let removed = Cell::new(0usize);
+        self.store.retain(|key, entry| {
+            let (route, url) = key_parts(key);
+            let selected = match purge {
+                Purge::All => true,
+                Purge::Route(name) => route == name,
+                Purge::Urls(urls) => urls.iter().any(|(r, u)| r == route && u == url),
+                Purge::Prefix { host, prefix } => {
+                    let (entry_host, path) = url.split_at(url.find('/').unwrap_or(url.len()));
+                    host.as_ref()
+                        .is_none_or(|h| h.eq_ignore_ascii_case(entry_host))
+                        && path.starts_with(prefix.as_str())
+                }
+                Purge::Tag(tag) => match &**entry {
+                    Entry::Response(stored) => stored.tags.iter().any(|t| t == tag),
+                    _ => false,
+                },
+            };
+            if selected {
+                removed.set(removed.get() + 1);
+            }
+            !selected
+        });
+        removed.get()
+    }
+}
+
+/// Which entries to purge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purge {
+    All,
+    /// Everything a route stored.
+    Route(String),
+    /// One URL: (route, the URL part of that route's key) for each caching route that
+    /// could have stored it.
+    Urls(Vec<(String, String)>),
+    /// Paths starting with `prefix`, on one host or any.
+    Prefix {
+        host: Option<String>,
+        prefix: String,
+    },
+    /// Responses tagged so by the upstream.
+    Tag(String),
+}
+
+/// (route, URL part) of a key.
+fn key_parts(key: &str) -> (&str, &str) {
+    let (route, rest) = key.split_once('\n').unwrap_or((key, ""));
+    let url = rest.split('\n').next().unwrap_or("");
+    (route, url)
 }
 
 /// One route's view of the cache.
 pub struct RouteCache {
     cache: Arc<ResponseCache>,
     config: RouteCacheConfig,
+    /// Starts every key of this route.
+    route: String,
     key_headers: Vec<HeaderName>,
+    tag_header: Option<HeaderName>,
 }
 
 /// A request the cache may answer, with its key.
@@ -147,6 +239,41 @@ pub struct Lookup {
     if_none_match: Option<HeaderValue>,
     /// `key` already names a variant (a `Vary` marker was followed).
     variant: bool,
+}
+
+/// What `explain` reports the cache holds for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peeked {
+    Fresh,
+    StaleWhileRevalidate,
+    Stale,
+    /// Known uncacheable for now (hit-for-pass).
+    Pass,
+    Absent,
+}
+
+impl Peeked {
+    pub fn label(self) -> &'static str {
+        match self {
+            Peeked::Fresh => "fresh",
+            Peeked::StaleWhileRevalidate => "stale_while_revalidate",
+            Peeked::Stale => "stale",
+            Peeked::Pass => "pass",
+            Peeked::Absent => "absent",
+        }
+    }
+}
+
+impl Lookup {
+    /// The key looked up first (a `Vary` marker may extend it).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The client asked for a fresh answer.
+    pub fn is_refresh(&self) -> bool {
+        self.refresh
+    }
 }
 
 /// What the cache holds for a request.
@@ -177,6 +304,10 @@ pub enum Outcome {
     },
     /// The client asked for a fresh answer (`no-cache`).
     Refresh,
+    /// A stale entry served at once while a background request revalidates it.
+    StaleWhileRevalidate,
+    /// A stale entry served because the upstream failed.
+    StaleIfError,
     /// The request may not use the cache (method, `no-store`, range).
     Bypass,
 }
@@ -188,6 +319,8 @@ impl Outcome {
             Outcome::Miss { .. } => "miss",
             Outcome::Revalidated { .. } => "revalidated",
             Outcome::Refresh => "refresh",
+            Outcome::StaleWhileRevalidate => "stale_while_revalidate",
+            Outcome::StaleIfError => "stale_if_error",
             Outcome::Bypass => "bypass",
         }
     }
@@ -203,6 +336,8 @@ impl Outcome {
             Outcome::Revalidated { stored: true, .. } => "gatehouse; fwd=stale; stored",
             Outcome::Revalidated { stored: false, .. } => "gatehouse; fwd=stale",
             Outcome::Refresh => "gatehouse; fwd=request",
+            Outcome::StaleWhileRevalidate => "gatehouse; hit; detail=stale-while-revalidate",
+            Outcome::StaleIfError => "gatehouse; fwd=stale; detail=stale-if-error",
             Outcome::Bypass => "gatehouse; fwd=bypass",
         })
     }
@@ -218,6 +353,8 @@ pub struct CacheControl {
     pub must_revalidate: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
 }
 
 impl CacheControl {
@@ -242,6 +379,8 @@ impl CacheControl {
                     "must-revalidate" | "proxy-revalidate" => directives.must_revalidate = true,
                     "max-age" => directives.max_age = seconds().or(Some(0)),
                     "s-maxage" => directives.s_maxage = seconds().or(Some(0)),
+                    "stale-while-revalidate" => directives.stale_while_revalidate = seconds(),
+                    "stale-if-error" => directives.stale_if_error = seconds(),
                     _ => {}
                 }
             }
@@ -251,7 +390,14 @@ impl CacheControl {
 }
 
 impl RouteCache {
-    pub fn new(cache: Arc<ResponseCache>, config: &RouteCacheConfig) -> Self {
+    /// `route` names the route (its entries are purged by it); `tag_header` is the
+    /// configured `cache.tag_header`.
+    pub fn new(
+        cache: Arc<ResponseCache>,
+        config: &RouteCacheConfig,
+        route: &str,
+        tag_header: &str,
+    ) -> Self {
         Self {
             cache,
             key_headers: config
@@ -259,7 +405,46 @@ impl RouteCache {
                 .iter()
                 .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
                 .collect(),
+            route: route.to_owned(),
+            tag_header: HeaderName::from_bytes(tag_header.as_bytes()).ok(),
             config: config.clone(),
+        }
+    }
+
+    /// The route these entries belong to.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// The URL part of this route's keys: host, path, and the query (whole, or the
+    /// configured parameters in their order).
+    pub fn url_key(&self, host: &str, path: &str, query: Option<&str>) -> String {
+        let mut key = String::with_capacity(16 + host.len() + path.len());
+        self.push_url(&mut key, host, path, query);
+        key
+    }
+
+    fn push_url(&self, key: &mut String, host: &str, path: &str, query: Option<&str>) {
+        key.push_str(host);
+        key.push_str(path);
+        match (&self.config.key_query, query) {
+            (None, Some(query)) => {
+                key.push('?');
+                key.push_str(query);
+            }
+            (Some(names), Some(query)) => {
+                for name in names {
+                    for (found, value) in form_urlencoded::parse(query.as_bytes()) {
+                        if found == name.as_str() {
+                            key.push('&');
+                            key.push_str(name);
+                            key.push('=');
+                            key.push_str(&value);
+                        }
+                    }
+                }
+            }
+            (_, None) => {}
         }
     }
 
@@ -287,28 +472,10 @@ impl RouteCache {
         let pragma_no_cache = headers
             .get(header::PRAGMA)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"));
-        let mut key = String::with_capacity(64 + path.len());
-        key.push_str(host);
-        key.push_str(path);
-        match (&self.config.key_query, query) {
-            (None, Some(query)) => {
-                key.push('?');
-                key.push_str(query);
-            }
-            (Some(names), Some(query)) => {
-                for name in names {
-                    for (found, value) in form_urlencoded::parse(query.as_bytes()) {
-                        if found == name.as_str() {
-                            key.push('&');
-                            key.push_str(name);
-                            key.push('=');
-                            key.push_str(&value);
-                        }
-                    }
-                }
-            }
-            (_, None) => {}
-        }
+        let mut key = String::with_capacity(64 + self.route.len() + path.len());
+        key.push_str(&self.route);
+        key.push('\n');
+        self.push_url(&mut key, host, path, query);
         if let (false, Some(consumer)) = (self.config.shared, consumer) {
             key.push_str("\n@");
             key.push_str(consumer);
@@ -407,16 +574,13 @@ impl RouteCache {
         guard: Option<Guard<'_>>,
         stale: Option<Arc<Stored>>,
         request_headers: &HeaderMap,
-        response: Response<ProxyBody>,
+        mut response: Response<ProxyBody>,
     ) -> (Response<ProxyBody>, Outcome) {
         let revalidating = stale.is_some();
+        let tags = self.take_tags(response.headers_mut());
         // 304 to our conditional request: the stored response is still good.
         if let (Some(stored), StatusCode::NOT_MODIFIED) = (&stale, response.status()) {
-            let refreshed = Arc::new(refresh(
-                stored,
-                response.headers(),
-                self.config.ttl.map(|t| t.0),
-            ));
+            let refreshed = Arc::new(self.refresh(stored, response.headers()));
             let outcome = Outcome::Revalidated {
                 not_modified: true,
                 stored: true,
@@ -472,10 +636,13 @@ impl RouteCache {
         let mut headers = parts.headers.clone();
         headers.remove(header::AGE);
         let weight = bytes.len() as u64
+            + tags.iter().map(|t| t.len() as u64 + 24).sum::<u64>()
             + headers
                 .iter()
                 .map(|(n, v)| (n.as_str().len() + v.len() + 32) as u64)
                 .sum::<u64>();
+        let (stale_while_revalidate, stale_if_error) =
+            self.stale_windows(&CacheControl::parse(&headers));
         let stored = Arc::new(Stored {
             status: parts.status,
             headers,
@@ -483,6 +650,10 @@ impl RouteCache {
             received: Instant::now(),
             initial_age,
             fresh_for,
+            stale_while_revalidate,
+            stale_if_error,
+            tags,
+            revalidating: AtomicBool::new(false),
             weight,
         });
         let entry = Arc::new(Entry::Response(stored.clone()));
@@ -503,6 +674,152 @@ impl RouteCache {
         let outcome = fetched(&lookup, revalidating, true);
         // Answered like a hit: HEAD, the client's If-None-Match and Age handled alike.
         (self.serve(&stored, &lookup, outcome), outcome)
+    }
+
+    /// The tags of a response (its tag header, split on spaces and commas); the header is
+    /// not passed on to the client.
+    fn take_tags(&self, headers: &mut HeaderMap) -> Box<[String]> {
+        let Some(name) = &self.tag_header else {
+            return Box::default();
+        };
+        let mut tags = Vec::new();
+        for value in headers.get_all(name) {
+            if let Ok(text) = value.to_str() {
+                tags.extend(
+                    text.split([' ', ','])
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned),
+                );
+            }
+        }
+        headers.remove(name);
+        tags.into_boxed_slice()
+    }
+
+    /// A response to a key known to be uncacheable.
+    pub fn passed(&self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+        self.take_tags(response.headers_mut());
+        with_status(response, Outcome::Miss { stored: false })
+    }
+
+    /// A response that bypassed the cache.
+    pub fn bypassed(&self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+        self.take_tags(response.headers_mut());
+        with_status(response, Outcome::Bypass)
+    }
+
+    /// A stale entry served because the upstream failed (`fwd-status` when it answered).
+    pub fn serve_on_error(
+        &self,
+        stored: &Stored,
+        lookup: &Lookup,
+        upstream_status: Option<StatusCode>,
+    ) -> Response<ProxyBody> {
+        let mut response = self.serve(stored, lookup, Outcome::StaleIfError);
+        if let Some(status) = upstream_status {
+            let value = format!(
+                "gatehouse; fwd=stale; fwd-status={}; detail=stale-if-error",
+                status.as_u16()
+            );
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(CACHE_STATUS.clone(), value);
+            }
+        }
+        response
+    }
+
+    /// How long past freshness an entry with these directives may be served while
+    /// revalidating and on error: the upstream's directives, else the route's settings.
+    /// `must-revalidate` and `no-cache` allow neither (RFC 9111 section 4.2.4).
+    fn stale_windows(&self, directives: &CacheControl) -> (Duration, Duration) {
+        if directives.must_revalidate || directives.no_cache {
+            return (Duration::ZERO, Duration::ZERO);
+        }
+        let window = |directive: Option<u64>, configured: Option<HumanDuration>| {
+            directive
+                .map(Duration::from_secs)
+                .or(configured.map(|d| d.0))
+                .unwrap_or(Duration::ZERO)
+        };
+        (
+            window(
+                directives.stale_while_revalidate,
+                self.config.stale_while_revalidate,
+            ),
+            window(directives.stale_if_error, self.config.stale_if_error),
+        )
+    }
+
+    /// The stored response with the headers of a `304` merged in and its freshness renewed.
+    fn refresh(&self, stored: &Stored, update: &HeaderMap) -> Stored {
+        let mut headers = stored.headers.clone();
+        for name in update.keys() {
+            if name == header::CONTENT_LENGTH || name == header::AGE {
+                continue;
+            }
+            headers.remove(name);
+            for value in update.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let directives = CacheControl::parse(&headers);
+        let fresh_for = if directives.no_cache {
+            Duration::ZERO
+        } else {
+            directives
+                .s_maxage
+                .or(directives.max_age)
+                .map(Duration::from_secs)
+                .or(self.config.ttl.map(|t| t.0))
+                .unwrap_or(stored.fresh_for)
+        };
+        let (stale_while_revalidate, stale_if_error) = self.stale_windows(&directives);
+        Stored {
+            status: stored.status,
+            headers,
+            body: stored.body.clone(),
+            received: Instant::now(),
+            initial_age: Duration::ZERO,
+            fresh_for,
+            stale_while_revalidate,
+            stale_if_error,
+            tags: stored.tags.clone(),
+            revalidating: AtomicBool::new(false),
+            weight: stored.weight,
+        }
+    }
+
+    /// What the cache holds for a request, without touching it (for `explain`): the
+    /// state, the key looked up, and the entry's age.
+    pub fn peek(&self, lookup: &Lookup, headers: &HeaderMap) -> (Peeked, String, Option<Duration>) {
+        let mut key = lookup.key.clone();
+        for _ in 0..2 {
+            let Some(entry) = self.cache.store.peek(&key) else {
+                return (Peeked::Absent, key, None);
+            };
+            match &*entry {
+                Entry::Vary(names) => {
+                    for name in names {
+                        push_header(&mut key, headers, name);
+                    }
+                }
+                Entry::Response(stored) => {
+                    let state = if stored.is_fresh() {
+                        Peeked::Fresh
+                    } else if stored.may_serve_while_revalidating() {
+                        Peeked::StaleWhileRevalidate
+                    } else {
+                        Peeked::Stale
+                    };
+                    return (state, key, Some(stored.age()));
+                }
+                Entry::Pass { until } if Instant::now() < *until => {
+                    return (Peeked::Pass, key, None)
+                }
+                Entry::Pass { .. } => return (Peeked::Absent, key, None),
+            }
+        }
+        (Peeked::Absent, key, None)
     }
 
     /// Put `entry` under `key`, through the guard when this request holds it (waking
@@ -586,55 +903,11 @@ impl RouteCache {
     }
 }
 
-/// The stored response with the headers of a `304` merged in and its freshness renewed.
-fn refresh(stored: &Stored, update: &HeaderMap, ttl: Option<Duration>) -> Stored {
-    let mut headers = stored.headers.clone();
-    for name in update.keys() {
-        if name == header::CONTENT_LENGTH || name == header::AGE {
-            continue;
-        }
-        headers.remove(name);
-        for value in update.get_all(name) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    let directives = CacheControl::parse(&headers);
-    let fresh_for = if directives.no_cache {
-        Duration::ZERO
-    } else {
-        directives
-            .s_maxage
-            .or(directives.max_age)
-            .map(Duration::from_secs)
-            .or(ttl)
-            .unwrap_or(stored.fresh_for)
-    };
-    Stored {
-        status: stored.status,
-        headers,
-        body: stored.body.clone(),
-        received: Instant::now(),
-        initial_age: Duration::ZERO,
-        fresh_for,
-        weight: stored.weight,
-    }
-}
-
 fn with_status(mut response: Response<ProxyBody>, outcome: Outcome) -> Response<ProxyBody> {
     response
         .headers_mut()
         .insert(CACHE_STATUS.clone(), outcome.header());
     response
-}
-
-/// Mark a response to a key known to be uncacheable.
-pub fn passed(response: Response<ProxyBody>) -> Response<ProxyBody> {
-    with_status(response, Outcome::Miss { stored: false })
-}
-
-/// Mark a response that bypassed the cache.
-pub fn bypassed(response: Response<ProxyBody>) -> Response<ProxyBody> {
-    with_status(response, Outcome::Bypass)
 }
 
 /// How a request the upstream answered took part in the cache.
@@ -707,10 +980,25 @@ mod tests {
             header::CACHE_CONTROL,
             HeaderValue::from_static("S-MAXAGE=\"120\", no-cache"),
         );
+        headers.append(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("stale-while-revalidate=30,stale-if-error=600"),
+        );
         let parsed = CacheControl::parse(&headers);
+        assert_eq!(parsed.stale_while_revalidate, Some(30));
+        assert_eq!(parsed.stale_if_error, Some(600));
         assert_eq!(parsed.max_age, Some(60));
         assert_eq!(parsed.s_maxage, Some(120));
         assert!(parsed.public && parsed.no_cache && !parsed.no_store && !parsed.private);
+    }
+
+    #[test]
+    fn key_parts_split_route_and_url() {
+        assert_eq!(
+            key_parts("products\napi.example.com/p/1?x=1\n@alice\naccept:fr,"),
+            ("products", "api.example.com/p/1?x=1")
+        );
+        assert_eq!(key_parts("r\nhost/"), ("r", "host/"));
     }
 
     #[test]

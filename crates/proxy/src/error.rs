@@ -32,6 +32,18 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// The upstream could not give an answer (no endpoint, connection, timeout, broken
+    /// exchange): what `stale-if-error` covers.
+    pub fn is_upstream_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::NoHealthyEndpoint { .. }
+                | Self::UpstreamTimeout { .. }
+                | Self::UpstreamConnect(_)
+                | Self::BadGateway(_)
+        )
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,

@@ -259,6 +259,68 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
     if let Some(max) = route_config.max_in_flight {
         policies.push(json!({ "policy": "max_in_flight", "decision": format!("at most {max} requests of this route at once") }));
     }
+    if let (Some(cache), RouteAction::Forward { .. }) = (&route.cache, &route.action) {
+        let consumer = identity.as_ref().map(|i| i.consumer.id.as_str());
+        let lookup = cache.lookup(
+            &request.method,
+            &host,
+            &path,
+            uri.query(),
+            &headers,
+            consumer,
+        );
+        let entry = match lookup {
+            None => {
+                json!({ "policy": "cache", "decision": "bypass: only GET and HEAD without Range, Upgrade or `Cache-Control: no-store` use the cache" })
+            }
+            Some(lookup) if lookup.is_refresh() => json!({
+                "policy": "cache",
+                "key": lookup.key(),
+                "decision": "refresh: the client asks for a fresh answer (no-cache); forwarded, and the answer stored if it may be",
+            }),
+            Some(lookup) if !request.live => json!({
+                "policy": "cache",
+                "key": lookup.key(),
+                "decision": "looks this key up; entries live in the running gateway: ask the admin API's explain for their state",
+            }),
+            Some(lookup) => {
+                use crate::cache::Peeked;
+                let (state, key, age) = cache.peek(&lookup, &headers);
+                let age = age.map(|a| a.as_secs());
+                let decision = match state {
+                    Peeked::Fresh => {
+                        outcome.get_or_insert(format!(
+                            "answered from the cache (fresh entry, age {} s); nothing is forwarded",
+                            age.unwrap_or(0)
+                        ));
+                        "hit: a fresh entry answers".to_owned()
+                    }
+                    Peeked::StaleWhileRevalidate => {
+                        outcome.get_or_insert(
+                            "answered from the cache (stale entry within stale-while-revalidate); revalidated in the background".to_owned(),
+                        );
+                        "stale: served at once and revalidated in the background".to_owned()
+                    }
+                    Peeked::Stale => "stale: forwarded to revalidate the stored entry".to_owned(),
+                    Peeked::Pass => {
+                        "pass: the last answer for this key could not be stored; forwarded"
+                            .to_owned()
+                    }
+                    Peeked::Absent => {
+                        "miss: forwarded, and the answer stored if it may be".to_owned()
+                    }
+                };
+                json!({
+                    "policy": "cache",
+                    "key": key,
+                    "state": state.label(),
+                    "age_seconds": age,
+                    "decision": decision,
+                })
+            }
+        };
+        policies.push(entry);
+    }
     report["policies"] = Value::Array(policies);
 
     report["action"] = match &route.action {

@@ -18,8 +18,8 @@ use crate::body::{self, BoxError, ProxyBody};
 use crate::cache;
 use crate::error::GatewayError;
 use crate::forward::{self, X_REQUEST_ID};
-use crate::router::RequestView;
-use crate::snapshot::{fill_template, ListenerRuntime, RouteAction, Snapshot};
+use crate::router::{CompiledRoute, RequestView};
+use crate::snapshot::{fill_template, ListenerRuntime, RouteAction, RouteRuntime, Snapshot};
 use crate::upstream::{hash_of, OutgoingBody, Service, UpstreamInfo, UpstreamRequest};
 use gatehouse_policy::{
     cors, AccessOutcome, ClientCertificate, Granted, InFlightLimit, LimitRequest, RequestInfo,
@@ -34,6 +34,7 @@ use gatehouse_policy::openapi::{Operation, RouteValidation};
 use gatehouse_policy::Rejection;
 
 /// What the pipeline knows about the client connection.
+#[derive(Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The peer's IP as a header value, made once per connection for `X-Forwarded-For`.
@@ -456,7 +457,7 @@ impl Finish {
 }
 
 async fn route_and_respond(
-    snapshot: &Snapshot,
+    snapshot: &Arc<Snapshot>,
     conn: &ConnInfo,
     request: Request<Incoming>,
     request_id: &HeaderValue,
@@ -669,6 +670,7 @@ async fn route_and_respond(
                 client_ip,
                 security: &snapshot.security,
                 granted: granted.as_ref(),
+                identity_applied: false,
                 body_limit: route_body_limit(
                     conn.listener.limits.max_request_body.0,
                     route.shaping.as_ref().and_then(|s| s.max_body),
@@ -683,17 +685,21 @@ async fn route_and_respond(
             };
             match lookup {
                 Some((cache, lookup)) => {
-                    cached(
-                        cache, lookup, service, conn, request, trace, upstream, request_id,
-                    )
-                    .await
+                    let context = CacheContext {
+                        cache,
+                        snapshot,
+                        route: matched.route,
+                        service,
+                        request_id,
+                    };
+                    cached(context, lookup, conn, request, trace, upstream).await
                 }
                 None => {
                     let response = proxy(service, conn, request, trace, upstream, request_id).await;
-                    match route.cache {
-                        Some(_) => {
+                    match &route.cache {
+                        Some(cache) => {
                             trace.cache = Some(cache::Outcome::Bypass);
-                            response.map(cache::bypassed)
+                            response.map(|response| cache.bypassed(response))
                         }
                         None => response,
                     }
@@ -715,33 +721,61 @@ async fn route_and_respond(
     Ok(response)
 }
 
-/// Answer a request the cache may serve: a fresh entry directly, otherwise through the
-/// upstream (conditionally for a stale entry), storing what may be stored. Concurrent
-/// misses for one key wait for the first one's answer.
-#[allow(clippy::too_many_arguments)]
+/// What answering from the cache needs besides the request.
+struct CacheContext<'a> {
+    cache: &'a cache::RouteCache,
+    /// Owned by a background revalidation while it runs.
+    snapshot: &'a Arc<Snapshot>,
+    route: &'a Arc<CompiledRoute<RouteRuntime>>,
+    service: &'a Arc<Service>,
+    request_id: &'a HeaderValue,
+}
+
+/// Answer a request the cache may serve: a fresh entry directly; a stale one at once while
+/// a background request revalidates it (`stale-while-revalidate`), or through the upstream
+/// (conditionally when it has a validator), falling back to it when the upstream fails
+/// (`stale-if-error`); a miss through the upstream, storing what may be stored.
+/// Concurrent misses for one key wait for the first one's answer.
 async fn cached(
-    cache: &cache::RouteCache,
+    context: CacheContext<'_>,
     mut lookup: cache::Lookup,
-    service: &Service,
     conn: &ConnInfo,
     mut request: Request<Incoming>,
     trace: &mut RequestTrace,
     upstream: Upstream<'_>,
-    request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     use cache::{Found, Outcome, RouteCache};
+    let CacheContext {
+        cache,
+        service,
+        request_id,
+        ..
+    } = context;
     let found = cache.find(&mut lookup, request.headers()).await;
     let (guard, stale) = match found {
         Found::Fresh(entry) => {
             trace.cache = Some(Outcome::Hit);
             return Ok(cache.serve(&entry, &lookup, Outcome::Hit));
         }
+        // Responses checked against an OpenAPI document are revalidated in line, where
+        // the check runs.
+        Found::Stale(entry)
+            if entry.may_serve_while_revalidating() && upstream.validation.is_none() =>
+        {
+            trace.cache = Some(Outcome::StaleWhileRevalidate);
+            let response = cache.serve(&entry, &lookup, Outcome::StaleWhileRevalidate);
+            if entry.begin_revalidation() {
+                let job = Revalidation::new(&context, lookup, entry, conn, &request, &upstream);
+                tokio::spawn(job.run());
+            }
+            return Ok(response);
+        }
         Found::Stale(entry) => (None, Some(entry)),
         Found::Miss(guard) => (guard, None),
         Found::Pass => {
             trace.cache = Some(Outcome::Miss { stored: false });
             let response = proxy(service, conn, request, trace, upstream, request_id).await?;
-            return Ok(cache::passed(response));
+            return Ok(cache.passed(response));
         }
     };
     // Kept for storing the answer (Vary, Authorization); a hit above does without.
@@ -757,12 +791,152 @@ async fn cached(
     if request.method() == Method::HEAD {
         *request.method_mut() = Method::GET;
     }
-    let response = proxy(service, conn, request, trace, upstream, request_id).await?;
+    let result = proxy(service, conn, request, trace, upstream, request_id).await;
+    if let Some(entry) = stale.as_ref().filter(|entry| entry.may_serve_on_error()) {
+        let failed = match &result {
+            Err(err) if err.is_upstream_failure() => Some(None),
+            Ok(response) if is_server_failure(response.status()) => Some(Some(response.status())),
+            _ => None,
+        };
+        if let Some(upstream_status) = failed {
+            trace.cache = Some(Outcome::StaleIfError);
+            // Nothing is stored: the entry stays for the next request to retry.
+            return Ok(cache.serve_on_error(entry, &lookup, upstream_status));
+        }
+    }
     let (response, outcome) = cache
-        .complete(lookup, guard, stale, &request_headers, response)
+        .complete(lookup, guard, stale, &request_headers, result?)
         .await;
     trace.cache = Some(outcome);
     Ok(response)
+}
+
+/// Statuses that count as the upstream failing for `stale-if-error` (RFC 5861 section 4).
+fn is_server_failure(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// A stale entry's revalidation, run after the client has been answered from it. It owns
+/// the snapshot and route it came from, so a reload meanwhile does not cut it short.
+struct Revalidation {
+    snapshot: Arc<Snapshot>,
+    route: Arc<CompiledRoute<RouteRuntime>>,
+    service: Arc<Service>,
+    conn: ConnInfo,
+    request_id: HeaderValue,
+    lookup: cache::Lookup,
+    entry: Arc<cache::Stored>,
+    /// The client's headers, for `Vary` and the `Authorization` rule when storing.
+    client_headers: http::HeaderMap,
+    /// The upstream request's head, prepared here as the client's request would have been
+    /// (credentials hidden, identity headers applied) and made conditional.
+    head: http::request::Parts,
+    upstream_path: Option<String>,
+    client_ip: std::net::IpAddr,
+}
+
+impl Revalidation {
+    fn new(
+        context: &CacheContext<'_>,
+        lookup: cache::Lookup,
+        entry: Arc<cache::Stored>,
+        conn: &ConnInfo,
+        request: &Request<Incoming>,
+        upstream: &Upstream<'_>,
+    ) -> Self {
+        let mut headers = request.headers().clone();
+        headers.remove(header::IF_NONE_MATCH);
+        headers.remove(header::IF_MODIFIED_SINCE);
+        cache::RouteCache::conditional_headers(&entry, &mut headers);
+        let query_override = upstream.security.prepare_upstream(
+            upstream.granted,
+            &mut headers,
+            request.uri().query(),
+        );
+        let mut uri = request.uri().clone();
+        if let Some(query) = query_override {
+            let path = request.uri().path();
+            let rebuilt = match query {
+                Some(query) => format!("{path}?{query}"),
+                None => path.to_owned(),
+            };
+            if let Ok(rebuilt) = rebuilt.parse() {
+                uri = rebuilt;
+            }
+        }
+        let (mut head, ()) = Request::new(()).into_parts();
+        head.method = Method::GET;
+        head.uri = uri;
+        head.version = request.version();
+        head.headers = headers;
+        Self {
+            snapshot: context.snapshot.clone(),
+            route: context.route.clone(),
+            service: context.service.clone(),
+            conn: conn.clone(),
+            request_id: context.request_id.clone(),
+            lookup,
+            entry,
+            client_headers: request.headers().clone(),
+            head,
+            upstream_path: upstream.path.clone(),
+            client_ip: upstream.client_ip,
+        }
+    }
+
+    async fn run(self) {
+        let route = &self.route.payload;
+        let (Some(cache), RouteAction::Forward { host_rewrite, .. }) =
+            (&route.cache, &route.action)
+        else {
+            return;
+        };
+        let upstream = Upstream {
+            path: self.upstream_path,
+            host: host_rewrite.as_ref(),
+            client_ip: self.client_ip,
+            security: &self.snapshot.security,
+            granted: None,
+            identity_applied: true,
+            body_limit: 0,
+            mirror: None,
+            validation: None,
+        };
+        let request = Request::from_parts(self.head, http_body_util::Empty::<Bytes>::new());
+        let mut trace = RequestTrace::default();
+        let result = proxy(
+            &self.service,
+            &self.conn,
+            request,
+            &mut trace,
+            upstream,
+            &self.request_id,
+        )
+        .await;
+        match result {
+            Ok(response) if !is_server_failure(response.status()) => {
+                let (response, _) = cache
+                    .complete(
+                        self.lookup,
+                        None,
+                        Some(self.entry),
+                        &self.client_headers,
+                        response,
+                    )
+                    .await;
+                // Whatever was not stored is read to the end so the connection is reused.
+                let _ = response.into_body().collect().await;
+            }
+            Ok(response) => {
+                tracing::debug!(status = %response.status(), "background revalidation failed");
+                self.entry.end_revalidation();
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "background revalidation failed");
+                self.entry.end_revalidation();
+            }
+        }
+    }
 }
 
 /// The OpenAPI operation a request was checked against, to check its body and response.
@@ -821,6 +995,9 @@ struct Upstream<'a> {
     client_ip: std::net::IpAddr,
     security: &'a Security,
     granted: Option<&'a Granted<'a>>,
+    /// The headers and query already carry what the access policy forwards (a background
+    /// revalidation prepared them from the client's request).
+    identity_applied: bool,
     /// Largest request body; 0 means unlimited.
     body_limit: u64,
     /// Set when this request is among the mirrored share.
@@ -838,14 +1015,18 @@ fn route_body_limit(listener: u64, route: Option<u64>) -> u64 {
     }
 }
 
-async fn proxy(
+async fn proxy<B>(
     service: &Service,
     conn: &ConnInfo,
-    mut request: Request<Incoming>,
+    mut request: Request<B>,
     trace: &mut RequestTrace,
     upstream: Upstream<'_>,
     request_id: &HeaderValue,
-) -> Result<Response<ProxyBody>, GatewayError> {
+) -> Result<Response<ProxyBody>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let upstream_path = upstream.path;
     let client_ip = upstream.client_ip;
     let service_slot = service
@@ -882,10 +1063,13 @@ async fn proxy(
     );
     forward::add_via(&mut headers, parts.version);
     headers.insert(X_REQUEST_ID, request_id.clone());
-    let query_override =
+    let query_override = if upstream.identity_applied {
+        None
+    } else {
         upstream
             .security
-            .prepare_upstream(upstream.granted, &mut headers, parts.uri.query());
+            .prepare_upstream(upstream.granted, &mut headers, parts.uri.query())
+    };
     match upstream.host.or(original_host.as_ref()) {
         Some(host) => {
             headers.insert(header::HOST, host.clone());
@@ -967,7 +1151,7 @@ async fn proxy(
         });
         OutgoingBody::Streaming(count_chunked(body::boxed(limited), declared_length, trace))
     } else {
-        let marked = incoming.map_err(|err| ClientBodyError::Malformed(Box::new(err)));
+        let marked = incoming.map_err(|err| ClientBodyError::Malformed(err.into()));
         OutgoingBody::Streaming(count_chunked(body::boxed(marked), declared_length, trace))
     };
 

@@ -231,10 +231,14 @@ impl Snapshot {
             .unwrap_or_else(|| ResponseCache::new(&config.cache));
         let router = Router::compile(&config.routes, |index, route| {
             Ok(RouteRuntime {
-                cache: route
-                    .cache
-                    .as_ref()
-                    .map(|rules| RouteCache::new(response_cache.clone(), rules)),
+                cache: route.cache.as_ref().map(|rules| {
+                    RouteCache::new(
+                        response_cache.clone(),
+                        rules,
+                        &route.name_or_default(index),
+                        &config.cache.tag_header,
+                    )
+                }),
                 openapi: route
                     .openapi
                     .as_ref()

@@ -363,12 +363,16 @@ pub(super) fn check_url(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn check_header_name(name: &str, at: &Location, problems: &mut Vec<Problem>) {
-    let valid = !name.is_empty()
+/// An RFC 9110 token: what a header name may be.
+pub(super) fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !valid {
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+pub(super) fn check_header_name(name: &str, at: &Location, problems: &mut Vec<Problem>) {
+    if !is_header_name(name) {
         problems.push(Problem::at(
             at,
             format!("`{name}` is not a valid header name"),

@@ -34,6 +34,16 @@ pub(crate) fn validate_traffic(config: &Config, problems: &mut Vec<Problem>) {
             "`cache.max_object_size` is larger than `cache.max_size`",
         ));
     }
+    if !super::auth::is_header_name(&cache.tag_header) {
+        problems.push(Problem::new(
+            0,
+            0,
+            format!(
+                "`cache.tag_header`: `{}` is not a valid header name",
+                cache.tag_header
+            ),
+        ));
+    }
     for (name, quota) in &config.quotas {
         let at = &quota.referenced;
         if quota.value.requests == 0 {
@@ -247,6 +257,17 @@ pub(crate) fn validate_route_traffic(
         }
         for name in &cache.key_headers {
             super::auth::check_header_name(name, at, problems);
+        }
+        for (option, window) in [
+            ("stale_while_revalidate", cache.stale_while_revalidate),
+            ("stale_if_error", cache.stale_if_error),
+        ] {
+            if window.is_some_and(|w| w.0.is_zero()) {
+                problems.push(Problem::at(
+                    at,
+                    format!("route `{label}`: `cache.{option}` must be above zero"),
+                ));
+            }
         }
     }
     if let Some(mirror) = &route.mirror {
