@@ -12,6 +12,7 @@ mod problem;
 pub mod shaping;
 pub mod telemetry;
 pub mod traffic;
+pub mod transform;
 pub mod units;
 mod validate;
 
@@ -24,5 +25,6 @@ pub use serde_saphyr::{Location, Spanned};
 pub use shaping::*;
 pub use telemetry::*;
 pub use traffic::*;
+pub use transform::*;
 pub use units::{ByteSize, HumanDuration};
 pub use validate::{parse_cidr, parse_rfc3339, template_captures, JWT_ALGORITHMS};

@@ -14,6 +14,7 @@ use crate::caching::{CacheConfig, RouteCacheConfig};
 use crate::shaping::{CorsConfig, MirrorConfig, OpenApiSpec, RequestShaping, RouteOpenApi};
 use crate::telemetry::{AccessLogConfig, MetricsConfig, TracingConfig};
 use crate::traffic::{QuotaConfig, QuotaStoreConfig, RateLimitPolicy, RedisConfig};
+use crate::transform::TransformConfig;
 use crate::units::{ByteSize, HumanDuration};
 
 /// The whole configuration file.
@@ -595,6 +596,9 @@ pub struct RouteConfig {
     /// Serve repeated requests from the response cache.
     #[serde(default)]
     pub cache: Option<RouteCacheConfig>,
+    /// Change headers, query, status and JSON bodies on the way through.
+    #[serde(default)]
+    pub transform: Option<TransformConfig>,
 }
 
 impl RouteConfig {

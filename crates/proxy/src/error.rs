@@ -26,6 +26,14 @@ pub enum GatewayError {
     UpstreamConnect(String),
     #[error("upstream failed: {0}")]
     BadGateway(String),
+    /// A route's transformation failed: 400 for the request's, 502 for the response's.
+    #[error("{detail}")]
+    Transform {
+        status: StatusCode,
+        detail: String,
+        /// Which step failed, for transformations in steps (API versions).
+        step: Option<String>,
+    },
     /// A policy refused the request (authentication, authorization, IP filter).
     #[error("{0}")]
     Rejected(gatehouse_policy::Rejection),
@@ -54,6 +62,7 @@ impl GatewayError {
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::Transform { status, .. } => *status,
             Self::Rejected(rejection) => rejection.status,
         }
     }
@@ -68,6 +77,7 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamConnect(_) => "upstream_unavailable",
             Self::BadGateway(_) => "bad_gateway",
+            Self::Transform { .. } => "transform_failed",
             Self::Rejected(rejection) => rejection.code,
         }
     }
@@ -92,6 +102,12 @@ impl GatewayError {
         });
         if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
             problem["request_id"] = serde_json::Value::from(id);
+        }
+        if let Self::Transform {
+            step: Some(step), ..
+        } = &self
+        {
+            problem["step"] = serde_json::Value::from(step.as_str());
         }
         if let Self::Rejected(gatehouse_policy::Rejection {
             extensions: Some(serde_json::Value::Object(members)),

@@ -17,6 +17,7 @@ pub mod reload;
 pub mod router;
 pub mod snapshot;
 pub mod tls;
+pub mod transform;
 pub mod upstream;
 
 pub use reload::ConfigStore;

@@ -683,8 +683,27 @@ async fn route_and_respond(
                     },
                 ),
             };
-            match lookup {
-                Some((cache, lookup)) => {
+            let head = request.method() == Method::HEAD;
+            let mut request = request;
+            let transform = route.transform.as_ref();
+            if let Some(transform) = transform {
+                let (mut parts, body) = request.into_parts();
+                transform.edit_request_head(&mut parts);
+                request = Request::from_parts(parts, body);
+            }
+            let rewrites_body = transform.filter(|t| {
+                t.rewrites_request_body(request.headers())
+                    && !http_body::Body::is_end_stream(request.body())
+            });
+            let response = match (rewrites_body, lookup) {
+                (Some(transform), _) => {
+                    let (mut parts, body) = request.into_parts();
+                    let body = transform.request_body(&mut parts.headers, body).await?;
+                    let request = Request::from_parts(parts, http_body_util::Full::new(body));
+                    let response = proxy(service, conn, request, trace, upstream, request_id).await;
+                    bypass_cache(route, trace, response)
+                }
+                (None, Some((cache, lookup))) => {
                     let context = CacheContext {
                         cache,
                         snapshot,
@@ -694,16 +713,14 @@ async fn route_and_respond(
                     };
                     cached(context, lookup, conn, request, trace, upstream).await
                 }
-                None => {
+                (None, None) => {
                     let response = proxy(service, conn, request, trace, upstream, request_id).await;
-                    match &route.cache {
-                        Some(cache) => {
-                            trace.cache = Some(cache::Outcome::Bypass);
-                            response.map(|response| cache.bypassed(response))
-                        }
-                        None => response,
-                    }
+                    bypass_cache(route, trace, response)
                 }
+            };
+            match transform {
+                Some(transform) => transform.response(response?, head).await,
+                None => response,
             }
         }
     }?;
@@ -719,6 +736,21 @@ async fn route_and_respond(
         response = response.map(|body| body::with_guard(body, slot));
     }
     Ok(response)
+}
+
+/// Mark a response of a caching route that did not use the cache.
+fn bypass_cache(
+    route: &RouteRuntime,
+    trace: &mut RequestTrace,
+    response: Result<Response<ProxyBody>, GatewayError>,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    match &route.cache {
+        Some(cache) => {
+            trace.cache = Some(cache::Outcome::Bypass);
+            response.map(|response| cache.bypassed(response))
+        }
+        None => response,
+    }
 }
 
 /// What answering from the cache needs besides the request.

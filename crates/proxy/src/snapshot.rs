@@ -24,6 +24,7 @@ use gatehouse_policy::openapi::{OpenApiDocument, RouteValidation};
 use crate::cache::{ResponseCache, RouteCache};
 use crate::router::Router;
 use crate::tls;
+use crate::transform::RouteTransform;
 use crate::upstream::Service;
 
 pub struct Snapshot {
@@ -75,6 +76,8 @@ pub struct RouteRuntime {
     pub per_consumer_metrics: bool,
     /// Answer from the response cache when it may.
     pub cache: Option<RouteCache>,
+    /// Headers, query, status and JSON bodies changed on the way through.
+    pub transform: Option<RouteTransform>,
     pub action: RouteAction,
 }
 
@@ -221,6 +224,21 @@ impl Snapshot {
                 )),
             }
         }
+        let mut transforms: Vec<Option<RouteTransform>> = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            transforms.push(match route.transform.as_ref().map(RouteTransform::new) {
+                None => None,
+                Some(Ok(transform)) => Some(transform),
+                Some(Err(transform_problems)) => {
+                    problems.extend(
+                        transform_problems
+                            .into_iter()
+                            .map(|p| Problem::at(&p.location, p.message)),
+                    );
+                    None
+                }
+            });
+        }
         if !problems.is_empty() {
             // Routes naming an unloadable document would only repeat the problem.
             return Err(problems);
@@ -231,6 +249,7 @@ impl Snapshot {
             .unwrap_or_else(|| ResponseCache::new(&config.cache));
         let router = Router::compile(&config.routes, |index, route| {
             Ok(RouteRuntime {
+                transform: transforms.get_mut(index).and_then(Option::take),
                 cache: route.cache.as_ref().map(|rules| {
                     RouteCache::new(
                         response_cache.clone(),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::model::{Config, RouteConfig};
 use crate::problem::Problem;
 use crate::traffic::{LimitAlgorithm, LimitMode};
-use serde_saphyr::Spanned;
+use serde_saphyr::{Location, Spanned};
 
 use super::did_you_mean;
 
@@ -270,6 +270,9 @@ pub(crate) fn validate_route_traffic(
             }
         }
     }
+    if let Some(transform) = &route.transform {
+        check_transform(transform, label, at, route.service.is_none(), problems);
+    }
     if let Some(mirror) = &route.mirror {
         if !services.contains(&mirror.service.value.as_str()) {
             let mut message = format!(
@@ -332,5 +335,82 @@ pub(crate) fn validate_route_traffic(
             &route.matches.referenced,
             format!("route `{label}`: `max_in_flight` must be at least 1"),
         ));
+    }
+}
+
+fn check_transform(
+    transform: &crate::transform::TransformConfig,
+    label: &str,
+    at: &Location,
+    no_service: bool,
+    problems: &mut Vec<Problem>,
+) {
+    if no_service {
+        problems.push(Problem::at(
+            at,
+            format!("route `{label}`: `transform` needs a `service` to forward to"),
+        ));
+    }
+    if transform.max_body.0 == 0 {
+        problems.push(Problem::at(
+            at,
+            format!("route `{label}`: `transform.max_body` must be above zero"),
+        ));
+    }
+    let header_edits = [
+        ("request.headers", &transform.request.headers),
+        ("response.headers", &transform.response.headers),
+    ];
+    for (place, edits) in header_edits {
+        let names = edits
+            .remove
+            .iter()
+            .chain(edits.rename.keys())
+            .chain(edits.rename.values())
+            .chain(edits.set.keys())
+            .chain(edits.add.keys());
+        for name in names {
+            if !super::auth::is_header_name(name) {
+                problems.push(Problem::at(
+                    at,
+                    format!(
+                        "route `{label}`: `transform.{place}`: `{name}` is not a valid header name"
+                    ),
+                ));
+            }
+        }
+        for value in edits.set.values().chain(edits.add.values()) {
+            if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                problems.push(Problem::at(
+                    at,
+                    format!("route `{label}`: `transform.{place}`: the value `{}` has control characters", value.escape_debug()),
+                ));
+            }
+        }
+    }
+    let query = &transform.request.query;
+    if query
+        .remove
+        .iter()
+        .chain(query.rename.keys())
+        .chain(query.rename.values())
+        .chain(query.set.keys())
+        .chain(query.add.keys())
+        .any(|name| name.is_empty())
+    {
+        problems.push(Problem::at(
+            at,
+            format!("route `{label}`: `transform.request.query` has an empty parameter name"),
+        ));
+    }
+    for (from, to) in &transform.response.status {
+        for code in [from, to] {
+            if !(100..=599).contains(code) {
+                problems.push(Problem::at(
+                    at,
+                    format!("route `{label}`: `transform.response.status`: {code} is not an HTTP status"),
+                ));
+            }
+        }
     }
 }
