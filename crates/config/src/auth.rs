@@ -41,6 +41,10 @@ pub struct ConsumerConfig {
     /// This consumer's allowance per quota policy, overriding the policy's `requests`.
     #[serde(default)]
     pub quotas: BTreeMap<String, u64>,
+    /// The version this consumer gets of each API (by API name) when a request names
+    /// none: pinned when the consumer started, so later versions do not break it.
+    #[serde(default)]
+    pub api_versions: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -15,6 +15,7 @@ pub mod traffic;
 pub mod transform;
 pub mod units;
 mod validate;
+pub mod versioning;
 
 pub use auth::*;
 pub use caching::*;
@@ -28,3 +29,4 @@ pub use traffic::*;
 pub use transform::*;
 pub use units::{ByteSize, HumanDuration};
 pub use validate::{parse_cidr, parse_rfc3339, template_captures, JWT_ALGORITHMS};
+pub use versioning::*;

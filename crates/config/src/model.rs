@@ -16,6 +16,7 @@ use crate::telemetry::{AccessLogConfig, MetricsConfig, TracingConfig};
 use crate::traffic::{QuotaConfig, QuotaStoreConfig, RateLimitPolicy, RedisConfig};
 use crate::transform::TransformConfig;
 use crate::units::{ByteSize, HumanDuration};
+use crate::versioning::ApiConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -68,6 +69,9 @@ pub struct Config {
     /// The response cache's memory; routes opt in with `cache`.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Versioned APIs, by name; routes join one with `api`.
+    #[serde(default)]
+    pub apis: BTreeMap<String, ApiConfig>,
     /// Distributed tracing with OTLP export; absent: trace context passes through untouched.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
@@ -599,6 +603,11 @@ pub struct RouteConfig {
     /// Change headers, query, status and JSON bodies on the way through.
     #[serde(default)]
     pub transform: Option<TransformConfig>,
+    /// The versioned API this route serves: the request's version is chosen, upgraded to
+    /// the version the backend speaks, and the answer downgraded back.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub api: Option<Spanned<String>>,
 }
 
 impl RouteConfig {

@@ -17,6 +17,8 @@ pub struct Consumer {
     pub metadata: BTreeMap<String, String>,
     /// Allowance per quota policy, overriding the policy's own.
     pub quotas: BTreeMap<String, u64>,
+    /// Version of each API (by name) used when a request names none.
+    pub api_versions: BTreeMap<String, String>,
 }
 
 impl Consumer {
@@ -28,6 +30,7 @@ impl Consumer {
             groups: Vec::new(),
             metadata: BTreeMap::new(),
             quotas: BTreeMap::new(),
+            api_versions: BTreeMap::new(),
         }
     }
 }
@@ -85,6 +88,7 @@ impl StaticDirectory {
                 groups: config.groups.clone(),
                 metadata: config.metadata.clone(),
                 quotas: config.quotas.clone(),
+                api_versions: config.api_versions.clone(),
             });
             for key in &config.api_keys {
                 let encoded = key.hash.value.trim_start_matches("hmac-sha256:");

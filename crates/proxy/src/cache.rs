@@ -5,8 +5,8 @@
 //! `Cache-Status` header (RFC 9211). Entries live in memory under a byte bound
 //! (quick_cache: weighted, eviction by recency and frequency).
 //!
-//! A key is `route \n host path [query] [\n@consumer] [\nheader:values]...`: purging by
-//! route, URL or path prefix reads those parts back.
+//! A key is `route \n host path [query] [\nv=api-version] [\n@consumer] [\nheader:values]...`:
+//! purging by route, URL or path prefix reads those parts back.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -229,6 +229,21 @@ pub struct RouteCache {
     tag_header: Option<HeaderName>,
 }
 
+/// What the key of a request is made of.
+#[derive(Clone, Copy)]
+pub struct CacheRequest<'a> {
+    pub method: &'a Method,
+    pub host: &'a str,
+    /// Normalized.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The authenticated consumer (unless the route's cache is `shared`).
+    pub consumer: Option<&'a str>,
+    /// The API version the backend speaks, on a versioned route.
+    pub version: Option<&'a str>,
+}
+
 /// A request the cache may answer, with its key.
 pub struct Lookup {
     key: String,
@@ -449,15 +464,16 @@ impl RouteCache {
     }
 
     /// The lookup for a request, or `None` when it must not use the cache.
-    pub fn lookup(
-        &self,
-        method: &Method,
-        host: &str,
-        path: &str,
-        query: Option<&str>,
-        headers: &HeaderMap,
-        consumer: Option<&str>,
-    ) -> Option<Lookup> {
+    pub fn lookup(&self, request: &CacheRequest<'_>) -> Option<Lookup> {
+        let CacheRequest {
+            method,
+            host,
+            path,
+            query,
+            headers,
+            consumer,
+            version,
+        } = *request;
         let head = *method == Method::HEAD;
         if !(head || *method == Method::GET)
             || headers.contains_key(header::RANGE)
@@ -476,6 +492,10 @@ impl RouteCache {
         key.push_str(&self.route);
         key.push('\n');
         self.push_url(&mut key, host, path, query);
+        if let Some(version) = version {
+            key.push_str("\nv=");
+            key.push_str(version);
+        }
         if let (false, Some(consumer)) = (self.config.shared, consumer) {
             key.push_str("\n@");
             key.push_str(consumer);

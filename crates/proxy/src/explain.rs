@@ -259,16 +259,45 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
     if let Some(max) = route_config.max_in_flight {
         policies.push(json!({ "policy": "max_in_flight", "decision": format!("at most {max} requests of this route at once") }));
     }
+    let mut backend_version = None;
+    if let (Some(api), RouteAction::Forward { rewrite, .. }) = (&route.api, &route.action) {
+        let forwarded = match rewrite {
+            Some(rewrite) => rewrite.apply(&path, &matched.captures),
+            None => path.to_string(),
+        };
+        let consumer = identity.as_ref().map(|i| &*i.consumer);
+        let entry = match api.select(&forwarded, uri.query(), &headers, consumer) {
+            Ok(selected) => {
+                backend_version = Some(api.version_name(selected.target).to_owned());
+                let client = api.version_name(selected.index);
+                let backend = api.version_name(selected.target);
+                let decision = if selected.index == selected.target {
+                    format!("version `{client}`, spoken by the backend")
+                } else {
+                    format!("version `{client}`: the request is upgraded to `{backend}`, the answer downgraded back")
+                };
+                json!({ "policy": "version", "api": api.name, "version": client, "backend_version": backend, "decision": decision })
+            }
+            Err(err) => {
+                let response_status = err.status().as_u16();
+                let decision = format!("refused: {response_status} {} ({err})", err.code());
+                outcome.get_or_insert(format!("{response_status} {}: {err}", err.code()));
+                json!({ "policy": "version", "api": api.name, "decision": decision })
+            }
+        };
+        policies.push(entry);
+    }
     if let (Some(cache), RouteAction::Forward { .. }) = (&route.cache, &route.action) {
         let consumer = identity.as_ref().map(|i| i.consumer.id.as_str());
-        let lookup = cache.lookup(
-            &request.method,
-            &host,
-            &path,
-            uri.query(),
-            &headers,
+        let lookup = cache.lookup(&crate::cache::CacheRequest {
+            method: &request.method,
+            host: &host,
+            path: &path,
+            query: uri.query(),
+            headers: &headers,
             consumer,
-        );
+            version: backend_version.as_deref(),
+        });
         let entry = match lookup {
             None => {
                 json!({ "policy": "cache", "decision": "bypass: only GET and HEAD without Range, Upgrade or `Cache-Control: no-store` use the cache" })

@@ -19,6 +19,7 @@ pub mod snapshot;
 pub mod tls;
 pub mod transform;
 pub mod upstream;
+pub mod versioning;
 
 pub use reload::ConfigStore;
 pub use snapshot::Snapshot;

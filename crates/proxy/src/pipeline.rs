@@ -20,7 +20,9 @@ use crate::error::GatewayError;
 use crate::forward::{self, X_REQUEST_ID};
 use crate::router::{CompiledRoute, RequestView};
 use crate::snapshot::{fill_template, ListenerRuntime, RouteAction, RouteRuntime, Snapshot};
+use crate::transform;
 use crate::upstream::{hash_of, OutgoingBody, Service, UpstreamInfo, UpstreamRequest};
+use crate::versioning::{self, ApiRuntime};
 use gatehouse_policy::{
     cors, AccessOutcome, ClientCertificate, Granted, InFlightLimit, LimitRequest, RequestInfo,
     Security,
@@ -646,23 +648,44 @@ async fn route_and_respond(
             rewrite,
             host_rewrite,
         } => {
-            let lookup = route.cache.as_ref().and_then(|cache| {
-                let lookup = cache.lookup(
-                    request.method(),
-                    &host,
-                    &path,
-                    request.uri().query(),
-                    request.headers(),
-                    trace.identity.as_ref().map(|i| i.consumer.id.as_str()),
-                );
-                lookup.map(|lookup| (cache, lookup))
-            });
             // `None`: the path goes upstream exactly as the client sent it.
-            let upstream_path = match (rewrite, path) {
-                (Some(rewrite), path) => Some(rewrite.apply(&path, &matched.captures)),
-                (None, Cow::Owned(normalized)) => Some(normalized),
+            let mut upstream_path = match (rewrite, &path) {
+                (Some(rewrite), path) => Some(rewrite.apply(path, &matched.captures)),
+                (None, Cow::Owned(normalized)) => Some(normalized.clone()),
                 (None, Cow::Borrowed(_)) => None,
             };
+            let version = match &route.api {
+                Some(api) => {
+                    let forwarded = upstream_path.as_deref().unwrap_or(&path);
+                    let selected = api.select(
+                        forwarded,
+                        request.uri().query(),
+                        request.headers(),
+                        trace.identity.as_ref().map(|i| &*i.consumer),
+                    )?;
+                    if selected.from_path {
+                        upstream_path = Some(versioning::strip_first_segment(forwarded));
+                    }
+                    Some((&**api, selected))
+                }
+                None => None,
+            };
+            let service = version
+                .and_then(|(api, selected)| api.service(selected))
+                .unwrap_or(service);
+            let lookup = route.cache.as_ref().and_then(|cache| {
+                let lookup = cache.lookup(&cache::CacheRequest {
+                    method: request.method(),
+                    host: &host,
+                    path: &path,
+                    query: request.uri().query(),
+                    headers: request.headers(),
+                    consumer: trace.identity.as_ref().map(|i| i.consumer.id.as_str()),
+                    // The backend's version: its answer is stored, and downgraded per request.
+                    version: version.map(|(api, selected)| api.version_name(selected.target)),
+                });
+                lookup.map(|lookup| (cache, lookup))
+            });
             trace.forwarded = true;
             let upstream = Upstream {
                 path: upstream_path,
@@ -684,44 +707,65 @@ async fn route_and_respond(
                 ),
             };
             let head = request.method() == Method::HEAD;
-            let mut request = request;
             let transform = route.transform.as_ref();
-            if let Some(transform) = transform {
+            let mut request = request;
+            if transform.is_some() || version.is_some() {
                 let (mut parts, body) = request.into_parts();
-                transform.edit_request_head(&mut parts);
+                if let Some((api, selected)) = version {
+                    api.edit_forwarded_request(selected, &mut parts);
+                }
+                if let Some(transform) = transform {
+                    transform.edit_request_head(&mut parts);
+                }
                 request = Request::from_parts(parts, body);
             }
-            let rewrites_body = transform.filter(|t| {
-                t.rewrites_request_body(request.headers())
-                    && !http_body::Body::is_end_stream(request.body())
-            });
-            let response = match (rewrites_body, lookup) {
-                (Some(transform), _) => {
-                    let (mut parts, body) = request.into_parts();
-                    let body = transform.request_body(&mut parts.headers, body).await?;
-                    let request = Request::from_parts(parts, http_body_util::Full::new(body));
-                    let response = proxy(service, conn, request, trace, upstream, request_id).await;
-                    bypass_cache(route, trace, response)
+            let has_json_body = !http_body::Body::is_end_stream(request.body())
+                && transform::is_json(request.headers());
+            let upgrades =
+                version.filter(|(api, selected)| has_json_body && api.upgrades_requests(*selected));
+            let rewrites = transform.filter(|t| has_json_body && t.rewrites_request_body());
+            let response = if upgrades.is_some() || rewrites.is_some() {
+                let max = [
+                    upgrades.map(|(api, _)| api.max_body),
+                    rewrites.map(|t| t.max_body()),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(usize::MAX);
+                let (mut parts, body) = request.into_parts();
+                let mut bytes = transform::read_request(body, max).await?;
+                if let Some((api, selected)) = upgrades {
+                    bytes = api.upgrade_request(selected, &bytes)?;
                 }
-                (None, Some((cache, lookup))) => {
-                    let context = CacheContext {
-                        cache,
-                        snapshot,
-                        route: matched.route,
-                        service,
-                        request_id,
-                    };
-                    cached(context, lookup, conn, request, trace, upstream).await
+                if let Some(transform) = rewrites {
+                    bytes = transform.rewrite_request(bytes)?;
                 }
-                (None, None) => {
-                    let response = proxy(service, conn, request, trace, upstream, request_id).await;
-                    bypass_cache(route, trace, response)
-                }
+                transform::set_length(&mut parts.headers, bytes.len());
+                let request = Request::from_parts(parts, http_body_util::Full::new(bytes));
+                let response = proxy(service, conn, request, trace, upstream, request_id).await;
+                bypass_cache(route, trace, response)
+            } else if let Some((cache, lookup)) = lookup {
+                let context = CacheContext {
+                    cache,
+                    snapshot,
+                    route: matched.route,
+                    service,
+                    request_id,
+                };
+                cached(context, lookup, conn, request, trace, upstream).await
+            } else {
+                let response = proxy(service, conn, request, trace, upstream, request_id).await;
+                bypass_cache(route, trace, response)
             };
-            match transform {
-                Some(transform) => transform.response(response?, head).await,
-                None => response,
+            let mut response = match transform {
+                Some(transform) => transform.response(response?, head).await?,
+                None => response?,
+            };
+            if let Some((api, selected)) = version {
+                response = downgrade(api, selected, response, head).await?;
             }
+            Ok(response)
         }
     }?;
     if let Some(granted) = &granted {
@@ -736,6 +780,34 @@ async fn route_and_respond(
         response = response.map(|body| body::with_guard(body, slot));
     }
     Ok(response)
+}
+
+/// The backend's successful JSON answer downgraded to the client's version, and the
+/// version's headers.
+async fn downgrade(
+    api: &ApiRuntime,
+    selected: versioning::Selected,
+    response: Response<ProxyBody>,
+    head: bool,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let (mut parts, body) = response.into_parts();
+    let mut body = body;
+    if parts.status.is_success()
+        && api.downgrades_responses(selected)
+        && transform::is_json(&parts.headers)
+    {
+        if head {
+            // The downgraded GET body's length is unknown without running the programs.
+            parts.headers.remove(header::CONTENT_LENGTH);
+        } else {
+            let bytes = transform::read_response(body, &parts.headers, api.max_body).await?;
+            let bytes = api.downgrade_response(selected, &bytes)?;
+            transform::rewrote_body(&mut parts.headers, bytes.len());
+            body = body::full(bytes);
+        }
+    }
+    api.response_headers(selected, &mut parts.headers);
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Mark a response of a caching route that did not use the cache.

@@ -26,6 +26,7 @@ use crate::router::Router;
 use crate::tls;
 use crate::transform::RouteTransform;
 use crate::upstream::Service;
+use crate::versioning::ApiRuntime;
 
 pub struct Snapshot {
     pub version: u64,
@@ -78,6 +79,8 @@ pub struct RouteRuntime {
     pub cache: Option<RouteCache>,
     /// Headers, query, status and JSON bodies changed on the way through.
     pub transform: Option<RouteTransform>,
+    /// The versioned API the route serves.
+    pub api: Option<Arc<ApiRuntime>>,
     pub action: RouteAction,
 }
 
@@ -224,6 +227,15 @@ impl Snapshot {
                 )),
             }
         }
+        let mut apis = HashMap::new();
+        for (name, api) in &config.apis {
+            match ApiRuntime::compile(name, api, &services) {
+                Ok(api) => {
+                    apis.insert(name.clone(), Arc::new(api));
+                }
+                Err(mut api_problems) => problems.append(&mut api_problems),
+            }
+        }
         let mut transforms: Vec<Option<RouteTransform>> = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             transforms.push(match route.transform.as_ref().map(RouteTransform::new) {
@@ -250,6 +262,10 @@ impl Snapshot {
         let router = Router::compile(&config.routes, |index, route| {
             Ok(RouteRuntime {
                 transform: transforms.get_mut(index).and_then(Option::take),
+                api: route
+                    .api
+                    .as_ref()
+                    .and_then(|name| apis.get(&name.value).cloned()),
                 cache: route.cache.as_ref().map(|rules| {
                     RouteCache::new(
                         response_cache.clone(),

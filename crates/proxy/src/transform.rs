@@ -278,47 +278,23 @@ impl RouteTransform {
         if self.response_body.is_some() {
             parts.headers.remove(header::ACCEPT_ENCODING);
         }
-        if self.query.is_empty() {
-            return;
+        if !self.query.is_empty() {
+            edit_request_query(parts, &self.query);
         }
-        let query = edit_query(&self.query, parts.uri.query());
-        let path_and_query = match query {
-            Some(query) => format!("{}?{query}", parts.uri.path()),
-            None => parts.uri.path().to_owned(),
-        };
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        uri.path_and_query = path_and_query.parse().ok();
-        parts.uri = Uri::from_parts(uri).unwrap_or_default();
     }
 
-    /// Whether this request's body goes through the request program (a JSON body).
-    pub fn rewrites_request_body(&self, headers: &HeaderMap) -> bool {
-        self.request_body.is_some() && is_json(headers)
+    /// Whether JSON request bodies go through a request program.
+    pub fn rewrites_request_body(&self) -> bool {
+        self.request_body.is_some()
     }
 
-    /// The request body after the request program, read whole up to `max_body`.
-    pub async fn request_body<B>(
-        &self,
-        headers: &mut HeaderMap,
-        body: B,
-    ) -> Result<Bytes, GatewayError>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let bytes = Limited::new(body, self.max_body)
-            .collect()
-            .await
-            .map_err(|err| {
-                if err.is::<LengthLimitError>() {
-                    GatewayError::PayloadTooLarge {
-                        limit: self.max_body as u64,
-                    }
-                } else {
-                    GatewayError::BadRequest("malformed request body")
-                }
-            })?
-            .to_bytes();
+    /// Largest body read whole for a program.
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    /// The request body after the request program.
+    pub fn rewrite_request(&self, bytes: Bytes) -> Result<Bytes, GatewayError> {
         let Some(program) = &self.request_body else {
             return Ok(bytes);
         };
@@ -329,9 +305,7 @@ impl RouteTransform {
                 detail: format!("request transform: {detail}"),
                 step: None,
             })?;
-        let bytes = to_json(&rewritten);
-        set_length(headers, bytes.len());
-        Ok(bytes)
+        Ok(to_json(&rewritten))
     }
 
     /// The response after the status map, header edits and response program. `head`:
@@ -372,6 +346,25 @@ impl RouteTransform {
         rewrote_body(&mut parts.headers, bytes.len());
         Ok(Response::from_parts(parts, body::full(bytes)))
     }
+}
+
+/// Read a request body whole for a program: larger than `max` is a 413.
+pub async fn read_request<B>(body: B, max: usize) -> Result<Bytes, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Ok(Limited::new(body, max)
+        .collect()
+        .await
+        .map_err(|err| {
+            if err.is::<LengthLimitError>() {
+                GatewayError::PayloadTooLarge { limit: max as u64 }
+            } else {
+                GatewayError::BadRequest("malformed request body")
+            }
+        })?
+        .to_bytes())
 }
 
 /// Read a response body whole for a program, refusing what exceeds `max` or is encoded.
@@ -415,7 +408,8 @@ pub fn rewrote_body(headers: &mut HeaderMap, length: usize) {
     }
 }
 
-fn set_length(headers: &mut HeaderMap, length: usize) {
+/// The new length of a body the gateway rewrote.
+pub fn set_length(headers: &mut HeaderMap, length: usize) {
     headers.remove(header::TRANSFER_ENCODING);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
 }
@@ -433,6 +427,18 @@ pub fn is_json(headers: &HeaderMap) -> bool {
                 .to_ascii_lowercase()
         })
         .is_some_and(|media| media == "application/json" || media.ends_with("+json"))
+}
+
+/// Apply query `edits` to a request's URI.
+pub fn edit_request_query(parts: &mut request::Parts, edits: &Edits) {
+    let query = edit_query(edits, parts.uri.query());
+    let path_and_query = match query {
+        Some(query) => format!("{}?{query}", parts.uri.path()),
+        None => parts.uri.path().to_owned(),
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = path_and_query.parse().ok();
+    parts.uri = Uri::from_parts(uri).unwrap_or_default();
 }
 
 /// The query after `edits` (remove, rename, set, add), re-encoded; `None` when empty.

@@ -12,6 +12,7 @@ use crate::problem::Problem;
 mod auth;
 mod telemetry;
 mod traffic;
+mod versioning;
 pub use auth::{parse_cidr, parse_rfc3339, JWT_ALGORITHMS};
 
 /// The closest candidate to `word`, if it is close enough to be a likely typo.
@@ -55,6 +56,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     let auth_names = auth::validate_security(config, &mut problems);
     traffic::validate_traffic(config, &mut problems);
     telemetry::validate_telemetry(config, &mut problems);
+    versioning::validate_apis(config, &mut problems);
     validate_routes(config, &services, &auth_names, &mut problems);
     problems.sort_by_key(|p| (p.line, p.column));
     problems
