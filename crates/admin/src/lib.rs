@@ -297,8 +297,23 @@ async fn post_purge(State(state): State<AdminState>, body: Bytes) -> Response {
         Purge::Tag(request.tag.unwrap_or_default())
     };
     let purged = snapshot.response_cache.purge(&purge);
-    tracing::info!(?purge, purged, "response cache purged");
-    Json(Purged { purged }).into_response()
+    let fleet = match snapshot.response_cache.fleet() {
+        None => None,
+        Some(fleet) => match fleet.purge(&purge).await {
+            Ok(deleted) => Some(deleted),
+            Err(err) => {
+                tracing::error!(?purge, purged, error = %err, "response cache purged here, not in Redis");
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "redis_unavailable",
+                    format!("purged {purged} keys from this gateway's memory, but not from the fleet's Redis: {err}; retry"),
+                    None,
+                );
+            }
+        },
+    };
+    tracing::info!(?purge, purged, ?fleet, "response cache purged");
+    Json(Purged { purged, fleet }).into_response()
 }
 
 /// Host (lowercase, no port), normalized path and query of an absolute URL, as the

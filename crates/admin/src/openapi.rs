@@ -217,6 +217,7 @@ fn operations(generator: &mut SchemaGenerator) -> Vec<Operation> {
                 (200, "Purged.", json_of::<Purged>(generator)),
                 (400, "Not exactly one selector, or a malformed URL.", json_of::<Problem>(generator)),
                 (404, "No caching route of that name.", json_of::<Problem>(generator)),
+                (503, "Purged here, but the fleet's Redis did not answer (`cache.redis`).", json_of::<Problem>(generator)),
                 problem(),
             ],
         },

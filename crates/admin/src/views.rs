@@ -155,8 +155,13 @@ pub struct PurgeBody {
 /// The result of a purge.
 #[derive(Serialize, JsonSchema)]
 pub struct Purged {
-    /// Keys removed (a URL with `Vary` counts its marker and each variant).
+    /// Keys removed from this gateway's memory (a URL with `Vary` counts its marker and
+    /// each variant).
     pub purged: usize,
+    /// With `cache.redis`: keys removed from Redis; every gateway of the fleet also drops
+    /// them from its memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<usize>,
 }
 
 /// An error answer (RFC 9457 problem details).

@@ -22,6 +22,15 @@ pub struct CacheConfig {
     /// routes.
     #[serde(default = "default_tag_header")]
     pub tag_header: String,
+    /// Share stored responses with the other gateways of a fleet through the top-level
+    /// `redis`: a miss in memory is looked up there, what is stored here is written there,
+    /// and a purge reaches every gateway.
+    #[serde(default)]
+    pub redis: bool,
+    /// Prefix of the cache's Redis keys and purge channel, to keep environments that share
+    /// one Redis apart.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
 }
 
 impl Default for CacheConfig {
@@ -30,6 +39,8 @@ impl Default for CacheConfig {
             max_size: default_max_size(),
             max_object_size: default_max_object_size(),
             tag_header: default_tag_header(),
+            redis: false,
+            redis_prefix: default_redis_prefix(),
         }
     }
 }
@@ -39,6 +50,9 @@ fn default_max_size() -> ByteSize {
 }
 fn default_max_object_size() -> ByteSize {
     ByteSize(1 << 20)
+}
+fn default_redis_prefix() -> String {
+    "gatehouse:cache:".into()
 }
 fn default_tag_header() -> String {
     "surrogate-key".into()

@@ -158,6 +158,8 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
             None
         }
     };
+    // Purges published by the fleet's other gateways (a no-op without `cache.redis`).
+    tokio::spawn(gatehouse_proxy::cache::follow_purges(store.clone()));
     ready.store(true, Ordering::Relaxed);
     println!(
         "gatehouse: ready (configuration version {})",

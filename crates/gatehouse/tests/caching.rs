@@ -152,6 +152,7 @@ async fn origin(
         }
         "swr" => with("max-age=1, stale-while-revalidate=60"),
         "short" => with("max-age=1"),
+        "public" => with("public, max-age=60"),
         "flaky" | "strict" if counts.get("fail") > 0 => {
             StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
@@ -296,6 +297,11 @@ consumers:
     service: origin
     rewrite: {{ strip_prefix: true }}
     cache: {{ ttl: 1s, stale_while_revalidate: 30s, stale_if_error: 30s }}
+  - name: shared
+    match: {{ path: {{ prefix: /shared }} }}
+    service: origin
+    rewrite: {{ strip_prefix: true }}
+    cache: {{ shared: true }}
   - name: fragile
     match: {{ path: {{ prefix: /fragile }} }}
     service: fragile
@@ -847,4 +853,23 @@ async fn explain_reports_what_the_cache_holds() {
         .find(|p| p["policy"] == "cache")
         .unwrap();
     assert!(step["decision"].as_str().unwrap().starts_with("bypass"));
+}
+
+#[tokio::test]
+async fn a_shared_route_stores_answers_to_authorized_requests_only_when_the_upstream_allows() {
+    let f = start("").await;
+    let g = &f.gateway;
+    let bearer = [("authorization", "Bearer opaque-token")];
+    // RFC 9111 section 3.5: `max-age` alone does not let a shared cache store an answer
+    // to a request with Authorization the gateway did not turn into a consumer key.
+    for _ in 0..2 {
+        let answer = get(g, "/shared/max-age", &bearer).await;
+        assert_eq!(answer.cache_status(), "gatehouse; fwd=miss");
+    }
+    assert_eq!(f.counts.get("max-age"), 2);
+    // `public` does.
+    get(g, "/shared/public", &bearer).await;
+    let again = get(g, "/shared/public", &bearer).await;
+    assert_eq!(again.cache_status(), "gatehouse; hit");
+    assert_eq!(f.counts.get("public"), 1);
 }

@@ -1,4 +1,5 @@
-//! The Redis connection a fleet shares (cluster rate limits). One multiplexed connection,
+//! The Redis connection a fleet shares (cluster rate limits and quotas, the shared
+//! response cache). One multiplexed connection,
 //! reconnected by the connection manager; every call has a short deadline, and after a
 //! failure Redis is left alone for `retry_after_failure` so an outage costs requests no
 //! waiting.
@@ -99,6 +100,80 @@ impl RedisLink {
         }
     }
 
+    /// `command` within the deadline, skipped while Redis is paused after a failure (so an
+    /// outage costs the request path no waiting); a failure starts a pause.
+    pub async fn call<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> Result<T, RedisFailure> {
+        let now = self.started.elapsed().as_nanos() as u64;
+        if now < self.paused_until.load(Ordering::Relaxed) {
+            return Err(RedisFailure::Paused);
+        }
+        let call = async {
+            let mut connection = self.connection().await?;
+            command.query_async::<T>(&mut connection).await
+        };
+        let failure = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(err)) => RedisFailure::Redis(err),
+            Err(_) => RedisFailure::Timeout(self.timeout),
+        };
+        Err(self.failed(failure))
+    }
+
+    /// `pipeline` within the deadline, as `call`.
+    pub async fn pipeline(&self, pipeline: &redis::Pipeline) -> Result<(), RedisFailure> {
+        let now = self.started.elapsed().as_nanos() as u64;
+        if now < self.paused_until.load(Ordering::Relaxed) {
+            return Err(RedisFailure::Paused);
+        }
+        let call = async {
+            let mut connection = self.connection().await?;
+            pipeline.query_async::<()>(&mut connection).await
+        };
+        let failure = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(err)) => RedisFailure::Redis(err),
+            Err(_) => RedisFailure::Timeout(self.timeout),
+        };
+        Err(self.failed(failure))
+    }
+
+    /// For operators' actions (purges): a longer deadline, and no pause involved.
+    pub async fn admin_call<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> Result<T, RedisFailure> {
+        let deadline = self.timeout.max(Duration::from_secs(5));
+        let call = async {
+            let mut connection = self.connection().await?;
+            command.query_async::<T>(&mut connection).await
+        };
+        match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(RedisFailure::Redis(err)),
+            Err(_) => Err(RedisFailure::Timeout(deadline)),
+        }
+    }
+
+    /// Messages published on `channel`, on a connection of their own.
+    pub async fn subscribe(&self, channel: &str) -> Result<redis::aio::PubSubStream, RedisFailure> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub.into_on_message())
+    }
+
+    fn failed(&self, failure: RedisFailure) -> RedisFailure {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let resume = self.started.elapsed() + self.retry_after_failure;
+        self.paused_until
+            .store(resume.as_nanos() as u64, Ordering::Relaxed);
+        // Logged once per pause, not once per request.
+        tracing::warn!(error = %failure, failures, pause = ?self.retry_after_failure, "Redis call failed");
+        failure
+    }
+
     /// Run `script` with `keys` and `args`, within the deadline.
     pub async fn run_script(
         &self,
@@ -126,12 +201,6 @@ impl RedisLink {
             Ok(Err(err)) => RedisFailure::Redis(err),
             Err(_) => RedisFailure::Timeout(self.timeout),
         };
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let resume = self.started.elapsed() + self.retry_after_failure;
-        self.paused_until
-            .store(resume.as_nanos() as u64, Ordering::Relaxed);
-        // Logged once per pause, not once per request.
-        tracing::warn!(error = %result, failures, pause = ?self.retry_after_failure, "Redis call failed");
-        Err(result)
+        Err(self.failed(result))
     }
 }

@@ -257,8 +257,8 @@ impl Snapshot {
         }
         let response_cache = previous
             .map(|p| p.response_cache.clone())
-            .filter(|cache| cache.same_config(&config.cache))
-            .unwrap_or_else(|| ResponseCache::new(&config.cache));
+            .filter(|cache| cache.same_config(&config.cache, rate_limits.redis.as_ref()))
+            .unwrap_or_else(|| ResponseCache::new(&config.cache, rate_limits.redis.as_ref()));
         let router = Router::compile(&config.routes, |index, route| {
             Ok(RouteRuntime {
                 transform: transforms.get_mut(index).and_then(Option::take),

@@ -34,6 +34,13 @@ pub(crate) fn validate_traffic(config: &Config, problems: &mut Vec<Problem>) {
             "`cache.max_object_size` is larger than `cache.max_size`",
         ));
     }
+    if cache.redis && config.redis.is_none() {
+        problems.push(Problem::new(
+            0,
+            0,
+            "`cache.redis` shares the cache through Redis, but no top-level `redis` is configured",
+        ));
+    }
     if !super::auth::is_header_name(&cache.tag_header) {
         problems.push(Problem::new(
             0,

@@ -15,12 +15,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use gatehouse_config::{CacheConfig, HumanDuration, RouteCacheConfig};
+use gatehouse_policy::redis::RedisLink;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use quick_cache::sync::{Cache, DefaultLifecycle, PlaceholderGuard};
 use quick_cache::{DefaultHashBuilder, Weighter};
 
 use crate::body::{self, ProxyBody};
+
+mod fleet;
+pub use fleet::{follow_purges, Fleet};
 
 /// The `Cache-Status` header of RFC 9211.
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -132,22 +136,39 @@ pub struct ResponseCache {
     store: Store,
     max_object: u64,
     config: CacheConfig,
+    /// The entries shared with the fleet through Redis (`cache.redis`).
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl ResponseCache {
-    pub fn new(config: &CacheConfig) -> Arc<Self> {
+    /// `redis`: the fleet's Redis, used when `cache.redis` is on.
+    pub fn new(config: &CacheConfig, redis: Option<&Arc<RedisLink>>) -> Arc<Self> {
         let max_size = config.max_size.0.max(1);
         Arc::new(Self {
             // quick_cache sizes its tables from an item estimate: one per 4 KiB.
             store: Cache::with_weighter((max_size / 4096).max(16) as usize, max_size, EntryWeight),
             max_object: config.max_object_size.0,
             config: config.clone(),
+            fleet: redis
+                .filter(|_| config.redis)
+                .map(|link| Arc::new(Fleet::new(link.clone(), &config.redis_prefix))),
         })
     }
 
-    pub fn same_config(&self, config: &CacheConfig) -> bool {
+    /// Whether this cache's memory can serve a new configuration as it is.
+    pub fn same_config(&self, config: &CacheConfig, redis: Option<&Arc<RedisLink>>) -> bool {
+        let fleet_link = |link: Option<&Arc<RedisLink>>| {
+            link.filter(|_| config.redis).map(|l| l.fingerprint.clone())
+        };
         self.config.max_size == config.max_size
             && self.config.max_object_size == config.max_object_size
+            && self.config.redis_prefix == config.redis_prefix
+            && self.fleet.as_ref().map(|f| f.link_fingerprint()) == fleet_link(redis)
+    }
+
+    /// The fleet tier, when the cache is shared through Redis.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// Bytes held now.
@@ -169,21 +190,12 @@ impl ResponseCache {
     pub fn purge(&self, purge: &Purge) -> usize {
         let removed = Cell::new(0usize);
         self.store.retain(|key, entry| {
-            let (route, url) = key_parts(key);
             let selected = match purge {
-                Purge::All => true,
-                Purge::Route(name) => route == name,
-                Purge::Urls(urls) => urls.iter().any(|(r, u)| r == route && u == url),
-                Purge::Prefix { host, prefix } => {
-                    let (entry_host, path) = url.split_at(url.find('/').unwrap_or(url.len()));
-                    host.as_ref()
-                        .is_none_or(|h| h.eq_ignore_ascii_case(entry_host))
-                        && path.starts_with(prefix.as_str())
-                }
                 Purge::Tag(tag) => match &**entry {
                     Entry::Response(stored) => stored.tags.iter().any(|t| t == tag),
                     _ => false,
                 },
+                by_key => by_key.selects_key(key),
             };
             if selected {
                 removed.set(removed.get() + 1);
@@ -194,8 +206,9 @@ impl ResponseCache {
     }
 }
 
-/// Which entries to purge.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which entries to purge (sent to the fleet's other gateways as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Purge {
     All,
     /// Everything a route stored.
@@ -210,6 +223,25 @@ pub enum Purge {
     },
     /// Responses tagged so by the upstream.
     Tag(String),
+}
+
+impl Purge {
+    /// Whether a key is selected by the key's own parts (everything but `Tag`).
+    fn selects_key(&self, key: &str) -> bool {
+        let (route, url) = key_parts(key);
+        match self {
+            Purge::All => true,
+            Purge::Route(name) => route == name,
+            Purge::Urls(urls) => urls.iter().any(|(r, u)| r == route && u == url),
+            Purge::Prefix { host, prefix } => {
+                let (entry_host, path) = url.split_at(url.find('/').unwrap_or(url.len()));
+                host.as_ref()
+                    .is_none_or(|h| h.eq_ignore_ascii_case(entry_host))
+                    && path.starts_with(prefix.as_str())
+            }
+            Purge::Tag(_) => false,
+        }
+    }
 }
 
 /// (route, URL part) of a key.
@@ -521,7 +553,21 @@ impl RouteCache {
         for _ in 0..2 {
             let entry = match self.cache.store.get_value_or_guard_async(&lookup.key).await {
                 Ok(entry) => entry,
-                Err(guard) => return Found::Miss(Some(guard)),
+                Err(guard) => {
+                    // Not in memory: another gateway of the fleet may have it. Whoever waits
+                    // on the key is served from what is found.
+                    let shared = match &self.cache.fleet {
+                        Some(fleet) => fleet.get(&lookup.key).await,
+                        None => None,
+                    };
+                    match shared {
+                        Some(entry) => {
+                            let _ = guard.insert(entry.clone());
+                            entry
+                        }
+                        None => return Found::Miss(Some(guard)),
+                    }
+                }
             };
             match &*entry {
                 Entry::Vary(names) => {
@@ -689,6 +735,9 @@ impl RouteCache {
             for name in &names {
                 push_header(&mut lookup.key, request_headers, name);
             }
+            if let Some(fleet) = &self.cache.fleet {
+                fleet.put(&lookup.key, &entry);
+            }
             self.cache.store.insert(lookup.key.clone(), entry);
         }
         let outcome = fetched(&lookup, revalidating, true);
@@ -845,6 +894,9 @@ impl RouteCache {
     /// Put `entry` under `key`, through the guard when this request holds it (waking
     /// whoever waits on the key).
     fn fill(&self, key: &str, guard: Option<Guard<'_>>, entry: Arc<Entry>) {
+        if let Some(fleet) = &self.cache.fleet {
+            fleet.put(key, &entry);
+        }
         match guard {
             Some(guard) => {
                 // Err only if the guard's key was filled meanwhile: nothing to do.
