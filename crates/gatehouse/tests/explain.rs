@@ -240,6 +240,9 @@ consumers:
 {bob}rate_limits:
   per-consumer:
     limits: [{{ name: hourly, requests: 2, per: 1h, key: [consumer] }}]
+  {fleet}-limit:
+    mode: cluster
+    limits: [{{ name: fleet-hourly, requests: 3, per: 1h, key: [consumer] }}]
 quota_store:
   path: "{store}"
 redis:
@@ -259,7 +262,7 @@ routes:
     match: {{ path: {{ prefix: /orders }} }}
     service: echo
     auth: {{ methods: [keys] }}
-    rate_limits: [per-consumer]
+    rate_limits: [per-consumer, {fleet}-limit]
     quotas: [daily, {fleet}]
 "#,
         admin = common::admin_block(),
@@ -320,6 +323,16 @@ routes:
         assert_eq!(quotas[0]["state"]["used"], 2, "{report}");
         assert_eq!(quotas[0]["state"]["remaining"], 3);
         assert_eq!(quotas[0]["state"]["allowance"], 5);
+        // The cluster rate limit's state is computed in Redis without counting.
+        let cluster = report["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["policy"] == "rate_limit" && p["mode"] == "cluster")
+            .unwrap_or_else(|| panic!("no cluster limit in {report}"));
+        assert_eq!(cluster["limits"][0]["name"], "fleet-hourly", "{report}");
+        assert_eq!(cluster["limits"][0]["allowed"], true);
+        assert_eq!(cluster["limits"][0]["remaining"], 0, "two of three used");
         // The cluster quota's count is read from Redis.
         assert_eq!(quotas[1]["name"], fleet.as_str());
         assert_eq!(quotas[1]["state"]["used"], 2, "{report}");

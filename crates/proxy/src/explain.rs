@@ -183,10 +183,14 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
             .map(|p| format!("{:?}", p.value.mode).to_lowercase())
             .unwrap_or_default();
         let mut entry = json!({ "policy": "rate_limit", "name": name.value, "mode": mode });
-        entry["decision"] = match (request.live, limiter.peek(&limit_request)) {
-            (false, _) => json!("counts this request; counters live in the running gateway (or Redis): ask the admin API's explain for their state"),
-            (true, None) => json!("counts this request; counters live in Redis and are not read here"),
-            (true, Some(states)) => {
+        let peeked = match request.live {
+            true => Some(limiter.peek(&limit_request).await),
+            false => None,
+        };
+        entry["decision"] = match peeked {
+            None => json!("counts this request; counters live in the running gateway (or Redis): ask the admin API's explain for their state"),
+            Some(Err(message)) => json!(format!("counts this request; its state could not be read: {message}")),
+            Some(Ok(states)) => {
                 let refusing = states.iter().find(|s| !s.allowed);
                 let decision = match refusing {
                     Some(state) => {

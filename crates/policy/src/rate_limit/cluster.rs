@@ -8,11 +8,13 @@ use super::{shared_key, Decision, Limit, LimitRequest, LimitShape};
 use crate::redis::{RedisFailure, RedisLink};
 
 /// KEYS: one per limit. ARGV: three per limit: kind (0 GCRA, 1 window), then for GCRA the
-/// interval and tolerance, for a window its length and limit; times in microseconds.
+/// interval and tolerance, for a window its length and limit; times in microseconds; then
+/// 1 to count the request, 0 to only look (`explain`).
 /// Returns, per limit: allowed (0/1), remaining, reset (µs), retry after (µs).
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local commit = ARGV[#KEYS * 3 + 1] == '1'
 local out = {}
 local writes = {}
 local all = true
@@ -51,7 +53,7 @@ for i = 1, #KEYS do
     end
   end
 end
-if all then
+if all and commit then
   for i = 1, #KEYS do
     local w = writes[i]
     if #w == 2 then
@@ -67,11 +69,13 @@ return out
 
 static LIMIT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SCRIPT));
 
+/// Decide on `request`, counting it when `commit` (otherwise only report the state).
 pub(super) async fn decide(
     redis: &RedisLink,
     policy: &str,
     limits: &[Limit],
     request: &LimitRequest<'_>,
+    commit: bool,
 ) -> Result<Vec<Decision>, RedisFailure> {
     let keys: Vec<String> = limits
         .iter()
@@ -93,6 +97,7 @@ pub(super) async fn decide(
             }
         }
     }
+    args.push(i64::from(commit));
     let values = redis.run_script(&LIMIT_SCRIPT, &keys, &args).await?;
     let decisions = values
         .chunks_exact(4)

@@ -261,7 +261,7 @@ impl RateLimiter {
     ) -> Result<Vec<(HeaderName, HeaderValue)>, Rejection> {
         let decisions = match (self.mode, &self.redis) {
             (LimitMode::Cluster, Some(redis)) => {
-                match cluster::decide(redis, &self.name, &self.limits, request).await {
+                match cluster::decide(redis, &self.name, &self.limits, request, true).await {
                     Ok(decisions) => decisions,
                     Err(_) if self.on_failure == FailureMode::Open => self.decide_locally(request),
                     Err(_) => {
@@ -302,28 +302,36 @@ impl RateLimiter {
     }
 
     /// What each limit would decide on `request` now, taking nothing: for `explain`
-    /// against the running gateway. `None` in cluster mode, where the counters are in Redis.
-    pub fn peek(&self, request: &LimitRequest<'_>) -> Option<Vec<LimitState>> {
-        if self.mode == LimitMode::Cluster {
-            return None;
-        }
-        let states = self
+    /// against the running gateway. In cluster mode the same script as `check` runs in
+    /// Redis without writing.
+    pub async fn peek(&self, request: &LimitRequest<'_>) -> Result<Vec<LimitState>, String> {
+        let decisions: Vec<Decision> = match (self.mode, &self.redis) {
+            (LimitMode::Cluster, Some(redis)) => {
+                cluster::decide(redis, &self.name, &self.limits, request, false)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+            (LimitMode::Cluster, None) => return Err("no Redis is configured".into()),
+            _ => self
+                .limits
+                .iter()
+                .map(|limit| limit.store.peek(&limit.shape, local_key(limit, request)))
+                .collect(),
+        };
+        Ok(self
             .limits
             .iter()
-            .map(|limit| {
-                let decision = limit.store.peek(&limit.shape, local_key(limit, request));
-                LimitState {
-                    name: limit.name.clone(),
-                    requests: limit.requests,
-                    per_seconds: limit.window_secs,
-                    allowed: decision.allowed,
-                    remaining: decision.remaining,
-                    reset_seconds: decision.reset_ns.div_ceil(1_000_000_000),
-                    retry_after_seconds: decision.retry_after_ns.div_ceil(1_000_000_000),
-                }
+            .zip(decisions)
+            .map(|(limit, decision)| LimitState {
+                name: limit.name.clone(),
+                requests: limit.requests,
+                per_seconds: limit.window_secs,
+                allowed: decision.allowed,
+                remaining: decision.remaining,
+                reset_seconds: decision.reset_ns.div_ceil(1_000_000_000),
+                retry_after_seconds: decision.retry_after_ns.div_ceil(1_000_000_000),
             })
-            .collect();
-        Some(states)
+            .collect())
     }
 
     fn decide_locally(&self, request: &LimitRequest<'_>) -> Vec<Decision> {
