@@ -355,7 +355,7 @@ async fn a_version_past_its_sunset_is_gone_and_versions_may_have_their_own_backe
     let newest = backend().await;
     let legacy = common::echo("legacy-v1").await;
     let yaml = format!(
-        r#"listeners:
+        r#"{admin}listeners:
   - name: public
     listen: 127.0.0.1:0
 services:
@@ -378,7 +378,8 @@ routes:
     match: {{ path: {{ prefix: / }} }}
     service: users
     api: users
-"#
+"#,
+        admin = common::admin_block()
     );
     let gateway = Gateway::start(&yaml);
     let gone = send(
@@ -404,6 +405,25 @@ routes:
     assert_eq!(v1.body["headers"]["api-version"], "v1");
     let v2 = send(client().get(gateway.url("/users/7"))).await;
     assert_eq!(v2.body, user_2025(7));
+    // Metrics name the service that answered.
+    let metrics = client()
+        .get(gateway.admin_url("/metrics"))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for service in ["users-v1", "users"] {
+        let line = format!(
+            r#"gatehouse_requests_total{{route="users",service="{service}",method="GET",status_class="2xx"}} 1"#
+        );
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -82,6 +82,8 @@ pub struct RequestTrace {
     quotas_passed: Option<bool>,
     /// How the response cache took part.
     cache: Option<cache::Outcome>,
+    /// The service of the request's API version, when it is not the route's.
+    version_service: Option<Arc<Service>>,
     /// Bytes of a request body sent without `Content-Length` (chunked), counted as it is
     /// read.
     chunked_bytes_in: Option<Arc<AtomicU64>>,
@@ -299,8 +301,11 @@ impl Finish {
         else {
             return ("", "");
         };
-        let service = match &route.payload.action {
-            RouteAction::Forward { service, .. } if self.trace.forwarded => service.name.as_str(),
+        let service = match (&route.payload.action, &self.trace.version_service) {
+            (_, Some(service)) => service.name.as_str(),
+            (RouteAction::Forward { service, .. }, None) if self.trace.forwarded => {
+                service.name.as_str()
+            }
             _ => "",
         };
         (&route.name, service)
@@ -670,9 +675,13 @@ async fn route_and_respond(
                 }
                 None => None,
             };
-            let service = version
-                .and_then(|(api, selected)| api.service(selected))
-                .unwrap_or(service);
+            let service = match version.and_then(|(api, selected)| api.service(selected)) {
+                Some(own) => {
+                    trace.version_service = Some(own.clone());
+                    own
+                }
+                None => service,
+            };
             let lookup = route.cache.as_ref().and_then(|cache| {
                 let lookup = cache.lookup(&cache::CacheRequest {
                     method: request.method(),
