@@ -503,3 +503,99 @@ async fn a_reload_that_changes_tracing_is_refused() {
         "{problem}"
     );
 }
+
+/// The exporter is stuck on a collector that accepts connections and never answers: the
+/// bounded queue fills, further spans are dropped and counted, and requests do not wait.
+#[tokio::test]
+async fn a_stuck_collector_drops_spans_without_stalling_requests() {
+    let upstream = echo("a").await;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let collector = silent.local_addr().unwrap();
+    // Accept and hold every connection, answering nothing.
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holder = held.clone();
+    std::thread::spawn(move || {
+        for stream in silent.incoming().flatten() {
+            holder.lock().unwrap().push(stream);
+        }
+    });
+    let gateway = Gateway::start(&config(
+        &[upstream],
+        &format!(
+            "  otlp: {{ endpoint: \"http://{collector}\", timeout: 30s, max_queue: 4, max_batch: 2, batch_delay: 10ms }}\n"
+        ),
+    ));
+    let started = Instant::now();
+    for _ in 0..20 {
+        let response = client().get(gateway.url("/orders")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "requests waited on the exporter"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = client()
+            .get(gateway.admin_url("/metrics"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let dropped = metrics
+            .lines()
+            .find(|l| l.starts_with("gatehouse_trace_spans_total{result=\"dropped\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        // 40 spans: at most one batch in flight plus a full queue are kept.
+        if dropped >= 30 {
+            assert!(dropped <= 40 - 4, "{dropped} dropped");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dropped spans not counted:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Spans still queued when SIGTERM arrives are exported before the process exits.
+#[tokio::test]
+async fn sigterm_flushes_queued_spans() {
+    let (collector, received) = grpc_collector().await;
+    let upstream = echo("a").await;
+    let mut gateway = Gateway::start(&config(
+        &[upstream],
+        &format!(
+            "  otlp: {{ endpoint: \"http://{collector}\", headers: {{ x-collector-token: s3cret }}, batch_delay: 1h }}\n"
+        ),
+    ));
+    let response = client()
+        .get(gateway.url("/orders"))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        spans(&received).is_empty(),
+        "an hour's batch delay: nothing sent yet"
+    );
+    gateway.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = gateway.wait_exit(Duration::from_secs(10));
+        (status, gateway)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let flushed = wait_for_spans(&received, CLIENT_TRACE, 2).await;
+    assert_eq!(flushed.len(), 2);
+}
