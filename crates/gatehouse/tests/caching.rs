@@ -526,15 +526,7 @@ async fn the_byte_bound_is_respected_and_reported() {
         let answer = get(g, &format!("/big{n}"), &[]).await;
         assert_eq!(answer.body.len(), 8 << 10);
     }
-    let metrics = client()
-        .get(g.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = g.metrics().await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()

@@ -445,15 +445,7 @@ async fn b3_context_is_read_and_written_and_an_unreachable_collector_costs_only_
     // The collector is down: requests are served, the spans are counted as failed.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = client()
-            .get(gateway.admin_url("/metrics"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = gateway.metrics().await;
         if metrics.contains("gatehouse_trace_spans_total{result=\"failed\"} 2") {
             break;
         }
@@ -536,15 +528,7 @@ async fn a_stuck_collector_drops_spans_without_stalling_requests() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = client()
-            .get(gateway.admin_url("/metrics"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = gateway.metrics().await;
         let dropped = metrics
             .lines()
             .find(|l| l.starts_with("gatehouse_trace_spans_total{result=\"dropped\"}"))

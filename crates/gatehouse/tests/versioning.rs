@@ -406,15 +406,7 @@ routes:
     let v2 = send(client().get(gateway.url("/users/7"))).await;
     assert_eq!(v2.body, user_2025(7));
     // Metrics name the service that answered.
-    let metrics = client()
-        .get(gateway.admin_url("/metrics"))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.metrics().await;
     for service in ["users-v1", "users"] {
         let line = format!(
             r#"gatehouse_requests_total{{route="users",service="{service}",method="GET",status_class="2xx"}} 1"#

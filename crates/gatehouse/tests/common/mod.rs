@@ -117,6 +117,22 @@ impl Gateway {
         response.json().await.expect("admin JSON")
     }
 
+    /// The Prometheus text of `/metrics`, with the test token.
+    pub async fn metrics(&self) -> String {
+        let response = client()
+            .get(self.admin_url("/metrics"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("metrics request");
+        assert!(
+            response.status().is_success(),
+            "/metrics: {}",
+            response.status()
+        );
+        response.text().await.expect("metrics text")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
