@@ -291,3 +291,70 @@ routes:
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn rewritten_bodies_get_a_weak_validator_and_encoded_or_head_answers_are_handled() {
+    use axum::response::IntoResponse;
+    let router = axum::Router::new()
+        .route(
+            "/etag",
+            axum::routing::get(|| async {
+                (
+                    [("etag", "\"v1\""), ("content-type", "application/json")],
+                    r#"{"a":1}"#,
+                )
+                    .into_response()
+            }),
+        )
+        .route(
+            "/gzipped",
+            axum::routing::get(|| async {
+                (
+                    [
+                        ("content-encoding", "gzip"),
+                        ("content-type", "application/json"),
+                    ],
+                    vec![0x1f_u8, 0x8b, 0x08, 0x00],
+                )
+                    .into_response()
+            }),
+        );
+    let upstream = common::upstream(router).await;
+    let gateway = Gateway::start(&format!(
+        r#"listeners:
+  - name: public
+    listen: 127.0.0.1:0
+services:
+  - name: origin
+    endpoints: [{{ address: "{upstream}" }}]
+routes:
+  - name: rewritten
+    match: {{ path: {{ prefix: / }} }}
+    service: origin
+    transform:
+      response: {{ body: '. + {{b: 2}}' }}
+"#
+    ));
+    let response = client().get(gateway.url("/etag")).send().await.unwrap();
+    assert_eq!(response.headers()["etag"], "W/\"v1\"");
+    assert_eq!(response.headers()["content-length"], "13");
+    assert_eq!(response.text().await.unwrap(), r#"{"a":1,"b":2}"#);
+    // The rewritten GET body's length is unknown to a HEAD: no stale Content-Length.
+    let head = client().head(gateway.url("/etag")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(
+        head.headers().get("content-length").is_none(),
+        "{:?}",
+        head.headers()
+    );
+    // An encoded body cannot be rewritten: a 502, not a garbled answer.
+    let body = problem(
+        client().get(gateway.url("/gzipped")).send().await.unwrap(),
+        502,
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("encoded"),
+        "{body}"
+    );
+}

@@ -449,3 +449,72 @@ async fn explain_shows_the_version_a_request_gets() {
     assert_eq!(step["version"], "2023-01-01");
     assert_eq!(step["backend_version"], "2025-01-01");
 }
+
+#[test]
+fn check_refuses_inconsistent_versions_with_their_location() {
+    let (code, text) = common::check_text(
+        r#"listeners:
+  - name: public
+    listen: 127.0.0.1:0
+services:
+  - name: users
+    endpoints: [{ address: "127.0.0.1:9" }]
+apis:
+  users:
+    default: v9
+    versions:
+      - name: v1
+        changes: { response: . }
+      - name: v2
+        service: userz
+        sunset: next tuesday
+consumers:
+  - id: legacy
+    api_versions: { users: v0, orders: v1 }
+routes:
+  - name: users
+    match: { path: { prefix: / } }
+    service: users
+    api: userss
+"#,
+    );
+    assert_eq!(code, Some(1), "{text}");
+    for expected in [
+        ":9:14: api `users`: default version `v9` is not one of its versions",
+        ":11:15: api `users`: the first version `v1` has no previous version",
+        ":14:18: api `users` version `v2` uses undefined service `userz`, did you mean `users`?",
+        ":13:15: api `users` version `v2`: `sunset` `next tuesday` is not an RFC 3339 time",
+        "consumer `legacy`: api `users` has no version `v0`",
+        "consumer `legacy`: `api_versions` names undefined api `orders`",
+        ":23:10: route `users` serves undefined api `userss`, did you mean `users`?",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in\n{text}");
+    }
+
+    // A version's program that does not compile, at its own location.
+    let (code, text) = common::check_text(
+        r#"listeners:
+  - name: public
+    listen: 127.0.0.1:0
+services:
+  - name: users
+    endpoints: [{ address: "127.0.0.1:9" }]
+apis:
+  users:
+    versions:
+      - name: v1
+      - name: v2
+        changes: { request: '{a: .b', response: . }
+routes:
+  - name: users
+    match: { path: { prefix: / } }
+    service: users
+    api: users
+"#,
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(":12:29: api `users` version `v2`: `changes.request`: expected"),
+        "{text}"
+    );
+}

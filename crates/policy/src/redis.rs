@@ -86,18 +86,10 @@ impl RedisLink {
     /// The integer at `key` (0 when absent), within the deadline. For reads off the
     /// request path (`explain`): failures are returned, not counted against the link.
     pub async fn get_count(&self, key: &str) -> Result<u64, RedisFailure> {
-        let call = async {
-            let mut connection = self.connection().await?;
-            redis::cmd("GET")
-                .arg(key)
-                .query_async::<Option<u64>>(&mut connection)
-                .await
-        };
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(count)) => Ok(count.unwrap_or(0)),
-            Ok(Err(err)) => Err(RedisFailure::Redis(err)),
-            Err(_) => Err(RedisFailure::Timeout(self.timeout)),
-        }
+        let mut command = redis::cmd("GET");
+        command.arg(key);
+        let count: Option<u64> = within(self.timeout, self.query(&command)).await?;
+        Ok(count.unwrap_or(0))
     }
 
     /// `command` within the deadline, skipped while Redis is paused after a failure (so an
@@ -106,38 +98,16 @@ impl RedisLink {
         &self,
         command: &redis::Cmd,
     ) -> Result<T, RedisFailure> {
-        let now = self.started.elapsed().as_nanos() as u64;
-        if now < self.paused_until.load(Ordering::Relaxed) {
-            return Err(RedisFailure::Paused);
-        }
-        let call = async {
-            let mut connection = self.connection().await?;
-            command.query_async::<T>(&mut connection).await
-        };
-        let failure = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(err)) => RedisFailure::Redis(err),
-            Err(_) => RedisFailure::Timeout(self.timeout),
-        };
-        Err(self.failed(failure))
+        self.guarded(self.query(command)).await
     }
 
     /// `pipeline` within the deadline, as `call`.
     pub async fn pipeline(&self, pipeline: &redis::Pipeline) -> Result<(), RedisFailure> {
-        let now = self.started.elapsed().as_nanos() as u64;
-        if now < self.paused_until.load(Ordering::Relaxed) {
-            return Err(RedisFailure::Paused);
-        }
-        let call = async {
+        self.guarded(async {
             let mut connection = self.connection().await?;
             pipeline.query_async::<()>(&mut connection).await
-        };
-        let failure = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(err)) => RedisFailure::Redis(err),
-            Err(_) => RedisFailure::Timeout(self.timeout),
-        };
-        Err(self.failed(failure))
+        })
+        .await
     }
 
     /// For operators' actions (purges): a longer deadline, and no pause involved.
@@ -145,47 +115,21 @@ impl RedisLink {
         &self,
         command: &redis::Cmd,
     ) -> Result<T, RedisFailure> {
-        let deadline = self.timeout.max(Duration::from_secs(5));
-        let call = async {
-            let mut connection = self.connection().await?;
-            command.query_async::<T>(&mut connection).await
-        };
-        match tokio::time::timeout(deadline, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(RedisFailure::Redis(err)),
-            Err(_) => Err(RedisFailure::Timeout(deadline)),
-        }
+        within(
+            self.timeout.max(Duration::from_secs(5)),
+            self.query(command),
+        )
+        .await
     }
 
-    /// Messages published on `channel`, on a connection of their own.
-    pub async fn subscribe(&self, channel: &str) -> Result<redis::aio::PubSubStream, RedisFailure> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        Ok(pubsub.into_on_message())
-    }
-
-    fn failed(&self, failure: RedisFailure) -> RedisFailure {
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let resume = self.started.elapsed() + self.retry_after_failure;
-        self.paused_until
-            .store(resume.as_nanos() as u64, Ordering::Relaxed);
-        // Logged once per pause, not once per request.
-        tracing::warn!(error = %failure, failures, pause = ?self.retry_after_failure, "Redis call failed");
-        failure
-    }
-
-    /// Run `script` with `keys` and `args`, within the deadline.
+    /// Run `script` with `keys` and `args`, as `call`.
     pub async fn run_script(
         &self,
         script: &redis::Script,
         keys: &[String],
         args: &[i64],
     ) -> Result<Vec<i64>, RedisFailure> {
-        let now = self.started.elapsed().as_nanos() as u64;
-        if now < self.paused_until.load(Ordering::Relaxed) {
-            return Err(RedisFailure::Paused);
-        }
-        let call = async {
+        self.guarded(async {
             let mut connection = self.connection().await?;
             let mut invocation = script.prepare_invoke();
             for key in keys {
@@ -195,12 +139,51 @@ impl RedisLink {
                 invocation.arg(*arg);
             }
             invocation.invoke_async::<Vec<i64>>(&mut connection).await
-        };
-        let result = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(values)) => return Ok(values),
-            Ok(Err(err)) => RedisFailure::Redis(err),
-            Err(_) => RedisFailure::Timeout(self.timeout),
-        };
-        Err(self.failed(result))
+        })
+        .await
+    }
+
+    /// Messages published on `channel`, on a connection of their own.
+    pub async fn subscribe(&self, channel: &str) -> Result<redis::aio::PubSubStream, RedisFailure> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub.into_on_message())
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> redis::RedisResult<T> {
+        let mut connection = self.connection().await?;
+        command.query_async::<T>(&mut connection).await
+    }
+
+    /// A call on the request path: refused at once while paused; a failure starts a pause
+    /// and is logged (once per pause, not once per request).
+    async fn guarded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RedisFailure> {
+        let now = self.started.elapsed().as_nanos() as u64;
+        if now < self.paused_until.load(Ordering::Relaxed) {
+            return Err(RedisFailure::Paused);
+        }
+        within(self.timeout, call).await.map_err(|failure| {
+            let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            let resume = self.started.elapsed() + self.retry_after_failure;
+            self.paused_until
+                .store(resume.as_nanos() as u64, Ordering::Relaxed);
+            tracing::warn!(error = %failure, failures, pause = ?self.retry_after_failure, "Redis call failed");
+            failure
+        })
+    }
+}
+
+/// `call` within `deadline`.
+async fn within<T>(
+    deadline: Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, RedisFailure> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(RedisFailure::Redis(err)),
+        Err(_) => Err(RedisFailure::Timeout(deadline)),
     }
 }

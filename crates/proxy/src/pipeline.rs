@@ -728,7 +728,8 @@ async fn route_and_respond(
                 }
                 request = Request::from_parts(parts, body);
             }
-            let has_json_body = !http_body::Body::is_end_stream(request.body())
+            let has_json_body = (transform.is_some() || version.is_some())
+                && !http_body::Body::is_end_stream(request.body())
                 && transform::is_json(request.headers());
             let upgrades =
                 version.filter(|(api, selected)| has_json_body && api.upgrades_requests(*selected));
@@ -968,14 +969,7 @@ impl Revalidation {
         );
         let mut uri = request.uri().clone();
         if let Some(query) = query_override {
-            let path = request.uri().path();
-            let rebuilt = match query {
-                Some(query) => format!("{path}?{query}"),
-                None => path.to_owned(),
-            };
-            if let Ok(rebuilt) = rebuilt.parse() {
-                uri = rebuilt;
-            }
+            transform::set_query(&mut uri, query.as_deref());
         }
         let (mut head, ()) = Request::new(()).into_parts();
         head.method = Method::GET;

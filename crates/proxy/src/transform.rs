@@ -416,29 +416,30 @@ pub fn set_length(headers: &mut HeaderMap, length: usize) {
 
 /// `application/json` or any `+json` media type.
 pub fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|media| media == "application/json" || media.ends_with("+json"))
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let media = value.as_bytes().split(|b| *b == b';').next().unwrap_or(&[]);
+    let media = media.trim_ascii();
+    media.eq_ignore_ascii_case(b"application/json")
+        || (media.len() >= 5 && media[media.len() - 5..].eq_ignore_ascii_case(b"+json"))
 }
 
 /// Apply query `edits` to a request's URI.
 pub fn edit_request_query(parts: &mut request::Parts, edits: &Edits) {
     let query = edit_query(edits, parts.uri.query());
+    set_query(&mut parts.uri, query.as_deref());
+}
+
+/// Replace the query of `uri` (`None`: no query), keeping its scheme, authority and path.
+pub fn set_query(uri: &mut Uri, query: Option<&str>) {
     let path_and_query = match query {
-        Some(query) => format!("{}?{query}", parts.uri.path()),
-        None => parts.uri.path().to_owned(),
+        Some(query) => format!("{}?{query}", uri.path()),
+        None => uri.path().to_owned(),
     };
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    uri.path_and_query = path_and_query.parse().ok();
-    parts.uri = Uri::from_parts(uri).unwrap_or_default();
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    *uri = Uri::from_parts(parts).unwrap_or_default();
 }
 
 /// The query after `edits` (remove, rename, set, add), re-encoded; `None` when empty.
@@ -515,6 +516,21 @@ mod tests {
     fn syntax_errors_say_where() {
         let error = JqProgram::compile("{a: .b,\n  c: (.d | .[0)}").unwrap_err();
         assert!(error.contains("program line 2"), "{error}");
+    }
+
+    #[test]
+    fn json_media_types() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            is_json(&headers)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/problem+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/jsonl"));
+        assert!(!is_json(&HeaderMap::new()));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct ApiRuntime {
     versions: Vec<VersionRuntime>,
     select_path: bool,
     header: Option<HeaderName>,
+    /// `Vary` values of every answer: the selectors a downstream cache must key on.
+    vary: Vec<HeaderValue>,
     query: Option<String>,
     media_type_parameter: Option<String>,
     default: usize,
@@ -62,7 +64,7 @@ impl ApiRuntime {
     ) -> Result<Self, Vec<Problem>> {
         let mut problems = Vec::new();
         let mut versions = Vec::with_capacity(config.versions.len());
-        for (index, version) in config.versions.iter().enumerate() {
+        for version in &config.versions {
             let label = &version.name.value;
             let mut program = |which: &str, code: Option<&gatehouse_config::Spanned<String>>| {
                 let code = code?;
@@ -115,7 +117,16 @@ impl ApiRuntime {
                 }),
                 links,
             });
-            let _ = index;
+        }
+        let header = (!config.select.header.is_empty())
+            .then(|| HeaderName::from_bytes(config.select.header.as_bytes()).ok())
+            .flatten();
+        let mut vary: Vec<HeaderValue> = header
+            .iter()
+            .filter_map(|name| HeaderValue::from_str(name.as_str()).ok())
+            .collect();
+        if config.select.media_type_parameter.is_some() {
+            vary.push(HeaderValue::from_static("accept"));
         }
         let default = config
             .default
@@ -129,9 +140,8 @@ impl ApiRuntime {
             name: name.to_owned(),
             versions,
             select_path: config.select.path,
-            header: (!config.select.header.is_empty())
-                .then(|| HeaderName::from_bytes(config.select.header.as_bytes()).ok())
-                .flatten(),
+            header,
+            vary,
             query: config.select.query.clone(),
             media_type_parameter: config.select.media_type_parameter.clone(),
             default,
@@ -359,15 +369,8 @@ impl ApiRuntime {
             headers.append(header::LINK, link.clone());
         }
         // Shared caches downstream must keep versions apart.
-        if let Some(name) = &self.header {
-            headers.append(
-                header::VARY,
-                HeaderValue::from_str(name.as_str())
-                    .unwrap_or(HeaderValue::from_static("api-version")),
-            );
-        }
-        if self.media_type_parameter.is_some() {
-            headers.append(header::VARY, HeaderValue::from_static("accept"));
+        for value in &self.vary {
+            headers.append(header::VARY, value.clone());
         }
     }
 }

@@ -337,12 +337,7 @@ fn decode(bytes: &[u8]) -> Option<Entry> {
     let received = Instant::now()
         .checked_sub(since)
         .unwrap_or_else(Instant::now);
-    let weight = body.len() as u64
-        + tags.iter().map(|t| t.len() as u64 + 24).sum::<u64>()
-        + headers
-            .iter()
-            .map(|(n, v)| (n.as_str().len() + v.len() + 32) as u64)
-            .sum::<u64>();
+    let weight = super::weigh(body.len(), &tags, &headers);
     Some(Entry::Response(Arc::new(Stored {
         status: StatusCode::from_u16(u16::try_from(status).ok()?).ok()?,
         headers,

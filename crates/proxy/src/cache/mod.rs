@@ -701,12 +701,7 @@ impl RouteCache {
             .map_or(Duration::ZERO, Duration::from_secs);
         let mut headers = parts.headers.clone();
         headers.remove(header::AGE);
-        let weight = bytes.len() as u64
-            + tags.iter().map(|t| t.len() as u64 + 24).sum::<u64>()
-            + headers
-                .iter()
-                .map(|(n, v)| (n.as_str().len() + v.len() + 32) as u64)
-                .sum::<u64>();
+        let weight = weigh(bytes.len(), &tags, &headers);
         let (stale_while_revalidate, stale_if_error) =
             self.stale_windows(&CacheControl::parse(&headers));
         let stored = Arc::new(Stored {
@@ -973,6 +968,16 @@ impl RouteCache {
         }
         self.config.ttl.map(|ttl| ttl.0)
     }
+}
+
+/// Bytes an entry holds, for the cache's bound (header and tag overheads estimated).
+fn weigh(body: usize, tags: &[String], headers: &HeaderMap) -> u64 {
+    body as u64
+        + tags.iter().map(|t| t.len() as u64 + 24).sum::<u64>()
+        + headers
+            .iter()
+            .map(|(n, v)| (n.as_str().len() + v.len() + 32) as u64)
+            .sum::<u64>()
 }
 
 fn with_status(mut response: Response<ProxyBody>, outcome: Outcome) -> Response<ProxyBody> {
