@@ -424,9 +424,13 @@ fn d30s() -> HumanDuration {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
-    /// Path requested with GET; a 2xx answer is healthy.
+    /// Path requested with GET; a 2xx answer is healthy. Not used with `grpc`.
     #[serde(default = "default_health_path")]
     pub path: String,
+    /// Check with the gRPC health checking protocol (`grpc.health.v1.Health/Check`)
+    /// instead of a GET: only `SERVING` is healthy. Needs `protocol: http2`.
+    #[serde(default)]
+    pub grpc: Option<GrpcHealthCheck>,
     #[serde(default = "d5s")]
     pub interval: HumanDuration,
     #[serde(default = "d1s")]
@@ -437,6 +441,18 @@ pub struct HealthCheck {
     /// Consecutive failures that mark an endpoint unhealthy.
     #[serde(default = "three")]
     pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcHealthCheck {
+    /// The service name asked about; empty (the default) asks about the whole server.
+    #[serde(default)]
+    pub service: String,
+    /// `:authority` of the check, when the server routes on it (default: the endpoint's
+    /// address).
+    #[serde(default)]
+    pub authority: Option<String>,
 }
 
 fn default_health_path() -> String {

@@ -11,7 +11,7 @@ use crate::units::HumanDuration;
 
 /// The fields of an access-log record: the JSON keys, and the `{field}` placeholders a
 /// template may use.
-pub const ACCESS_LOG_FIELDS: [&str; 19] = [
+pub const ACCESS_LOG_FIELDS: [&str; 20] = [
     "time",
     "request_id",
     "trace_id",
@@ -24,6 +24,7 @@ pub const ACCESS_LOG_FIELDS: [&str; 19] = [
     "path",
     "protocol",
     "status",
+    "grpc_status",
     "total_ms",
     "upstream_ms",
     "gateway_ms",

@@ -100,6 +100,8 @@ pub fn prefixed(prefix: Bytes, rest: ProxyBody) -> ProxyBody {
 /// Told about the response body as it goes out; dropped when the body is done.
 pub trait BodyObserver: Send + Unpin + 'static {
     fn on_data(&mut self, bytes: usize);
+
+    fn on_trailers(&mut self, _trailers: &http::HeaderMap) {}
 }
 
 /// `body`, reporting each data frame to `observer`, which is dropped with the body (the
@@ -121,6 +123,8 @@ pub fn counted<O: BodyObserver>(body: ProxyBody, observer: O) -> ProxyBody {
             if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
                 if let Some(data) = frame.data_ref() {
                     this.observer.on_data(data.len());
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    this.observer.on_trailers(trailers);
                 }
             }
             polled

@@ -22,6 +22,9 @@ pub enum GatewayError {
     NoHealthyEndpoint { service: String },
     #[error("upstream did not answer within {timeout_ms} ms")]
     UpstreamTimeout { timeout_ms: u128 },
+    /// The gRPC call's own deadline (`grpc-timeout`) passed before the upstream answered.
+    #[error("the call's deadline passed before the upstream answered")]
+    DeadlineExceeded,
     #[error("cannot connect to upstream: {0}")]
     UpstreamConnect(String),
     #[error("upstream failed: {0}")]
@@ -60,7 +63,7 @@ impl GatewayError {
             Self::NoHealthyEndpoint { .. } | Self::UpstreamConnect(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamTimeout { .. } | Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Transform { status, .. } => *status,
             Self::Rejected(rejection) => rejection.status,
@@ -75,6 +78,7 @@ impl GatewayError {
             Self::BadRequest(_) => "bad_request",
             Self::NoHealthyEndpoint { .. } => "no_healthy_upstream",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::DeadlineExceeded => "deadline_exceeded",
             Self::UpstreamConnect(_) => "upstream_unavailable",
             Self::BadGateway(_) => "bad_gateway",
             Self::Transform { .. } => "transform_failed",

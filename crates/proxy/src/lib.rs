@@ -2,7 +2,8 @@
 //!
 //! Request path (see `pipeline`): accept (`listener`) → TLS/ALPN → HTTP/1.1 or HTTP/2 →
 //! snapshot load → route (`router`) → action → upstream (`upstream`: balance, send, retry)
-//! → response. Failures become responses in exactly one place (`error`).
+//! → response. Failures become responses in exactly one place (`error`; in gRPC form for gRPC
+//! calls, `grpc`).
 
 pub mod body;
 pub mod cache;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod explain;
 pub mod forward;
 pub mod framing;
+pub mod grpc;
 pub mod listener;
 pub mod mirror;
 pub mod pipeline;

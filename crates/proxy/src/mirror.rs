@@ -64,6 +64,7 @@ impl Mirror {
                             hash_key: None,
                             retryable: false,
                             upgrade: false,
+                            deadline: None,
                         },
                         None,
                     )

@@ -18,6 +18,7 @@ use crate::body::{self, BoxError, ProxyBody};
 use crate::cache;
 use crate::error::GatewayError;
 use crate::forward::{self, X_REQUEST_ID};
+use crate::grpc;
 use crate::router::{CompiledRoute, RequestView};
 use crate::snapshot::{fill_template, ListenerRuntime, RouteAction, RouteRuntime, Snapshot};
 use crate::transform;
@@ -87,6 +88,14 @@ pub struct RequestTrace {
     /// Bytes of a request body sent without `Content-Length` (chunked), counted as it is
     /// read.
     chunked_bytes_in: Option<Arc<AtomicU64>>,
+    /// Set when the request is a gRPC call.
+    grpc: Option<GrpcCall>,
+}
+
+#[derive(Clone, Copy)]
+struct GrpcCall {
+    /// From `grpc-timeout`, counted from the request's arrival.
+    deadline: Option<std::time::Instant>,
 }
 
 /// Counts the bytes of a chunked request body as it streams upstream.
@@ -139,8 +148,12 @@ pub async fn handle(
     });
     let client_ip =
         forward::client_ip(conn.peer, request.headers(), &conn.listener.trusted_proxies);
+    let grpc = grpc::is_grpc(request.headers()).then(|| GrpcCall {
+        deadline: grpc::deadline(request.headers(), started),
+    });
     let mut trace = RequestTrace {
         context,
+        grpc,
         ..RequestTrace::default()
     };
     let result =
@@ -153,7 +166,10 @@ pub async fn handle(
                 tracing::warn!(request_id = ?request_id, error = %err, "request failed");
             }
             reason = Some(err.code());
-            err.into_response(Some(&request_id))
+            match trace.grpc {
+                Some(_) => grpc::error_response(err, Some(&request_id)),
+                None => err.into_response(Some(&request_id)),
+            }
         }
     };
     for (name, value) in std::mem::take(&mut trace.response_headers) {
@@ -166,7 +182,16 @@ pub async fn handle(
         return response;
     }
     let status = response.status().as_u16();
+    // A trailers-only answer carries the call's status in its head; otherwise the
+    // trailers will.
+    let grpc_status = trace.grpc.and_then(|_| {
+        response
+            .headers()
+            .get(grpc::GRPC_STATUS)
+            .map(grpc::Code::from_header)
+    });
     let finish = Finish {
+        grpc_status,
         snapshot: snapshot.clone(),
         telemetry: telemetry.clone(),
         metrics,
@@ -232,11 +257,21 @@ pub struct Finish {
     request_id: String,
     logged: Option<Logged>,
     server_span: Option<ServerSpan>,
+    /// The status a gRPC call ended with, from the response head or trailers.
+    grpc_status: Option<grpc::Code>,
 }
 
 impl body::BodyObserver for Finish {
     fn on_data(&mut self, bytes: usize) {
         self.bytes_out += bytes as u64;
+    }
+
+    fn on_trailers(&mut self, trailers: &http::HeaderMap) {
+        if self.trace.grpc.is_some() {
+            if let Some(status) = trailers.get(grpc::GRPC_STATUS) {
+                self.grpc_status = Some(grpc::Code::from_header(status));
+            }
+        }
     }
 }
 
@@ -279,6 +314,7 @@ impl Drop for Finish {
             path: logged.target,
             protocol: logged.protocol,
             status: self.status,
+            grpc_status: self.grpc_status.map(grpc::Code::name),
             total_ms: millis(total),
             upstream_ms: self.trace.upstream.map(millis),
             gateway_ms: millis(gateway_time),
@@ -377,8 +413,8 @@ impl Finish {
 
     fn record_metrics(&self, total: std::time::Duration, gateway_time: std::time::Duration) {
         use gatehouse_telemetry::metrics::{
-            status_class, CacheLabels, CodeLabels, ConsumerLabels, DecisionLabels, RequestLabels,
-            RouteLabels, ServiceLabels,
+            status_class, CacheLabels, CodeLabels, ConsumerLabels, DecisionLabels, GrpcLabels,
+            RequestLabels, RouteLabels, ServiceLabels,
         };
         let metrics = &self.telemetry.metrics;
         let (route, service) = self.names();
@@ -453,6 +489,15 @@ impl Finish {
                 .get_or_create(&ServiceLabels { service })
                 .observe(upstream.as_secs_f64());
             metrics.gateway_duration.observe(gateway_time.as_secs_f64());
+        }
+        if let Some(status) = self.grpc_status {
+            metrics
+                .grpc_responses
+                .get_or_create(&GrpcLabels {
+                    route: route_labels.route.clone(),
+                    code: status.name(),
+                })
+                .inc();
         }
         if let Some(code) = self.reason {
             metrics
@@ -1299,6 +1344,7 @@ where
                 hash_key,
                 retryable,
                 upgrade,
+                deadline: trace.grpc.and_then(|call| call.deadline),
             },
             tracing,
         )
@@ -1335,6 +1381,9 @@ where
             .wants_response(v.operation, parts.status, &parts.headers)
     }) {
         body = validate_response(validation, parts.status, &parts.headers, body).await?;
+    }
+    if let Some(deadline) = trace.grpc.and_then(|call| call.deadline) {
+        body = grpc::with_deadline(body, deadline);
     }
     let body = match service_slot {
         Some(slot) => body::with_guard(body, slot),

@@ -46,6 +46,9 @@ pub struct AccessRecord {
     pub path: String,
     pub protocol: &'static str,
     pub status: u16,
+    /// The status a gRPC call ended with (`OK`, `DEADLINE_EXCEEDED`, ...); null for other
+    /// requests.
+    pub grpc_status: Option<&'static str>,
     pub total_ms: f64,
     pub upstream_ms: Option<f64>,
     pub gateway_ms: f64,
@@ -307,9 +310,12 @@ fn write_json(record: &AccessRecord, clock: &mut Clock, out: &mut Vec<u8>) {
     string(out, &record.path);
     let _ = write!(
         out,
-        ",\"protocol\":\"{}\",\"status\":{},\"total_ms\":{:.3}",
-        record.protocol, record.status, record.total_ms
+        ",\"protocol\":\"{}\",\"status\":{}",
+        record.protocol, record.status
     );
+    out.extend_from_slice(b",\"grpc_status\":");
+    optional(out, record.grpc_status);
+    let _ = write!(out, ",\"total_ms\":{:.3}", record.total_ms);
     match record.upstream_ms {
         Some(ms) => {
             let _ = write!(out, ",\"upstream_ms\":{ms:.3}");

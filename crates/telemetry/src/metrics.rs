@@ -62,6 +62,13 @@ pub struct CodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub route: String,
+    /// The gRPC status name (`OK`, `UNAVAILABLE`, ...).
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -93,6 +100,7 @@ pub struct Metrics {
     pub bytes_sent: Family<RouteLabels, Counter>,
     pub open_connections: Family<ListenerLabels, Gauge>,
     pub responses_by_code: Family<CodeLabels, Counter>,
+    pub grpc_responses: Family<GrpcLabels, Counter>,
     pub access_log_dropped: Counter<u64, AtomicU64>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
@@ -181,6 +189,12 @@ impl Metrics {
             "Answers the gateway generated itself, by problem code (authentication, rate limits, quotas, validation, upstream failures)",
             responses_by_code.clone(),
         );
+        let grpc_responses = Family::<GrpcLabels, Counter>::default();
+        registry.register(
+            "grpc_responses",
+            "gRPC calls answered, by route and the gRPC status they ended with",
+            grpc_responses.clone(),
+        );
         let access_log_dropped = Counter::default();
         registry.register(
             "access_log_dropped_lines",
@@ -227,6 +241,7 @@ impl Metrics {
             bytes_sent,
             open_connections,
             responses_by_code,
+            grpc_responses,
             access_log_dropped,
             config_reloads,
             config_version,

@@ -230,6 +230,15 @@ fn validate_services<'a>(
             }
         }
         if let Some(check) = &service.health_check {
+            if check.grpc.is_some() && service.protocol != UpstreamProtocol::Http2 {
+                problems.push(Problem::at(
+                    &name.referenced,
+                    format!(
+                        "service `{}`: a gRPC health check needs `protocol: http2`",
+                        name.value
+                    ),
+                ));
+            }
             if !check.path.starts_with('/') {
                 problems.push(Problem::at(
                     &name.referenced,

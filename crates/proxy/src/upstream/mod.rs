@@ -26,7 +26,7 @@ pub use pool::{Pool, PooledBody};
 
 use crate::body::{self, ProxyBody};
 use crate::error::GatewayError;
-use crate::tls;
+use crate::{grpc, tls};
 use gatehouse_telemetry::trace::{
     new_span_id, AttributeValue, SpanId, SpanKind, SpanRecord, TraceContext,
 };
@@ -108,6 +108,9 @@ pub struct UpstreamRequest {
     pub retryable: bool,
     /// Keep the connection-upgrade machinery (WebSocket): never retried.
     pub upgrade: bool,
+    /// The gRPC call's deadline (from `grpc-timeout`): bounds each attempt, and each
+    /// attempt tells the upstream the time that remains.
+    pub deadline: Option<Instant>,
 }
 
 pub fn fingerprint(config: &ServiceConfig) -> String {
@@ -260,7 +263,9 @@ impl Service {
                 (span_id, SystemTime::now())
             });
             let target = (request.method.clone(), request.path_and_query.clone());
-            let outcome = self.attempt(&endpoint, target, headers, body).await;
+            let outcome = self
+                .attempt(&endpoint, target, headers, body, request.deadline)
+                .await;
             if let (Some((span_id, start)), Some((context, spans))) =
                 (attempt_span, tracing.as_mut())
             {
@@ -308,6 +313,11 @@ impl Service {
                         });
                     }
                     ("timeout", None)
+                }
+                Err(AttemptError::DeadlineExceeded) => {
+                    // The client's budget ran out, not the endpoint's: no outlier
+                    // record, no retry.
+                    return Err(GatewayError::DeadlineExceeded);
                 }
                 Err(AttemptError::BodyTooLarge(limit)) => {
                     return Err(GatewayError::PayloadTooLarge { limit })
@@ -400,9 +410,24 @@ impl Service {
         &self,
         endpoint: &Arc<Endpoint>,
         (method, path_and_query): (Method, http::uri::PathAndQuery),
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: ProxyBody,
+        deadline: Option<Instant>,
     ) -> Result<Response<PooledBody>, AttemptError> {
+        let configured = self.config.timeouts.request.0;
+        let mut client_bound = false;
+        let timeout = match deadline {
+            Some(deadline) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(AttemptError::DeadlineExceeded);
+                }
+                headers.insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(remaining));
+                client_bound = remaining < configured;
+                remaining.min(configured)
+            }
+            None => configured,
+        };
         let uri = self
             .request_uri(endpoint, path_and_query)
             .map_err(|e| AttemptError::Other(e.to_string()))?;
@@ -416,10 +441,10 @@ impl Service {
         };
         let _in_flight = endpoint.start_request();
         let started = Instant::now();
-        let timeout = self.config.timeouts.request.0;
         let result = tokio::time::timeout(timeout, self.connector.send(endpoint, outgoing)).await;
         endpoint.observe_latency(started.elapsed());
         match result {
+            Err(_) if client_bound => Err(AttemptError::DeadlineExceeded),
             Err(_) => Err(AttemptError::Timeout(timeout)),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(classify(&err)),
@@ -446,6 +471,8 @@ impl Service {
 enum AttemptError {
     Connect(String),
     Timeout(Duration),
+    /// The gRPC call's deadline passed first.
+    DeadlineExceeded,
     BodyTooLarge(u64),
     /// The client's body broke framing mid-stream (bad chunk): the client's fault.
     MalformedBody,
@@ -458,6 +485,7 @@ impl AttemptError {
         match self {
             AttemptError::Connect(_) => "connect_error",
             AttemptError::Timeout(_) => "timeout",
+            AttemptError::DeadlineExceeded => "deadline_exceeded",
             AttemptError::BodyTooLarge(_) => "request_body_too_large",
             AttemptError::MalformedBody => "malformed_request_body",
             AttemptError::Other(_) => "upstream_reset",
@@ -617,6 +645,9 @@ impl Service {
     }
 
     async fn probe(&self, endpoint: &Arc<Endpoint>, check: &gatehouse_config::HealthCheck) -> bool {
+        if let Some(grpc) = &check.grpc {
+            return self.probe_grpc(endpoint, check, grpc).await;
+        }
         let Ok(path) = http::uri::PathAndQuery::try_from(check.path.as_str()) else {
             return false;
         };
@@ -649,6 +680,70 @@ impl Service {
             .await
             .ok()?;
             Some(healthy)
+        };
+        matches!(
+            tokio::time::timeout(check.timeout.0, exchange).await,
+            Ok(Some(true))
+        )
+    }
+
+    /// A `grpc.health.v1.Health/Check` call: healthy when the answer is `SERVING`.
+    async fn probe_grpc(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        check: &gatehouse_config::HealthCheck,
+        grpc: &gatehouse_config::GrpcHealthCheck,
+    ) -> bool {
+        let authority = match &grpc.authority {
+            Some(authority) => match http::uri::Authority::try_from(authority.as_str()) {
+                Ok(authority) => authority,
+                Err(_) => return false,
+            },
+            None => endpoint.authority.clone(),
+        };
+        let Ok(uri) = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(authority)
+            .path_and_query(grpc::health::CHECK_PATH)
+            .build()
+        else {
+            return false;
+        };
+        let mut request = Request::new(body::full(grpc::health::check_request(&grpc.service)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_2;
+        let headers = request.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        headers.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("gatehouse-health-check"),
+        );
+        let exchange = async {
+            let response = self.connector.send(endpoint, request).await.ok()?;
+            if response.status() != http::StatusCode::OK {
+                return Some(false);
+            }
+            let head_status = response
+                .headers()
+                .get(grpc::GRPC_STATUS)
+                .map(grpc::Code::from_header);
+            let collected = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                response.into_body(),
+                64 << 10,
+            ))
+            .await
+            .ok()?;
+            let status = collected
+                .trailers()
+                .and_then(|t| t.get(grpc::GRPC_STATUS))
+                .map(grpc::Code::from_header)
+                .or(head_status);
+            Some(grpc::health::is_serving(status, &collected.to_bytes()))
         };
         matches!(
             tokio::time::timeout(check.timeout.0, exchange).await,
