@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod caching;
+pub mod grpc;
 mod load;
 pub mod model;
 mod problem;
@@ -19,6 +20,7 @@ pub mod versioning;
 
 pub use auth::*;
 pub use caching::*;
+pub use grpc::*;
 pub use load::{load_file, parse_str, schema_json};
 pub use model::*;
 pub use problem::{ConfigErrors, Problem};

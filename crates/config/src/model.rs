@@ -11,6 +11,7 @@ use crate::auth::{
     AuthenticationConfig, ClientCertificateAuth, ConsumerConfig, IpFilterConfig, RouteAuth,
 };
 use crate::caching::{CacheConfig, RouteCacheConfig};
+use crate::grpc::{GrpcTranscodeConfig, ProtoSource};
 use crate::shaping::{CorsConfig, MirrorConfig, OpenApiSpec, RequestShaping, RouteOpenApi};
 use crate::telemetry::{AccessLogConfig, MetricsConfig, TracingConfig};
 use crate::traffic::{QuotaConfig, QuotaStoreConfig, RateLimitPolicy, RedisConfig};
@@ -72,6 +73,9 @@ pub struct Config {
     /// Versioned APIs, by name; routes join one with `api`.
     #[serde(default)]
     pub apis: BTreeMap<String, ApiConfig>,
+    /// Protobuf descriptors by name, for routes that transcode HTTP/JSON to gRPC.
+    #[serde(default)]
+    pub protos: BTreeMap<String, ProtoSource>,
     /// Distributed tracing with OTLP export; absent: trace context passes through untouched.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
@@ -619,6 +623,10 @@ pub struct RouteConfig {
     /// Change headers, query, status and JSON bodies on the way through.
     #[serde(default)]
     pub transform: Option<TransformConfig>,
+    /// Serve HTTP/JSON requests by calling the service's gRPC methods, as their
+    /// `google.api.http` annotations map them.
+    #[serde(default)]
+    pub grpc_transcode: Option<GrpcTranscodeConfig>,
     /// The versioned API this route serves: the request's version is chosen, upgraded to
     /// the version the backend speaks, and the answer downgraded back.
     #[serde(default)]

@@ -26,6 +26,11 @@ pub mod health {
     tonic::include_proto!("grpc.health.v1");
 }
 
+/// The rich error model (`google.rpc.Status` and its detail messages).
+pub mod rpc {
+    tonic::include_proto!("google.rpc");
+}
+
 use health::health_check_response::ServingStatus;
 use health::health_server::{Health, HealthServer};
 use health::{HealthCheckRequest, HealthCheckResponse};
@@ -36,7 +41,8 @@ use library::*;
 /// `google/api` annotations, with their imports).
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
-/// The directory holding the fixture's `.proto` files (`library/v1/library.proto`, ...).
+/// The directory holding the fixture's `.proto` files (`library/v1/library.proto`, ...); their
+/// `google/api` imports are built into the gateway.
 pub const PROTO_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
 
 /// The shelf whose books take a minute to fetch: deadline tests read from it.
@@ -194,6 +200,31 @@ impl Library {
     }
 }
 
+/// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` detail naming the field.
+fn invalid_field(field: &str, description: &str) -> Status {
+    use prost::Message;
+    let violation = rpc::BadRequest {
+        field_violations: vec![rpc::bad_request::FieldViolation {
+            field: field.to_owned(),
+            description: description.to_owned(),
+            ..Default::default()
+        }],
+    };
+    let status = rpc::Status {
+        code: tonic::Code::InvalidArgument as i32,
+        message: format!("{field} is {description}"),
+        details: vec![prost_types::Any {
+            type_url: "type.googleapis.com/google.rpc.BadRequest".to_owned(),
+            value: violation.encode_to_vec(),
+        }],
+    };
+    Status::with_details(
+        tonic::Code::InvalidArgument,
+        status.message.clone(),
+        status.encode_to_vec().into(),
+    )
+}
+
 fn not_found(name: &str) -> Status {
     Status::not_found(format!("no book named `{name}`"))
 }
@@ -269,7 +300,7 @@ impl LibraryService for Library {
         self.observed.record("CreateBook", &request);
         let request = request.into_inner();
         if request.book_id.is_empty() {
-            return Err(Status::invalid_argument("book_id is required"));
+            return Err(invalid_field("book_id", "required"));
         }
         let mut book = request.book.unwrap_or_default();
         book.name = format!("{}/books/{}", request.parent, request.book_id);
@@ -376,6 +407,14 @@ impl LibraryService for Library {
                 if sender.send(Ok(event)).await.is_err() {
                     return; // the guard counts the abandoned call
                 }
+            }
+            if request.limit < 0 {
+                // A failure after the first messages: the status arrives in trailers.
+                let failure = Status::out_of_range("limit must not be negative");
+                if sender.send(Err(failure)).await.is_ok() {
+                    guard.finish();
+                }
+                return;
             }
             let mut ticks = 0;
             while request.limit == 0 || ticks < request.limit {

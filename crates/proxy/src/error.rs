@@ -37,6 +37,10 @@ pub enum GatewayError {
         /// Which step failed, for transformations in steps (API versions).
         step: Option<String>,
     },
+    /// An HTTP/JSON request that does not map onto the route's gRPC method (400), or an
+    /// answer that cannot be written back as JSON.
+    #[error("{detail}")]
+    Transcode { status: StatusCode, detail: String },
     /// A policy refused the request (authentication, authorization, IP filter).
     #[error("{0}")]
     Rejected(gatehouse_policy::Rejection),
@@ -65,7 +69,7 @@ impl GatewayError {
             }
             Self::UpstreamTimeout { .. } | Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            Self::Transform { status, .. } => *status,
+            Self::Transform { status, .. } | Self::Transcode { status, .. } => *status,
             Self::Rejected(rejection) => rejection.status,
         }
     }
@@ -82,6 +86,7 @@ impl GatewayError {
             Self::UpstreamConnect(_) => "upstream_unavailable",
             Self::BadGateway(_) => "bad_gateway",
             Self::Transform { .. } => "transform_failed",
+            Self::Transcode { .. } => "transcode_failed",
             Self::Rejected(rejection) => rejection.code,
         }
     }

@@ -695,6 +695,40 @@ async fn route_and_respond(
         }
         RouteAction::Forward {
             service,
+            host_rewrite,
+            ..
+        } if route.grpc_transcode.is_some() => {
+            let Some(transcoder) = route.grpc_transcode.as_deref() else {
+                unreachable!("guarded by the match arm")
+            };
+            let Some(call) = transcoder.find(request.method(), &path) else {
+                return Err(GatewayError::NoRoute {
+                    method: request.method().to_string(),
+                    host,
+                    path: path.into_owned(),
+                });
+            };
+            trace.forwarded = true;
+            let (parts, body) = request.into_parts();
+            let bytes = transform::read_request(body, transcoder.max_body()).await?;
+            let message = transcoder.request_message(&call, parts.uri.query(), &bytes)?;
+            let request = transcoder.upstream_request(&call, parts, message);
+            let upstream = Upstream {
+                path: None,
+                host: host_rewrite.as_ref(),
+                client_ip,
+                security: &snapshot.security,
+                granted: granted.as_ref(),
+                identity_applied: false,
+                body_limit: 0,
+                mirror: None,
+                validation: None,
+            };
+            let response = proxy(service, conn, request, trace, upstream, request_id).await?;
+            transcoder.response(&call, response).await
+        }
+        RouteAction::Forward {
+            service,
             rewrite,
             host_rewrite,
         } => {

@@ -22,6 +22,7 @@ use crate::mirror::Mirror;
 use gatehouse_policy::openapi::{OpenApiDocument, RouteValidation};
 
 use crate::cache::{ResponseCache, RouteCache};
+use crate::grpc::transcode::Transcoder;
 use crate::router::Router;
 use crate::tls;
 use crate::transform::RouteTransform;
@@ -81,6 +82,8 @@ pub struct RouteRuntime {
     pub transform: Option<RouteTransform>,
     /// The versioned API the route serves.
     pub api: Option<Arc<ApiRuntime>>,
+    /// HTTP/JSON requests answered by calling the service's gRPC methods.
+    pub grpc_transcode: Option<Arc<Transcoder>>,
     pub action: RouteAction,
 }
 
@@ -251,6 +254,56 @@ impl Snapshot {
                 }
             });
         }
+        let mut pools = HashMap::new();
+        for (name, source) in &config.protos {
+            let (loaded, at) = match &source.descriptor_set {
+                Some(set) => (
+                    crate::grpc::descriptors::load_descriptor_set(&config.resolve_path(&set.value)),
+                    set.referenced,
+                ),
+                None => {
+                    let includes: Vec<_> = source
+                        .include_paths
+                        .iter()
+                        .map(|path| config.resolve_path(path))
+                        .collect();
+                    let includes: Vec<&std::path::Path> =
+                        includes.iter().map(|p| p.as_path()).collect();
+                    let files: Vec<&str> = source.files.iter().map(|f| f.value.as_str()).collect();
+                    let at = source
+                        .files
+                        .first()
+                        .map(|f| f.referenced)
+                        .unwrap_or(gatehouse_config::Location::UNKNOWN);
+                    (crate::grpc::descriptors::compile(&files, &includes), at)
+                }
+            };
+            match loaded {
+                Ok(pool) => {
+                    pools.insert(name.clone(), pool);
+                }
+                Err(message) => {
+                    problems.push(Problem::at(&at, format!("protos `{name}`: {message}")))
+                }
+            }
+        }
+        let mut transcoders: Vec<Option<Arc<Transcoder>>> = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let compiled = route.grpc_transcode.as_ref().and_then(|transcode| {
+                let pool = pools.get(&transcode.protos.value)?;
+                match Transcoder::compile(pool, transcode) {
+                    Ok(transcoder) => Some(Arc::new(transcoder)),
+                    Err(message) => {
+                        problems.push(Problem::at(
+                            &transcode.protos.referenced,
+                            format!("`grpc_transcode`: {message}"),
+                        ));
+                        None
+                    }
+                }
+            });
+            transcoders.push(compiled);
+        }
         if !problems.is_empty() {
             // Routes naming an unloadable document would only repeat the problem.
             return Err(problems);
@@ -262,6 +315,7 @@ impl Snapshot {
         let router = Router::compile(&config.routes, |index, route| {
             Ok(RouteRuntime {
                 transform: transforms.get_mut(index).and_then(Option::take),
+                grpc_transcode: transcoders.get(index).cloned().flatten(),
                 api: route
                     .api
                     .as_ref()

@@ -57,6 +57,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     traffic::validate_traffic(config, &mut problems);
     telemetry::validate_telemetry(config, &mut problems);
     versioning::validate_apis(config, &mut problems);
+    validate_protos(config, &mut problems);
     validate_routes(config, &services, &auth_names, &mut problems);
     problems.sort_by_key(|p| (p.line, p.column));
     problems
@@ -326,6 +327,9 @@ fn validate_routes(
                 format!("route `{label}` has more than one of `service`, `redirect`, `respond`"),
             )),
         }
+        if let Some(transcode) = &route.grpc_transcode {
+            check_transcode(config, route, transcode, &label, services, problems);
+        }
         if let Some(service) = &route.service {
             if !services.contains_key(service.value.as_str()) {
                 let mut message = format!(
@@ -473,6 +477,88 @@ fn validate_routes(
 }
 
 /// One line: the regex crate's own message spans several lines with a caret diagram.
+/// A transcoding route names loaded descriptors, forwards to an HTTP/2 service, and
+/// stands alone: the JSON it answers is made here, so the body-changing features of a
+/// route (transform, versions, cache, OpenAPI validation) do not combine with it.
+fn check_transcode(
+    config: &Config,
+    route: &RouteConfig,
+    transcode: &crate::grpc::GrpcTranscodeConfig,
+    label: &str,
+    services: &HashMap<&str, &ServiceConfig>,
+    problems: &mut Vec<Problem>,
+) {
+    let at = &transcode.protos.referenced;
+    if !config.protos.contains_key(&transcode.protos.value) {
+        let mut message = format!(
+            "route `{label}` transcodes with undefined protos `{}`",
+            transcode.protos.value
+        );
+        if let Some(best) = did_you_mean(
+            &transcode.protos.value,
+            config.protos.keys().map(String::as_str),
+        ) {
+            message.push_str(&format!(", did you mean `{best}`?"));
+        }
+        problems.push(Problem::at(at, message));
+    }
+    match route
+        .service
+        .as_ref()
+        .and_then(|s| services.get(s.value.as_str()))
+    {
+        Some(service) if service.protocol != UpstreamProtocol::Http2 => problems.push(Problem::at(
+            at,
+            format!(
+                "route `{label}`: `grpc_transcode` needs service `{}` to use `protocol: http2`",
+                service.name.value
+            ),
+        )),
+        Some(_) => {}
+        None if route.service.is_none() => problems.push(Problem::at(
+            at,
+            format!("route `{label}`: `grpc_transcode` needs a `service` to call"),
+        )),
+        None => {} // an undefined service is reported on its own
+    }
+    let combined = [
+        ("transform", route.transform.is_some()),
+        ("api", route.api.is_some()),
+        ("cache", route.cache.is_some()),
+        ("openapi", route.openapi.is_some()),
+    ];
+    for (option, present) in combined {
+        if present {
+            problems.push(Problem::at(
+                at,
+                format!("route `{label}`: `grpc_transcode` cannot be combined with `{option}`"),
+            ));
+        }
+    }
+    if transcode.max_body.0 == 0 {
+        problems.push(Problem::at(
+            at,
+            format!("route `{label}`: `grpc_transcode.max_body` must be above zero"),
+        ));
+    }
+}
+
+fn validate_protos(config: &Config, problems: &mut Vec<Problem>) {
+    for (name, source) in &config.protos {
+        match (&source.descriptor_set, source.files.is_empty()) {
+            (Some(set), false) => problems.push(Problem::at(
+                &set.referenced,
+                format!("protos `{name}`: give `files` or `descriptor_set`, not both"),
+            )),
+            (None, true) => problems.push(Problem::at(
+                &Location::UNKNOWN,
+                format!("protos `{name}`: needs `files` or `descriptor_set`"),
+            )),
+            _ => {}
+        }
+    }
+}
+
 fn regex_problem(pattern: &str, err: &regex::Error) -> String {
     let text = err.to_string();
     let reason = text

@@ -20,6 +20,10 @@ use http_body::Frame;
 use crate::body::{BoxError, ProxyBody};
 use crate::error::GatewayError;
 
+pub mod descriptors;
+pub mod template;
+pub mod transcode;
+
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -143,6 +147,7 @@ pub fn code_for(error: &GatewayError) -> Code {
             Code::DeadlineExceeded
         }
         GatewayError::Transform { .. } => Code::Internal,
+        GatewayError::Transcode { .. } => Code::InvalidArgument,
         GatewayError::Rejected(rejection) => code_for_status(rejection.status),
     }
 }
@@ -336,6 +341,15 @@ pub fn timeout_value(remaining: Duration) -> HeaderValue {
     HeaderValue::from_static("99999999H")
 }
 
+/// `message` as one length-prefixed message of a gRPC stream (not compressed).
+pub fn frame(message: &[u8]) -> Bytes {
+    let mut framed = bytes::BytesMut::with_capacity(5 + message.len());
+    framed.extend_from_slice(&[0]);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    framed.freeze()
+}
+
 /// The deadline the client set, as an instant (from `grpc-timeout`).
 pub fn deadline(headers: &HeaderMap, now: Instant) -> Option<Instant> {
     headers
@@ -394,7 +408,7 @@ pub fn with_deadline(body: ProxyBody, deadline: Instant) -> ProxyBody {
 
 /// The health checking protocol (`grpc.health.v1`), as the active health check speaks it.
 pub mod health {
-    use bytes::{BufMut, Bytes, BytesMut};
+    use bytes::Bytes;
 
     pub const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 
@@ -414,14 +428,9 @@ pub mod health {
 
     /// The length-prefixed message of a `Check` call about `service`.
     pub fn check_request(service: &str) -> Bytes {
-        let message = prost::Message::encode_to_vec(&HealthCheckRequest {
+        super::frame(&prost::Message::encode_to_vec(&HealthCheckRequest {
             service: service.to_owned(),
-        });
-        let mut framed = BytesMut::with_capacity(5 + message.len());
-        framed.put_u8(0); // not compressed
-        framed.put_u32(message.len() as u32);
-        framed.put_slice(&message);
-        framed.freeze()
+        }))
     }
 
     /// Whether a `Check` answer (its body, and the `grpc-status` from trailers or a
