@@ -626,3 +626,180 @@ routes:
     }
     assert!(sick.observed.calls("GetBook") >= 3, "traffic returned");
 }
+
+/// The frames of a gRPC-Web body: `(flag, payload)`.
+fn web_frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while body.len() >= 5 {
+        let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        frames.push((body[0], body[5..5 + length].to_vec()));
+        body = &body[5 + length..];
+    }
+    assert!(body.is_empty(), "trailing bytes in a gRPC-Web body");
+    frames
+}
+
+#[tokio::test]
+async fn grpc_web_calls_in_both_encodings_reach_the_grpc_server() {
+    use base64::Engine as _;
+    let server = serve().await.unwrap();
+    let gateway = Gateway::start(&format!(
+        r#"{admin}listeners:
+  - name: public
+    listen: 127.0.0.1:0
+services:
+  - name: library
+    protocol: http2
+    endpoints: [{{ address: "{}" }}]
+routes:
+  - name: library
+    match: {{ path: {{ prefix: /library.v1.LibraryService/ }} }}
+    service: library
+    cors:
+      allow_origins: [https://app.example]
+      allow_methods: [POST]
+      allow_headers: [content-type, x-grpc-web, x-user-agent, grpc-timeout]
+      expose_headers: [grpc-status, grpc-message]
+"#,
+        server.addr,
+        admin = admin_block(),
+    ));
+    let http = common::client();
+    let web_call = |path: &str, content_type: &str, body: Vec<u8>| {
+        http.post(gateway.url(path))
+            .header("content-type", content_type)
+            .header("x-grpc-web", "1")
+            .header("origin", "https://app.example")
+            .body(body)
+            .send()
+    };
+
+    // Binary, unary, over HTTP/1.1: the message, then the trailers as the last frame.
+    let response = web_call(
+        "/library.v1.LibraryService/GetBook",
+        "application/grpc-web+proto",
+        framed(&GetBookRequest {
+            name: "shelves/1/books/1".into(),
+            book_id: String::new(),
+        })
+        .to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_11);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/grpc-web+proto"
+    );
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let frames = web_frames(&response.bytes().await.unwrap());
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[0].0, 0);
+    assert_eq!(Book::decode(frames[0].1.as_slice()).unwrap().title, "Dune");
+    assert_eq!(frames[1].0, 0x80);
+    let trailers = String::from_utf8(frames[1].1.clone()).unwrap();
+    assert!(trailers.contains("grpc-status:0\r\n"), "{trailers:?}");
+    let seen = server.observed.last_metadata("GetBook").unwrap();
+    assert_eq!(seen.get("content-type").unwrap(), "application/grpc+proto");
+    assert!(seen.get("x-grpc-web").is_none());
+
+    // Text, server streaming: base64 both ways, each message as it comes, then trailers.
+    let request = framed(&WatchShelfRequest {
+        shelf: "shelves/2".into(),
+        limit: 2,
+    });
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&request);
+    let response = web_call(
+        "/library.v1.LibraryService/WatchShelf",
+        "application/grpc-web-text+proto",
+        encoded.into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/grpc-web-text+proto"
+    );
+    let text = response.text().await.unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .expect("one base64 stream");
+    let frames = web_frames(&decoded);
+    assert_eq!(frames.len(), 4, "{frames:?}");
+    let events: Vec<BookEvent> = frames[..3]
+        .iter()
+        .map(|(flag, payload)| {
+            assert_eq!(*flag, 0);
+            BookEvent::decode(payload.as_slice()).unwrap()
+        })
+        .collect();
+    assert_eq!(events[0].book.as_ref().unwrap().title, "SPQR");
+    assert_eq!(events[2].sequence, 3);
+    assert_eq!(frames[3].0, 0x80);
+
+    // The server's error: trailers-only, so the status is in the head.
+    let response = web_call(
+        "/library.v1.LibraryService/GetBook",
+        "application/grpc-web+proto",
+        framed(&GetBookRequest {
+            name: "shelves/9/books/9".into(),
+            book_id: String::new(),
+        })
+        .to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.headers()["grpc-status"], "5");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/grpc-web+proto"
+    );
+
+    // The gateway's own answer, in gRPC-Web form.
+    let response = web_call(
+        "/elsewhere.v1.Nothing/Call",
+        "application/grpc-web-text",
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["grpc-status"], "12");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/grpc-web-text"
+    );
+
+    // The browser's preflight is answered at the gateway.
+    let preflight = http
+        .request(
+            reqwest::Method::OPTIONS,
+            gateway.url("/library.v1.LibraryService/GetBook"),
+        )
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,x-grpc-web")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("x-grpc-web"), "{allowed}");
+
+    // The statuses of gRPC-Web calls are counted like any gRPC call's.
+    let metrics = gateway.metrics().await;
+    for expected in [
+        r#"gatehouse_grpc_responses_total{route="library",code="OK"} 2"#,
+        r#"gatehouse_grpc_responses_total{route="library",code="NOT_FOUND"} 1"#,
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
+    }
+}

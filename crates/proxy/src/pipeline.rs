@@ -32,7 +32,7 @@ use gatehouse_telemetry::trace::{incoming_trace_id, AttributeValue, SpanKind, Sp
 use gatehouse_telemetry::{AccessRecord, Telemetry, TraceContext};
 
 use crate::mirror::Mirror;
-use gatehouse_config::ResponseValidation;
+use gatehouse_config::{ResponseValidation, UpstreamProtocol};
 use gatehouse_policy::openapi::{Operation, RouteValidation};
 use gatehouse_policy::Rejection;
 
@@ -92,11 +92,18 @@ pub struct RequestTrace {
     grpc: Option<GrpcCall>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct GrpcCall {
     /// From `grpc-timeout`, counted from the request's arrival.
     deadline: Option<std::time::Instant>,
+    /// Set for a gRPC-Web call: its encoding and the content type of its answers.
+    web: Option<(grpc::web::Encoding, HeaderValue)>,
+    /// The status a gRPC-Web call's trailers carried (the log phase sees them only as a
+    /// body frame); [`NO_STATUS`] until then.
+    web_status: Option<Arc<std::sync::atomic::AtomicU8>>,
 }
+
+const NO_STATUS: u8 = u8::MAX;
 
 /// Counts the bytes of a chunked request body as it streams upstream.
 struct RequestBytes(Arc<AtomicU64>);
@@ -148,8 +155,16 @@ pub async fn handle(
     });
     let client_ip =
         forward::client_ip(conn.peer, request.headers(), &conn.listener.trusted_proxies);
-    let grpc = grpc::is_grpc(request.headers()).then(|| GrpcCall {
+    let web = grpc::web::encoding(request.headers());
+    let grpc = (web.is_some() || grpc::is_grpc(request.headers())).then(|| GrpcCall {
         deadline: grpc::deadline(request.headers(), started),
+        web: web.map(|encoding| {
+            (
+                encoding,
+                grpc::web::response_content_type(request.headers(), encoding),
+            )
+        }),
+        web_status: web.map(|_| Arc::new(std::sync::atomic::AtomicU8::new(NO_STATUS))),
     });
     let mut trace = RequestTrace {
         context,
@@ -166,8 +181,16 @@ pub async fn handle(
                 tracing::warn!(request_id = ?request_id, error = %err, "request failed");
             }
             reason = Some(err.code());
-            match trace.grpc {
-                Some(_) => grpc::error_response(err, Some(&request_id)),
+            match &trace.grpc {
+                Some(call) => {
+                    let mut response = grpc::error_response(err, Some(&request_id));
+                    if let Some((_, content_type)) = &call.web {
+                        response
+                            .headers_mut()
+                            .insert(header::CONTENT_TYPE, content_type.clone());
+                    }
+                    response
+                }
                 None => err.into_response(Some(&request_id)),
             }
         }
@@ -184,7 +207,7 @@ pub async fn handle(
     let status = response.status().as_u16();
     // A trailers-only answer carries the call's status in its head; otherwise the
     // trailers will.
-    let grpc_status = trace.grpc.and_then(|_| {
+    let grpc_status = trace.grpc.as_ref().and_then(|_| {
         response
             .headers()
             .get(grpc::GRPC_STATUS)
@@ -280,6 +303,15 @@ impl Drop for Finish {
         let total = self.started.elapsed();
         if let Some(counted) = &self.trace.chunked_bytes_in {
             self.bytes_in = counted.load(Ordering::Relaxed);
+        }
+        if let (None, Some(status)) = (
+            self.grpc_status,
+            self.trace.grpc.as_ref().and_then(|c| c.web_status.as_ref()),
+        ) {
+            let code = status.load(Ordering::Relaxed);
+            if code != NO_STATUS {
+                self.grpc_status = grpc::Code::from_number(u32::from(code));
+            }
         }
         let gateway_time = match self.trace.upstream {
             Some(upstream) => total.saturating_sub(upstream),
@@ -726,6 +758,53 @@ async fn route_and_respond(
             };
             let response = proxy(service, conn, request, trace, upstream, request_id).await?;
             transcoder.response(&call, response).await
+        }
+        RouteAction::Forward {
+            service,
+            rewrite,
+            host_rewrite,
+        } if service.config.protocol == UpstreamProtocol::Http2
+            && trace.grpc.as_ref().is_some_and(|call| call.web.is_some()) =>
+        {
+            // gRPC-Web to a gRPC service: translated both ways.
+            let Some(GrpcCall {
+                web: Some((encoding, content_type)),
+                web_status: Some(status),
+                ..
+            }) = trace.grpc.clone()
+            else {
+                unreachable!("guarded by the match arm")
+            };
+            let upstream_path = match (rewrite, &path) {
+                (Some(rewrite), path) => Some(rewrite.apply(path, &matched.captures)),
+                (None, Cow::Owned(normalized)) => Some(normalized.clone()),
+                (None, Cow::Borrowed(_)) => None,
+            };
+            trace.forwarded = true;
+            let (mut parts, body) = request.into_parts();
+            let body = grpc::web::request_to_grpc(&mut parts.headers, body, encoding);
+            let upstream = Upstream {
+                path: upstream_path,
+                host: host_rewrite.as_ref(),
+                client_ip,
+                security: &snapshot.security,
+                granted: granted.as_ref(),
+                identity_applied: false,
+                body_limit: route_body_limit(
+                    conn.listener.limits.max_request_body.0,
+                    route.shaping.as_ref().and_then(|s| s.max_body),
+                ),
+                mirror: None,
+                validation: None,
+            };
+            let request = Request::from_parts(parts, body);
+            let response = proxy(service, conn, request, trace, upstream, request_id).await?;
+            Ok(grpc::web::response_to_web(
+                response,
+                content_type,
+                encoding,
+                status,
+            ))
         }
         RouteAction::Forward {
             service,
@@ -1378,7 +1457,7 @@ where
                 hash_key,
                 retryable,
                 upgrade,
-                deadline: trace.grpc.and_then(|call| call.deadline),
+                deadline: trace.grpc.as_ref().and_then(|call| call.deadline),
             },
             tracing,
         )
@@ -1416,7 +1495,7 @@ where
     }) {
         body = validate_response(validation, parts.status, &parts.headers, body).await?;
     }
-    if let Some(deadline) = trace.grpc.and_then(|call| call.deadline) {
+    if let Some(deadline) = trace.grpc.as_ref().and_then(|call| call.deadline) {
         body = grpc::with_deadline(body, deadline);
     }
     let body = match service_slot {

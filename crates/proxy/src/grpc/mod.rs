@@ -23,6 +23,7 @@ use crate::error::GatewayError;
 pub mod descriptors;
 pub mod template;
 pub mod transcode;
+pub mod web;
 
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
