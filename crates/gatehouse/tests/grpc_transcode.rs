@@ -137,6 +137,11 @@ async fn every_binding_is_transcoded_with_the_canonical_json_mapping() {
             "edition": 3,
             "metadata": {"shelfLife": [1, "x", true, null], "nested": {"k": 1.5}},
             "tags": ["a", "b"],
+            "extra": {
+                "@type": "type.googleapis.com/library.v1.ChatMessage",
+                "text": "hello",
+                "sequence": 7,
+            },
         })),
     )
     .await;
@@ -152,6 +157,11 @@ async fn every_binding_is_transcoded_with_the_canonical_json_mapping() {
         json!({"shelfLife": [1.0, "x", true, null], "nested": {"k": 1.5}})
     );
     assert_eq!(created["tags"], json!(["a", "b"]));
+    // `Any` resolved through the descriptors, both ways.
+    assert_eq!(
+        created["extra"],
+        json!({"@type": "type.googleapis.com/library.v1.ChatMessage", "text": "hello", "sequence": 7})
+    );
     let seen = server.observed.last_metadata("CreateBook").unwrap();
     assert_eq!(seen.get("content-type").unwrap(), "application/grpc");
 

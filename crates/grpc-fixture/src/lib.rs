@@ -148,6 +148,7 @@ pub fn seed_books() -> Vec<Book> {
         metadata: None,
         tags: vec!["classic".to_owned()],
         archived: false,
+        extra: None,
     };
     vec![
         book(
@@ -526,10 +527,16 @@ pub struct Server {
     pub observed: Arc<Observed>,
 }
 
-/// Serves the library and health services over h2c on a loopback port until the runtime
-/// ends. The health service reports `SERVING` for `""` and `library.v1.LibraryService`.
+/// Serves the library and health services over h2c on a free loopback port until the
+/// runtime ends. The health service reports `SERVING` for `""` and
+/// `library.v1.LibraryService`.
 pub async fn serve() -> std::io::Result<Server> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    serve_on("127.0.0.1:0").await
+}
+
+/// [`serve`] on `addr`.
+pub async fn serve_on(addr: &str) -> std::io::Result<Server> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let observed = Arc::new(Observed::default());
     observed.set_health("", ServingStatus::Serving);

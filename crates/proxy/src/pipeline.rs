@@ -628,7 +628,10 @@ async fn route_and_respond(
                 authority: &authority,
             };
             trace.auth_passed = Some(false);
-            match access.check(&info).await.map_err(GatewayError::Rejected)? {
+            match Box::pin(access.check(&info))
+                .await
+                .map_err(GatewayError::Rejected)?
+            {
                 AccessOutcome::Granted(granted) => {
                     trace.auth_passed = Some(true);
                     trace.identity = Some(granted.identity.clone());
@@ -665,8 +668,7 @@ async fn route_and_respond(
         if !route.quotas.is_empty() {
             trace.quotas_passed = Some(false);
             for quota in &route.quotas {
-                let headers = quota
-                    .check(&limit_request)
+                let headers = Box::pin(quota.check(&limit_request))
                     .await
                     .map_err(GatewayError::Rejected)?;
                 policy_headers.extend(headers);
@@ -742,7 +744,7 @@ async fn route_and_respond(
             };
             trace.forwarded = true;
             let (parts, body) = request.into_parts();
-            let bytes = transform::read_request(body, transcoder.max_body()).await?;
+            let bytes = Box::pin(transform::read_request(body, transcoder.max_body())).await?;
             let message = transcoder.request_message(&call, parts.uri.query(), &bytes)?;
             let request = transcoder.upstream_request(&call, parts, message);
             let upstream = Upstream {
@@ -756,8 +758,9 @@ async fn route_and_respond(
                 mirror: None,
                 validation: None,
             };
-            let response = proxy(service, conn, request, trace, upstream, request_id).await?;
-            transcoder.response(&call, response).await
+            let response =
+                Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
+            Box::pin(transcoder.response(&call, response)).await
         }
         RouteAction::Forward {
             service,
@@ -798,7 +801,8 @@ async fn route_and_respond(
                 validation: None,
             };
             let request = Request::from_parts(parts, body);
-            let response = proxy(service, conn, request, trace, upstream, request_id).await?;
+            let response =
+                Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
             Ok(grpc::web::response_to_web(
                 response,
                 content_type,
@@ -902,7 +906,7 @@ async fn route_and_respond(
                 .min()
                 .unwrap_or(usize::MAX);
                 let (mut parts, body) = request.into_parts();
-                let mut bytes = transform::read_request(body, max).await?;
+                let mut bytes = Box::pin(transform::read_request(body, max)).await?;
                 if let Some((api, selected)) = upgrades {
                     bytes = api.upgrade_request(selected, &bytes)?;
                 }
@@ -911,7 +915,8 @@ async fn route_and_respond(
                 }
                 transform::set_length(&mut parts.headers, bytes.len());
                 let request = Request::from_parts(parts, http_body_util::Full::new(bytes));
-                let response = proxy(service, conn, request, trace, upstream, request_id).await;
+                let response =
+                    Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await;
                 bypass_cache(route, trace, response)
             } else if let Some((cache, lookup)) = lookup {
                 let context = CacheContext {
@@ -921,17 +926,17 @@ async fn route_and_respond(
                     service,
                     request_id,
                 };
-                cached(context, lookup, conn, request, trace, upstream).await
+                Box::pin(cached(context, lookup, conn, request, trace, upstream)).await
             } else {
                 let response = proxy(service, conn, request, trace, upstream, request_id).await;
                 bypass_cache(route, trace, response)
             };
             let mut response = match transform {
-                Some(transform) => transform.response(response?, head).await?,
+                Some(transform) => Box::pin(transform.response(response?, head)).await?,
                 None => response?,
             };
             if let Some((api, selected)) = version {
-                response = downgrade(api, selected, response, head).await?;
+                response = Box::pin(downgrade(api, selected, response, head)).await?;
             }
             Ok(response)
         }
@@ -1493,7 +1498,13 @@ where
         v.rules
             .wants_response(v.operation, parts.status, &parts.headers)
     }) {
-        body = validate_response(validation, parts.status, &parts.headers, body).await?;
+        body = Box::pin(validate_response(
+            validation,
+            parts.status,
+            &parts.headers,
+            body,
+        ))
+        .await?;
     }
     if let Some(deadline) = trace.grpc.as_ref().and_then(|call| call.deadline) {
         body = grpc::with_deadline(body, deadline);

@@ -575,7 +575,14 @@ impl Printer {
         let message = DynamicMessage::decode(self.output.clone(), payload)
             .map_err(|err| format!("the upstream's message does not decode: {err}"))?;
         let value = match &self.response_body {
-            None => to_json(&message, &self.print)?,
+            None => {
+                // Straight to text: no intermediate JSON tree on the common path.
+                let mut out = Vec::with_capacity(256);
+                message
+                    .serialize_with_options(&mut serde_json::Serializer::new(&mut out), &self.print)
+                    .map_err(|err| format!("cannot write the message as JSON: {err}"))?;
+                return String::from_utf8(out).map_err(|err| err.to_string());
+            }
             Some(field) => {
                 // The field alone, with its default when unset.
                 let all = to_json(&message, &self.print.clone().skip_default_fields(false))?;

@@ -97,7 +97,9 @@ impl Connector {
         loop {
             let (mut sender, reused) = match endpoint.pool.take_idle(idle_ms) {
                 Some(sender) => (sender, true),
-                None => (self.connect_h1(endpoint.addr).await?, false),
+                // Boxed: connecting (TCP, TLS, handshake) is rare next to reuse, and its
+                // future would otherwise enlarge every request's.
+                None => (Box::pin(self.connect_h1(endpoint.addr)).await?, false),
             };
             if poll_fn(|cx| sender.poll_ready(cx)).await.is_err() {
                 if reused {
@@ -135,7 +137,7 @@ impl Connector {
         let mut sender = match shared {
             Some(sender) => sender,
             None => {
-                let sender = self.connect_h2(endpoint.addr).await?;
+                let sender = Box::pin(self.connect_h2(endpoint.addr)).await?;
                 *endpoint
                     .pool
                     .shared_h2
