@@ -2,8 +2,9 @@
 # The test command (README, and .ci/run calls it). Runs every test of the workspace:
 # unit tests and end-to-end tests that start the real `gatehouse` binary on loopback.
 # Cluster rate-limit tests need a real Redis on 127.0.0.1:6379 (and the redis-server binary,
-# which outage tests start on their own ports), and the metrics test needs promtool: this
-# script installs what is missing, starts Redis if it is not running, and fails loudly if it
+# which outage tests start on their own ports), the store tests a real PostgreSQL on
+# 127.0.0.1:5432, and the metrics test needs promtool: this script installs what is
+# missing, starts Redis and PostgreSQL if they are not running, and fails loudly if it
 # cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,8 +45,39 @@ ensure_promtool() {
   fi
 }
 
+# The store tests need PostgreSQL on 127.0.0.1:5432, with a role that may create databases
+# (each test makes its own): GATEHOUSE_TEST_PG, by default the local `postgres` role.
+export GATEHOUSE_TEST_PG="${GATEHOUSE_TEST_PG:-postgres://postgres@127.0.0.1:5432/postgres}"
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
+    echo "test.sh: installing PostgreSQL (Debian package postgresql)" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null ||
+      { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } ||
+      { echo "test.sh: cannot install PostgreSQL; install it and rerun" >&2; exit 1; }
+  fi
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+    echo "test.sh: starting PostgreSQL" >&2
+    for version in $(ls /etc/postgresql); do
+      as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    done
+    for _ in $(seq 50); do
+      pg_isready -h 127.0.0.1 -p 5432 -q && break
+      sleep 0.2
+    done
+  fi
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+    echo "test.sh: PostgreSQL is not answering on 127.0.0.1:5432; the store tests need it" >&2
+    exit 1
+  fi
+  if ! psql "$GATEHOUSE_TEST_PG" -qtAc 'SELECT 1' >/dev/null; then
+    echo "test.sh: cannot connect as $GATEHOUSE_TEST_PG; set GATEHOUSE_TEST_PG to a role that may create databases" >&2
+    exit 1
+  fi
+}
+
 ensure_redis
 ensure_promtool
+ensure_postgres
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test.sh: installing cargo-nextest" >&2

@@ -19,6 +19,7 @@ use gatehouse_proxy::snapshot::RouteAction;
 use gatehouse_proxy::ConfigStore;
 use serde_json::{json, Value};
 
+mod consumers;
 pub mod openapi;
 pub mod views;
 
@@ -30,6 +31,8 @@ pub const TOKEN_ENV: &str = "GATEHOUSE_ADMIN_TOKEN";
 #[derive(Clone)]
 pub struct AdminState {
     pub store: Arc<ConfigStore>,
+    /// The durable store of consumers and keys, when the configuration has one.
+    pub data: Option<Arc<gatehouse_store::Store>>,
     /// True once the listeners are bound and until shutdown begins.
     pub ready: Arc<AtomicBool>,
 }
@@ -45,6 +48,15 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/explain", post(post_explain))
         .route("/admin/cache/purge", post(post_purge))
         .route("/admin/openapi.json", get(get_openapi))
+        .route(
+            "/admin/consumers",
+            get(consumers::list_consumers).post(consumers::create_consumer),
+        )
+        .route("/admin/consumers/{id}/keys", post(consumers::issue_key))
+        .route(
+            "/admin/keys/{public_id}/revoke",
+            post(consumers::revoke_key),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(|| async { "ok\n" }))

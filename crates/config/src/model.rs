@@ -76,6 +76,10 @@ pub struct Config {
     /// Protobuf descriptors by name, for routes that transcode HTTP/JSON to gRPC.
     #[serde(default)]
     pub protos: BTreeMap<String, ProtoSource>,
+    /// The durable store of consumers and API keys issued at run time (SQLite or
+    /// PostgreSQL); without it, consumers come from this file only.
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
     /// Distributed tracing with OTLP export; absent: trace context passes through untouched.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
@@ -457,6 +461,25 @@ pub struct GrpcHealthCheck {
     /// address).
     #[serde(default)]
     pub authority: Option<String>,
+}
+
+/// Where the store lives and how often gateways look for changes.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite:PATH` (a file, created if missing; relative to the working directory) or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE`. Usually from the environment, since it
+    /// may hold a password: `${GATEHOUSE_STORE_URL}`.
+    #[schemars(with = "String")]
+    pub url: Spanned<Secret>,
+    /// How often the store's version is checked. PostgreSQL also announces changes at
+    /// once (LISTEN/NOTIFY); this is SQLite's only way and PostgreSQL's fallback.
+    #[serde(default = "default_store_poll")]
+    pub poll_interval: HumanDuration,
+}
+
+fn default_store_poll() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(500))
 }
 
 fn default_health_path() -> String {

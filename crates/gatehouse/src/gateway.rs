@@ -117,6 +117,23 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
         ),
         None => None,
     };
+    // The durable store: opened (and migrated) before we are ready, so issued keys work
+    // from the first request; an unreachable store at start is an error.
+    let data = match store.snapshot().config.store.clone() {
+        Some(config) => {
+            let opened = gatehouse_store::Store::open(&config.url.value.0)
+                .await
+                .map(Arc::new)
+                .map_err(|e| failed(e.to_string()))?;
+            let directory = store.snapshot().security.stored_directory();
+            let follower =
+                crate::directory::start(opened.clone(), config.poll_interval.0, directory)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+            Some((opened, follower))
+        }
+        None => None,
+    };
     let drain = store.snapshot().config.shutdown.drain_timeout.0;
     let (stop_tx, stop_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -139,6 +156,7 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
         println!("gatehouse: admin on {addr}");
         let state = AdminState {
             store: store.clone(),
+            data: data.as_ref().map(|(opened, _)| opened.clone()),
             ready: ready.clone(),
         };
         let mut stop = stop_rx.clone();

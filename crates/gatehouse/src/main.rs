@@ -1,6 +1,7 @@
 //! `gatehouse`: one binary for the gateway role (and, later, sidecar and control).
 //! This crate parses the command line and starts roles; the logic lives in the library crates.
 
+mod directory;
 mod gateway;
 mod keys;
 

@@ -194,8 +194,12 @@ fn assert_documented(doc: &Value, method: &str, path: &str, status: u16, body: &
 #[tokio::test]
 async fn openapi_document_describes_every_endpoint_and_the_answers_match_it() {
     let upstream = common::echo("openapi").await;
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = store_dir.path().join("store.db");
     let yaml = format!(
-        r#"{admin}listeners:
+        r#"{admin}store:
+  url: "sqlite:{store}"
+listeners:
   - name: public
     listen: 127.0.0.1:0
 services:
@@ -220,7 +224,8 @@ routes:
     match: {{ path: {{ exact: /version }} }}
     respond: {{ status: 200, body: one }}
 "#,
-        admin = admin_block()
+        admin = admin_block(),
+        store = store.display(),
     );
     let gateway = Gateway::start(&yaml);
     let client = client();
@@ -416,6 +421,69 @@ routes:
     )
     .await;
     assert_eq!(status, 200);
+    // The store's consumers and keys.
+    let consumer = serde_json::json!({ "id": "acme", "groups": ["partners"] });
+    for expected in [201, 409] {
+        let (status, text) = call(
+            "post",
+            "/admin/consumers",
+            "/admin/consumers".into(),
+            Some(("application/json", consumer.to_string())),
+        )
+        .await;
+        assert_eq!(status, expected, "{text}");
+        assert_documented(&doc, "post", "/admin/consumers", status, &json(&text));
+    }
+    let (status, text) = call(
+        "post",
+        "/admin/consumers/{id}/keys",
+        "/admin/consumers/acme/keys".into(),
+        Some(("application/json", r#"{"prefix": "test"}"#.into())),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+    let issued = json(&text);
+    assert!(issued["key"].as_str().unwrap().starts_with("test_"));
+    assert_documented(&doc, "post", "/admin/consumers/{id}/keys", status, &issued);
+    let (status, text) = call(
+        "post",
+        "/admin/consumers/{id}/keys",
+        "/admin/consumers/nobody/keys".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_documented(
+        &doc,
+        "post",
+        "/admin/consumers/{id}/keys",
+        status,
+        &json(&text),
+    );
+    let (status, text) = call("get", "/admin/consumers", "/admin/consumers".into(), None).await;
+    assert_eq!(status, 200);
+    assert_documented(&doc, "get", "/admin/consumers", status, &json(&text));
+    for (public_id, expected) in [
+        (issued["public_id"].as_str().unwrap(), 200),
+        ("nothing", 404),
+    ] {
+        let (status, text) = call(
+            "post",
+            "/admin/keys/{public_id}/revoke",
+            format!("/admin/keys/{public_id}/revoke"),
+            None,
+        )
+        .await;
+        assert_eq!(status, expected, "{text}");
+        assert_documented(
+            &doc,
+            "post",
+            "/admin/keys/{public_id}/revoke",
+            status,
+            &json(&text),
+        );
+    }
+
     for path in ["/health", "/ready"] {
         let response = client.get(gateway.admin_url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200);

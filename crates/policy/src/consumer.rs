@@ -136,6 +136,75 @@ impl StaticDirectory {
     }
 }
 
+impl StaticDirectory {
+    /// Adds a consumer (from the store); returns it for its credentials.
+    pub fn add_consumer(&mut self, consumer: Consumer) -> Arc<Consumer> {
+        let consumer = Arc::new(consumer);
+        self.consumers.insert(consumer.id.clone(), consumer.clone());
+        consumer
+    }
+
+    /// Adds an API key of `consumer` by its public id; `hash` is `hmac-sha256:<base64>`.
+    pub fn add_api_key(
+        &mut self,
+        consumer: &Arc<Consumer>,
+        public_id: &str,
+        hash: &str,
+        expires_at: Option<i64>,
+        revoked: bool,
+    ) -> Result<(), String> {
+        use base64::Engine;
+        let encoded = hash
+            .strip_prefix("hmac-sha256:")
+            .ok_or_else(|| format!("key `{public_id}`: the hash is not hmac-sha256"))?;
+        let hash = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| format!("key `{public_id}`: the hash is not base64"))?;
+        self.api_keys.insert(
+            public_id.to_owned(),
+            Arc::new(ApiKeyRecord {
+                identity: Arc::new(Identity::of_consumer(
+                    consumer.clone(),
+                    format!("api_key:{public_id}").into(),
+                )),
+                hash,
+                expires_at,
+                revoked,
+            }),
+        );
+        Ok(())
+    }
+}
+
+/// The consumers kept in the store, as the gateway last read them: swapped whole when the
+/// store changes, shared by every snapshot.
+pub type StoredDirectory = Arc<arc_swap::ArcSwap<StaticDirectory>>;
+
+/// The configuration's consumers first, then the store's.
+pub struct LayeredDirectory {
+    pub configured: StaticDirectory,
+    pub stored: StoredDirectory,
+}
+
+impl ConsumerDirectory for LayeredDirectory {
+    fn consumer(&self, id: &str) -> Option<Arc<Consumer>> {
+        self.configured
+            .consumer(id)
+            .or_else(|| self.stored.load().consumer(id))
+    }
+    fn api_key(&self, public_id: &str) -> Option<Arc<ApiKeyRecord>> {
+        self.configured
+            .api_key(public_id)
+            .or_else(|| self.stored.load().api_key(public_id))
+    }
+    fn basic_user(&self, username: &str) -> Option<Arc<BasicRecord>> {
+        self.configured.basic_user(username)
+    }
+    fn certificate_identity(&self, identity: &str) -> Option<Arc<Identity>> {
+        self.configured.certificate_identity(identity)
+    }
+}
+
 impl ConsumerDirectory for StaticDirectory {
     fn consumer(&self, id: &str) -> Option<Arc<Consumer>> {
         self.consumers.get(id).cloned()

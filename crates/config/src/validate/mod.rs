@@ -58,6 +58,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     telemetry::validate_telemetry(config, &mut problems);
     versioning::validate_apis(config, &mut problems);
     validate_protos(config, &mut problems);
+    validate_store(config, &mut problems);
     validate_routes(config, &services, &auth_names, &mut problems);
     problems.sort_by_key(|p| (p.line, p.column));
     problems
@@ -539,6 +540,28 @@ fn check_transcode(
         problems.push(Problem::at(
             at,
             format!("route `{label}`: `grpc_transcode.max_body` must be above zero"),
+        ));
+    }
+}
+
+fn validate_store(config: &Config, problems: &mut Vec<Problem>) {
+    let Some(store) = &config.store else {
+        return;
+    };
+    let url = &store.url.value.0;
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://"))
+    {
+        problems.push(Problem::at(
+            &store.url.referenced,
+            "`store.url` must start with `sqlite:` or `postgres://`",
+        ));
+    }
+    if store.poll_interval.0.is_zero() {
+        problems.push(Problem::at(
+            &store.url.referenced,
+            "`store.poll_interval` must be greater than 0",
         ));
     }
 }

@@ -27,6 +27,8 @@ use crate::request::{self, RequestInfo};
 /// The compiled security section of a snapshot: consumers, methods, identity headers.
 pub struct Security {
     pub directory: Arc<dyn ConsumerDirectory>,
+    /// The store's consumers, carried from snapshot to snapshot.
+    stored: crate::consumer::StoredDirectory,
     methods: HashMap<String, Arc<Authenticator>>,
     identity_headers: IdentityHeaderNames,
 }
@@ -78,9 +80,18 @@ pub enum AccessOutcome<'a> {
 impl Security {
     /// Compile the security section. Key set caches of methods whose key source did not
     /// change are taken over from `previous` (no refetch on reload).
+    /// Where the gateway puts the store's consumers when it reads them; every later
+    /// snapshot looks there too.
+    pub fn stored_directory(&self) -> crate::consumer::StoredDirectory {
+        self.stored.clone()
+    }
+
     pub fn compile(config: &Config, previous: Option<&Security>) -> Result<Self, Vec<Problem>> {
-        let directory: Arc<dyn ConsumerDirectory> =
-            Arc::new(StaticDirectory::from_config(&config.consumers));
+        let stored = previous.map(|p| p.stored.clone()).unwrap_or_default();
+        let directory: Arc<dyn ConsumerDirectory> = Arc::new(crate::consumer::LayeredDirectory {
+            configured: StaticDirectory::from_config(&config.consumers),
+            stored: stored.clone(),
+        });
         let auth = &config.authentication;
         let key_hasher = auth
             .api_key_secret
@@ -145,6 +156,7 @@ impl Security {
         }
         Ok(Self {
             directory,
+            stored,
             methods,
             identity_headers,
         })

@@ -1,0 +1,195 @@
+//! Consumers and API keys kept in the store (`store:` in the configuration): create a
+//! consumer, issue a key (shown once; only its keyed hash is kept), revoke a key. Every
+//! gateway following the store sees a change within `store.poll_interval` (at once on
+//! PostgreSQL).
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use gatehouse_store::{StoreError, StoredConsumer};
+use serde::{Deserialize, Serialize};
+
+use crate::{problem, AdminState};
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewKey {
+    /// Letters and digits before the first `_` of the key (default `live`).
+    #[serde(default)]
+    prefix: Option<String>,
+    /// RFC 3339 time after which the key is refused.
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+/// A key just issued: the only time the key itself is shown.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct IssuedKey {
+    key: String,
+    public_id: String,
+    consumer_id: String,
+    expires_at: Option<i64>,
+    note: &'static str,
+}
+
+/// What the store holds (keys without their hashes).
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct Listing {
+    version: i64,
+    consumers: Vec<StoredConsumer>,
+    api_keys: Vec<gatehouse_store::StoredKey>,
+}
+
+fn store_problem(err: StoreError) -> Response {
+    match err {
+        StoreError::Conflict(detail) => problem(StatusCode::CONFLICT, "conflict", detail, None),
+        StoreError::NotFound(detail) => problem(StatusCode::NOT_FOUND, "not_found", detail, None),
+        other => {
+            tracing::warn!(error = %other, "store request failed");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                other.to_string(),
+                None,
+            )
+        }
+    }
+}
+
+fn no_store() -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "store_not_configured",
+        "the configuration has no `store`; consumers come from the file only".to_owned(),
+        None,
+    )
+}
+
+pub(crate) async fn list_consumers(State(state): State<AdminState>) -> Response {
+    let Some(data) = &state.data else {
+        return no_store();
+    };
+    match data.contents().await {
+        Ok(contents) => Json(Listing {
+            version: contents.version,
+            consumers: contents.consumers,
+            api_keys: contents.keys,
+        })
+        .into_response(),
+        Err(err) => store_problem(err),
+    }
+}
+
+pub(crate) async fn create_consumer(State(state): State<AdminState>, body: Bytes) -> Response {
+    let Some(data) = &state.data else {
+        return no_store();
+    };
+    let mut consumer: StoredConsumer = match serde_json::from_slice(&body) {
+        Ok(consumer) => consumer,
+        Err(err) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("expected {{\"id\", \"name\", \"groups\", \"metadata\"}}: {err}"),
+                None,
+            )
+        }
+    };
+    let valid_id = !consumer.id.is_empty()
+        && consumer
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !valid_id {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`id` must be letters, digits, `-`, `_` or `.`".to_owned(),
+            None,
+        );
+    }
+    if consumer.name.is_empty() {
+        consumer.name = consumer.id.clone();
+    }
+    match data.create_consumer(&consumer).await {
+        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
+        Err(err) => store_problem(err),
+    }
+}
+
+pub(crate) async fn issue_key(
+    State(state): State<AdminState>,
+    Path(consumer): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Some(data) = &state.data else {
+        return no_store();
+    };
+    let invalid =
+        |detail: String| problem(StatusCode::BAD_REQUEST, "invalid_request", detail, None);
+    let request: NewKey = if body.is_empty() {
+        NewKey {
+            prefix: None,
+            expires: None,
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(err) => return invalid(format!("expected {{\"prefix\", \"expires\"}}: {err}")),
+        }
+    };
+    let expires_at = match &request.expires {
+        Some(text) => match gatehouse_config::parse_rfc3339(text) {
+            Some(at) => Some(at),
+            None => return invalid(format!("`expires` `{text}` is not an RFC 3339 time")),
+        },
+        None => None,
+    };
+    let snapshot = state.store.snapshot();
+    let Some(secret) = snapshot.config.authentication.api_key_secret.as_ref() else {
+        return problem(
+            StatusCode::CONFLICT,
+            "api_key_secret_missing",
+            "keys need `authentication.api_key_secret` to be hashed".to_owned(),
+            None,
+        );
+    };
+    let hasher = gatehouse_policy::auth::api_key::KeyHasher::new(secret.value.0.as_bytes());
+    let prefix = request.prefix.as_deref().unwrap_or("live");
+    let generated = match gatehouse_policy::auth::api_key::generate(&hasher, prefix) {
+        Ok(generated) => generated,
+        Err(err) => return invalid(err),
+    };
+    match data
+        .add_key(&consumer, &generated.public_id, &generated.hash, expires_at)
+        .await
+    {
+        Ok(stored) => (
+            StatusCode::CREATED,
+            Json(IssuedKey {
+                key: generated.key,
+                public_id: stored.public_id,
+                consumer_id: stored.consumer_id,
+                expires_at: stored.expires_at,
+                note: "the key is shown only now; the store keeps its keyed hash",
+            }),
+        )
+            .into_response(),
+        Err(err) => store_problem(err),
+    }
+}
+
+pub(crate) async fn revoke_key(
+    State(state): State<AdminState>,
+    Path(public_id): Path<String>,
+) -> Response {
+    let Some(data) = &state.data else {
+        return no_store();
+    };
+    match data.revoke_key(&public_id).await {
+        Ok(key) => Json(key).into_response(),
+        Err(err) => store_problem(err),
+    }
+}

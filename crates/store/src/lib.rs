@@ -1,0 +1,363 @@
+//! The durable store: SQLite (a file, the default) or PostgreSQL (for fleets), through one
+//! code path (sqlx's `Any` driver, portable SQL, the same migrations).
+//!
+//! Every change bumps a version in the same transaction. Gateways keep an in-memory copy
+//! (the request path never waits on the database) and reload it when the version moves:
+//! PostgreSQL pushes `NOTIFY gatehouse_changes` to every gateway of a fleet; the version is
+//! also polled, which is all SQLite needs and what covers a lost notification. When the
+//! database is unreachable, followers keep their last copy and say so.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+/// The PostgreSQL channel changes are announced on.
+pub const CHANGES_CHANNEL: &str = "gatehouse_changes";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store `{url}`: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("store migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("stored data is malformed: {0}")]
+    Malformed(String),
+}
+
+impl StoreError {
+    /// The database could not be reached or failed (as opposed to a refused change).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Connect { .. } | StoreError::Query(_) | StoreError::Migrate(_)
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A consumer kept in the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+pub struct StoredConsumer {
+    pub id: String,
+    /// Display name; the id when empty.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub created_at: i64,
+}
+
+/// An API key kept in the store: its public id and keyed hash, never the key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+pub struct StoredKey {
+    pub public_id: String,
+    pub consumer_id: String,
+    /// `hmac-sha256:<base64>`; never sent out.
+    #[serde(skip_serializing, default)]
+    #[schemars(skip)]
+    pub hash: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// Everything gateways copy into memory, at one version.
+#[derive(Debug, Clone, Default)]
+pub struct Contents {
+    pub version: i64,
+    pub consumers: Vec<StoredConsumer>,
+    pub keys: Vec<StoredKey>,
+}
+
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Connects (creating a SQLite file that does not exist yet) and applies the
+    /// migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Malformed(format!(
+                "`{url}` is neither a sqlite: nor a postgres:// URL"
+            )));
+        };
+        let connect_url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                // One writer at a time is what SQLite allows anyway.
+                Backend::Sqlite => 1,
+                Backend::Postgres => 4,
+            })
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(&connect_url)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self {
+            pool,
+            backend,
+            url: url.to_owned(),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL, with any password hidden (for logs and the admin API).
+    pub fn display_url(&self) -> String {
+        redact(&self.url)
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn version(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT version FROM store_version WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+
+    /// Everything, read in one transaction so the version matches the rows.
+    pub async fn contents(&self) -> Result<Contents, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let version: i64 = sqlx::query("SELECT version FROM store_version WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        let consumers = sqlx::query(
+            "SELECT id, name, groups_json, metadata_json, created_at FROM consumers ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(consumer_from_row)
+        .collect::<Result<_, _>>()?;
+        let keys = sqlx::query(
+            "SELECT public_id, consumer_id, hash, created_at, expires_at, revoked_at \
+             FROM api_keys ORDER BY public_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(key_from_row)
+        .collect::<Result<_, _>>()?;
+        tx.commit().await?;
+        Ok(Contents {
+            version,
+            consumers,
+            keys,
+        })
+    }
+
+    pub async fn consumers(&self) -> Result<Vec<StoredConsumer>, StoreError> {
+        Ok(self.contents().await?.consumers)
+    }
+
+    pub async fn create_consumer(
+        &self,
+        consumer: &StoredConsumer,
+    ) -> Result<StoredConsumer, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT id FROM consumers WHERE id = $1")
+            .bind(consumer.id.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "consumer `{}` exists",
+                consumer.id
+            )));
+        }
+        let created = StoredConsumer {
+            created_at: now(),
+            ..consumer.clone()
+        };
+        sqlx::query(
+            "INSERT INTO consumers (id, name, groups_json, metadata_json, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(created.id.clone())
+        .bind(created.name.clone())
+        .bind(to_json(&created.groups)?)
+        .bind(to_json(&created.metadata)?)
+        .bind(created.created_at)
+        .execute(&mut *tx)
+        .await?;
+        self.bump(&mut tx).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// Keeps a new key's hash (the key itself was shown to its owner and is not kept).
+    pub async fn add_key(
+        &self,
+        consumer_id: &str,
+        public_id: &str,
+        hash: &str,
+        expires_at: Option<i64>,
+    ) -> Result<StoredKey, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let consumer = sqlx::query("SELECT id FROM consumers WHERE id = $1")
+            .bind(consumer_id.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if consumer.is_none() {
+            return Err(StoreError::NotFound(format!("no consumer `{consumer_id}`")));
+        }
+        let key = StoredKey {
+            public_id: public_id.to_owned(),
+            consumer_id: consumer_id.to_owned(),
+            hash: hash.to_owned(),
+            created_at: now(),
+            expires_at,
+            revoked_at: None,
+        };
+        sqlx::query(
+            "INSERT INTO api_keys (public_id, consumer_id, hash, created_at, expires_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, NULL)",
+        )
+        .bind(key.public_id.clone())
+        .bind(key.consumer_id.clone())
+        .bind(key.hash.clone())
+        .bind(key.created_at)
+        .bind(key.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        self.bump(&mut tx).await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    /// Revokes a key at once. `false`: no such key.
+    pub async fn revoke_key(&self, public_id: &str) -> Result<StoredKey, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE public_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now())
+        .bind(public_id.to_owned())
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT public_id, consumer_id, hash, created_at, expires_at, revoked_at \
+             FROM api_keys WHERE public_id = $1",
+        )
+        .bind(public_id.to_owned())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no API key `{public_id}`")))?;
+        if updated.rows_affected() > 0 {
+            self.bump(&mut tx).await?;
+        }
+        tx.commit().await?;
+        key_from_row(&row)
+    }
+
+    /// Bumps the version inside the change's transaction; on PostgreSQL the notification
+    /// is delivered when it commits.
+    async fn bump(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE store_version SET version = version + 1 WHERE id = 1")
+            .execute(&mut **tx)
+            .await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query(&format!("NOTIFY {CHANGES_CHANNEL}"))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|err| StoreError::Malformed(err.to_string()))
+}
+
+fn consumer_from_row(row: &AnyRow) -> Result<StoredConsumer, StoreError> {
+    let groups: String = row.try_get("groups_json")?;
+    let metadata: String = row.try_get("metadata_json")?;
+    Ok(StoredConsumer {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        groups: serde_json::from_str(&groups)
+            .map_err(|err| StoreError::Malformed(format!("groups_json: {err}")))?,
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|err| StoreError::Malformed(format!("metadata_json: {err}")))?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn key_from_row(row: &AnyRow) -> Result<StoredKey, StoreError> {
+    Ok(StoredKey {
+        public_id: row.try_get("public_id")?,
+        consumer_id: row.try_get("consumer_id")?,
+        hash: row.try_get("hash")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+pub mod follow;
