@@ -73,10 +73,18 @@ async fn sync(store: &Store, applied: Option<i64>) -> Result<Option<Contents>, c
     store.contents().await.map(Some)
 }
 
+/// A listening connection, or `None` (polling goes on) when the database does not take one
+/// within two seconds: an outage must not hold up the polling.
 async fn listen(store: &Store) -> Option<sqlx::postgres::PgListener> {
-    let mut listener = sqlx::postgres::PgListener::connect(store.url())
+    let connect = async {
+        let mut listener = sqlx::postgres::PgListener::connect(store.url())
+            .await
+            .ok()?;
+        listener.listen(CHANGES_CHANNEL).await.ok()?;
+        Some(listener)
+    };
+    tokio::time::timeout(Duration::from_secs(2), connect)
         .await
-        .ok()?;
-    listener.listen(CHANGES_CHANNEL).await.ok()?;
-    Some(listener)
+        .ok()
+        .flatten()
 }
