@@ -24,6 +24,27 @@ pub(crate) struct NewKey {
     expires: Option<String>,
 }
 
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Rotation {
+    /// How long the old key keeps working, e.g. `24h` (the default) or `0s`.
+    #[serde(default)]
+    overlap: Option<String>,
+    /// Prefix of the new key (default `live`).
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+/// A key replaced: the new key (shown this once) and until when the old one works.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct RotatedKey {
+    key: String,
+    public_id: String,
+    consumer_id: String,
+    previous: gatehouse_store::StoredKey,
+    note: &'static str,
+}
+
 /// A key just issued: the only time the key itself is shown.
 #[derive(Serialize, schemars::JsonSchema)]
 pub(crate) struct IssuedKey {
@@ -147,20 +168,9 @@ pub(crate) async fn issue_key(
         },
         None => None,
     };
-    let snapshot = state.store.snapshot();
-    let Some(secret) = snapshot.config.authentication.api_key_secret.as_ref() else {
-        return problem(
-            StatusCode::CONFLICT,
-            "api_key_secret_missing",
-            "keys need `authentication.api_key_secret` to be hashed".to_owned(),
-            None,
-        );
-    };
-    let hasher = gatehouse_policy::auth::api_key::KeyHasher::new(secret.value.0.as_bytes());
-    let prefix = request.prefix.as_deref().unwrap_or("live");
-    let generated = match gatehouse_policy::auth::api_key::generate(&hasher, prefix) {
+    let generated = match generate_key(&state, request.prefix.as_deref()) {
         Ok(generated) => generated,
-        Err(err) => return invalid(err),
+        Err(response) => return *response,
     };
     match data
         .add_key(&consumer, &generated.public_id, &generated.hash, expires_at)
@@ -174,6 +184,86 @@ pub(crate) async fn issue_key(
                 consumer_id: stored.consumer_id,
                 expires_at: stored.expires_at,
                 note: "the key is shown only now; the store keeps its keyed hash",
+            }),
+        )
+            .into_response(),
+        Err(err) => store_problem(err),
+    }
+}
+
+/// Generates a key under the running configuration's `api_key_secret`.
+fn generate_key(
+    state: &AdminState,
+    prefix: Option<&str>,
+) -> Result<gatehouse_policy::auth::api_key::GeneratedKey, Box<Response>> {
+    let snapshot = state.store.snapshot();
+    let Some(secret) = snapshot.config.authentication.api_key_secret.as_ref() else {
+        return Err(Box::new(problem(
+            StatusCode::CONFLICT,
+            "api_key_secret_missing",
+            "keys need `authentication.api_key_secret` to be hashed".to_owned(),
+            None,
+        )));
+    };
+    let hasher = gatehouse_policy::auth::api_key::KeyHasher::new(secret.value.0.as_bytes());
+    gatehouse_policy::auth::api_key::generate(&hasher, prefix.unwrap_or("live")).map_err(|err| {
+        Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            err,
+            None,
+        ))
+    })
+}
+
+pub(crate) async fn rotate_key(
+    State(state): State<AdminState>,
+    Path(public_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Some(data) = &state.data else {
+        return no_store();
+    };
+    let invalid =
+        |detail: String| problem(StatusCode::BAD_REQUEST, "invalid_request", detail, None);
+    let request: Rotation = if body.is_empty() {
+        Rotation {
+            overlap: None,
+            prefix: None,
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(err) => return invalid(format!("expected {{\"overlap\", \"prefix\"}}: {err}")),
+        }
+    };
+    let text = request.overlap.as_deref().unwrap_or("24h");
+    let overlap = match serde_json::from_value::<gatehouse_config::HumanDuration>(
+        serde_json::Value::from(text),
+    ) {
+        Ok(duration) => duration.0.as_secs() as i64,
+        Err(_) => {
+            return invalid(format!(
+                "`overlap` `{text}` is not a duration like 24h or 90s"
+            ))
+        }
+    };
+    let generated = match generate_key(&state, request.prefix.as_deref()) {
+        Ok(generated) => generated,
+        Err(response) => return *response,
+    };
+    match data
+        .rotate_key(&public_id, &generated.public_id, &generated.hash, overlap)
+        .await
+    {
+        Ok((previous, new)) => (
+            StatusCode::CREATED,
+            Json(RotatedKey {
+                key: generated.key,
+                public_id: new.public_id,
+                consumer_id: new.consumer_id,
+                previous,
+                note: "the new key is shown only now; the old one works until previous.expires_at",
             }),
         )
             .into_response(),

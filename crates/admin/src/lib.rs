@@ -57,6 +57,10 @@ pub fn router(state: AdminState) -> Router {
             "/admin/keys/{public_id}/revoke",
             post(consumers::revoke_key),
         )
+        .route(
+            "/admin/keys/{public_id}/rotate",
+            post(consumers::rotate_key),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(|| async { "ok\n" }))

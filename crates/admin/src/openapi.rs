@@ -266,6 +266,21 @@ fn operations(generator: &mut SchemaGenerator) -> Vec<Operation> {
         },
         Operation {
             method: "post",
+            path: "/admin/keys/{public_id}/rotate",
+            summary: "Replace an API key of the store: the new key works at once, the old one until the overlap ends (default 24h).",
+            protected: true,
+            request: Some(("application/json", json_of::<crate::consumers::Rotation>(generator))),
+            responses: vec![
+                (201, "Rotated.", json_of::<crate::consumers::RotatedKey>(generator)),
+                (400, "A bad overlap or prefix.", json_of::<Problem>(generator)),
+                (404, "No such key, or no `store`.", json_of::<Problem>(generator)),
+                (409, "The key is revoked, or no `authentication.api_key_secret`.", json_of::<Problem>(generator)),
+                (503, "The store did not answer; nothing was changed.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
+            method: "post",
             path: "/admin/keys/{public_id}/revoke",
             summary: "Revoke an API key of the store; every gateway refuses it within `store.poll_interval`.",
             protected: true,

@@ -463,6 +463,39 @@ routes:
     let (status, text) = call("get", "/admin/consumers", "/admin/consumers".into(), None).await;
     assert_eq!(status, 200);
     assert_documented(&doc, "get", "/admin/consumers", status, &json(&text));
+    let (status, text) = call(
+        "post",
+        "/admin/keys/{public_id}/rotate",
+        format!(
+            "/admin/keys/{}/rotate",
+            issued["public_id"].as_str().unwrap()
+        ),
+        Some(("application/json", r#"{"overlap": "1h"}"#.into())),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+    assert_documented(
+        &doc,
+        "post",
+        "/admin/keys/{public_id}/rotate",
+        status,
+        &json(&text),
+    );
+    let (status, text) = call(
+        "post",
+        "/admin/keys/{public_id}/rotate",
+        "/admin/keys/nothing/rotate".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_documented(
+        &doc,
+        "post",
+        "/admin/keys/{public_id}/rotate",
+        status,
+        &json(&text),
+    );
     for (public_id, expected) in [
         (issued["public_id"].as_str().unwrap(), 200),
         ("nothing", 404),

@@ -315,3 +315,55 @@ async fn while_the_database_is_away_gateways_serve_their_last_copy() {
     until_status(&gateway, &key2, 200).await;
     assert_eq!(call(&gateway, &key).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_rotated_key_keeps_working_for_the_overlap_and_the_new_one_at_once() {
+    let backend = whoami().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("store.db").display());
+    let gateway = Gateway::start(&config(&url, backend));
+    let (status, _) = admin(&gateway, "/admin/consumers", json!({"id": "hooli"})).await;
+    assert_eq!(status, 201);
+    let (old_key, old_id) = issue_key(&gateway, "hooli").await;
+    until_status(&gateway, &old_key, 200).await;
+
+    // Taken before the store's clock reads the rotation time: the old key's end (whole
+    // seconds, 2 s on) is at least a second after it.
+    let rotated_at = Instant::now();
+    let (status, rotated) = admin(
+        &gateway,
+        &format!("/admin/keys/{old_id}/rotate"),
+        json!({"overlap": "2s", "prefix": "next"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{rotated}");
+    let new_key = rotated["key"].as_str().unwrap().to_owned();
+    assert!(new_key.starts_with("next_"));
+    assert_eq!(rotated["consumer_id"], "hooli");
+    assert_eq!(rotated["previous"]["public_id"], old_id.as_str());
+    let waited = until_status(&gateway, &new_key, 200).await;
+    assert!(waited < Duration::from_secs(1), "took {waited:?}");
+    assert_eq!(call(&gateway, &new_key).await.1, "hooli");
+    // Both work during the overlap, then only the new one.
+    assert_eq!(call(&gateway, &old_key).await.0, 200);
+    until_status(&gateway, &old_key, 401).await;
+    assert!(
+        rotated_at.elapsed() >= Duration::from_secs(1),
+        "the overlap was cut short"
+    );
+    assert_eq!(call(&gateway, &new_key).await.0, 200);
+
+    // A revoked key cannot be rotated.
+    let (status, _) = admin(&gateway, &format!("/admin/keys/{old_id}/revoke"), json!({})).await;
+    assert_eq!(status, 200);
+    let (status, problem) =
+        admin(&gateway, &format!("/admin/keys/{old_id}/rotate"), json!({})).await;
+    assert_eq!(status, 409, "{problem}");
+    let (status, _) = admin(
+        &gateway,
+        "/admin/keys/nothing/rotate",
+        json!({"overlap": "soon"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+}

@@ -277,7 +277,69 @@ impl Store {
         Ok(key)
     }
 
-    /// Revokes a key at once. `false`: no such key.
+    /// Replaces a key: the new one (same consumer, no expiry) works at once, the old one
+    /// keeps working for `overlap_secs` (or until its own expiry, if sooner) so clients can
+    /// switch. Returns (old, new).
+    pub async fn rotate_key(
+        &self,
+        public_id: &str,
+        new_public_id: &str,
+        new_hash: &str,
+        overlap_secs: i64,
+    ) -> Result<(StoredKey, StoredKey), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let old = sqlx::query(
+            "SELECT public_id, consumer_id, hash, created_at, expires_at, revoked_at \
+             FROM api_keys WHERE public_id = $1",
+        )
+        .bind(public_id.to_owned())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no API key `{public_id}`")))
+        .and_then(|row| key_from_row(&row))?;
+        if old.revoked_at.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "API key `{public_id}` is revoked"
+            )));
+        }
+        let now = now();
+        let until = now.saturating_add(overlap_secs.max(0));
+        let old_expires = Some(old.expires_at.map_or(until, |at| at.min(until)));
+        sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE public_id = $2")
+            .bind(old_expires)
+            .bind(public_id.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        let new = StoredKey {
+            public_id: new_public_id.to_owned(),
+            consumer_id: old.consumer_id.clone(),
+            hash: new_hash.to_owned(),
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+        };
+        sqlx::query(
+            "INSERT INTO api_keys (public_id, consumer_id, hash, created_at, expires_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, NULL, NULL)",
+        )
+        .bind(new.public_id.clone())
+        .bind(new.consumer_id.clone())
+        .bind(new.hash.clone())
+        .bind(new.created_at)
+        .execute(&mut *tx)
+        .await?;
+        self.bump(&mut tx).await?;
+        tx.commit().await?;
+        Ok((
+            StoredKey {
+                expires_at: old_expires,
+                ..old
+            },
+            new,
+        ))
+    }
+
+    /// Revokes a key at once (again: no change). The key as it now stands.
     pub async fn revoke_key(&self, public_id: &str) -> Result<StoredKey, StoreError> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
