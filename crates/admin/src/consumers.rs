@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{problem, AdminState};
 
-#[derive(Deserialize, schemars::JsonSchema)]
+#[derive(Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewKey {
     /// Letters and digits before the first `_` of the key (default `live`).
@@ -24,7 +24,7 @@ pub(crate) struct NewKey {
     expires: Option<String>,
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
+#[derive(Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Rotation {
     /// How long the old key keeps working, e.g. `24h` (the default) or `0s`.
@@ -77,6 +77,24 @@ fn store_problem(err: StoreError) -> Response {
             )
         }
     }
+}
+
+/// A JSON body whose members are all optional: an empty body is the defaults.
+fn optional_json<T: Default + serde::de::DeserializeOwned>(
+    body: &[u8],
+    expected: &str,
+) -> Result<T, Box<Response>> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|err| {
+        Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("expected {expected}: {err}"),
+            None,
+        ))
+    })
 }
 
 fn no_store() -> Response {
@@ -150,16 +168,9 @@ pub(crate) async fn issue_key(
     };
     let invalid =
         |detail: String| problem(StatusCode::BAD_REQUEST, "invalid_request", detail, None);
-    let request: NewKey = if body.is_empty() {
-        NewKey {
-            prefix: None,
-            expires: None,
-        }
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(request) => request,
-            Err(err) => return invalid(format!("expected {{\"prefix\", \"expires\"}}: {err}")),
-        }
+    let request: NewKey = match optional_json(&body, "{\"prefix\", \"expires\"}") {
+        Ok(request) => request,
+        Err(response) => return *response,
     };
     let expires_at = match &request.expires {
         Some(text) => match gatehouse_config::parse_rfc3339(text) {
@@ -226,16 +237,9 @@ pub(crate) async fn rotate_key(
     };
     let invalid =
         |detail: String| problem(StatusCode::BAD_REQUEST, "invalid_request", detail, None);
-    let request: Rotation = if body.is_empty() {
-        Rotation {
-            overlap: None,
-            prefix: None,
-        }
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(request) => request,
-            Err(err) => return invalid(format!("expected {{\"overlap\", \"prefix\"}}: {err}")),
-        }
+    let request: Rotation = match optional_json(&body, "{\"overlap\", \"prefix\"}") {
+        Ok(request) => request,
+        Err(response) => return *response,
     };
     let text = request.overlap.as_deref().unwrap_or("24h");
     let overlap = match serde_json::from_value::<gatehouse_config::HumanDuration>(

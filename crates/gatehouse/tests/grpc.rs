@@ -92,8 +92,13 @@ async fn unary_calls_and_their_errors_pass_through() {
     request
         .metadata_mut()
         .insert("x-caller", "unary-test".parse().unwrap());
+    request.metadata_mut().insert_bin(
+        "x-trace-bin",
+        tonic::metadata::MetadataValue::from_bytes(&[0, 1, 2, 255]),
+    );
     let response = client.get_book(request).await.expect("GetBook");
     assert!(response.metadata().get("x-request-id").is_some());
+    assert_eq!(response.metadata().get("x-served-by").unwrap(), "library");
     let book = response.into_inner();
     assert_eq!(book.title, "Dune");
     assert_eq!(book.page_count, 9_007_199_254_740_993);
@@ -101,6 +106,8 @@ async fn unary_calls_and_their_errors_pass_through() {
     assert_eq!(book.edition, Some(2));
     let seen = server.observed.last_metadata("GetBook").unwrap();
     assert_eq!(seen.get("x-caller").unwrap(), "unary-test");
+    let binary = seen.get_bin("x-trace-bin").unwrap().to_bytes().unwrap();
+    assert_eq!(&binary[..], &[0, 1, 2, 255]);
     assert_eq!(seen.get("x-forwarded-for").unwrap(), "127.0.0.1");
 
     // The server's own error status and message reach the client untouched.

@@ -288,10 +288,16 @@ impl LibraryService for Library {
         } else {
             books.get(&request.name)
         };
-        found
+        let mut response = found
             .cloned()
             .map(Response::new)
-            .ok_or_else(|| not_found(&request.name))
+            .ok_or_else(|| not_found(&request.name))?;
+        // Response metadata, so tests can see it come back.
+        response.metadata_mut().insert(
+            "x-served-by",
+            tonic::metadata::MetadataValue::from_static("library"),
+        );
+        Ok(response)
     }
 
     async fn create_book(

@@ -219,3 +219,42 @@ impl ConsumerDirectory for StaticDirectory {
         self.certificates.get(identity).cloned()
     }
 }
+
+#[cfg(test)]
+mod layered_tests {
+    use super::*;
+
+    fn directory_with(consumer: &str, public_id: &str) -> StaticDirectory {
+        let mut directory = StaticDirectory::default();
+        let owner = directory.add_consumer(Consumer::ad_hoc(consumer));
+        directory
+            .add_api_key(&owner, public_id, "hmac-sha256:AAAA", None, false)
+            .unwrap();
+        directory
+    }
+
+    #[test]
+    fn the_files_consumers_win_and_the_store_fills_in() {
+        let stored: StoredDirectory = Default::default();
+        let layered = LayeredDirectory {
+            configured: directory_with("from-file", "shared"),
+            stored: stored.clone(),
+        };
+        assert!(layered.api_key("only-stored").is_none());
+        let mut store = directory_with("from-store", "shared");
+        let owner = store.add_consumer(Consumer::ad_hoc("stored-only"));
+        store
+            .add_api_key(&owner, "only-stored", "hmac-sha256:AAAA", None, false)
+            .unwrap();
+        stored.store(Arc::new(store));
+        let shared = layered.api_key("shared").unwrap();
+        assert_eq!(shared.identity.consumer.id, "from-file");
+        let added = layered.api_key("only-stored").unwrap();
+        assert_eq!(added.identity.consumer.id, "stored-only");
+        assert!(layered.consumer("stored-only").is_some());
+        let mut bad = StaticDirectory::default();
+        assert!(bad
+            .add_api_key(&owner, "x", "sha1:AAAA", None, false)
+            .is_err());
+    }
+}

@@ -40,17 +40,33 @@ pub fn with_guard<G: Send + Unpin + 'static>(body: ProxyBody, guard: G) -> Proxy
 /// Read `body` whole, up to `max` bytes (trailers are dropped). Written out rather than
 /// with `Limited`: `Limited<ProxyBody>` needs a higher-ranked `From` bound on boxed errors
 /// that the compiler cannot prove inside the request future.
-pub async fn read_limited(mut body: ProxyBody, max: usize) -> Result<Bytes, BoxError> {
+pub async fn read_limited(body: ProxyBody, max: usize) -> Result<Bytes, BoxError> {
+    Ok(read_with_trailers(body, max).await?.0)
+}
+
+/// [`read_limited`], keeping the trailers (a gRPC answer's status is in them).
+pub async fn read_with_trailers(
+    mut body: ProxyBody,
+    max: usize,
+) -> Result<(Bytes, Option<http::HeaderMap>), BoxError> {
     let mut buffer = bytes::BytesMut::new();
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            if buffer.len() + data.len() > max {
-                return Err(format!("body exceeds {max} bytes").into());
+        match frame?.into_data() {
+            Ok(data) => {
+                if buffer.len() + data.len() > max {
+                    return Err(format!("body exceeds {max} bytes").into());
+                }
+                buffer.extend_from_slice(&data);
             }
-            buffer.extend_from_slice(&data);
+            Err(frame) => {
+                if let Ok(received) = frame.into_trailers() {
+                    trailers = Some(received);
+                }
+            }
         }
     }
-    Ok(buffer.freeze())
+    Ok((buffer.freeze(), trailers))
 }
 
 /// Read `body` whole if it ends within `max` bytes: `(bytes, None)`. Otherwise (too long,

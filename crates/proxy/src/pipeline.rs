@@ -778,11 +778,7 @@ async fn route_and_respond(
             else {
                 unreachable!("guarded by the match arm")
             };
-            let upstream_path = match (rewrite, &path) {
-                (Some(rewrite), path) => Some(rewrite.apply(path, &matched.captures)),
-                (None, Cow::Owned(normalized)) => Some(normalized.clone()),
-                (None, Cow::Borrowed(_)) => None,
-            };
+            let upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
             trace.forwarded = true;
             let (mut parts, body) = request.into_parts();
             let body = grpc::web::request_to_grpc(&mut parts.headers, body, encoding);
@@ -815,12 +811,7 @@ async fn route_and_respond(
             rewrite,
             host_rewrite,
         } => {
-            // `None`: the path goes upstream exactly as the client sent it.
-            let mut upstream_path = match (rewrite, &path) {
-                (Some(rewrite), path) => Some(rewrite.apply(path, &matched.captures)),
-                (None, Cow::Owned(normalized)) => Some(normalized.clone()),
-                (None, Cow::Borrowed(_)) => None,
-            };
+            let mut upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
             let version = match &route.api {
                 Some(api) => {
                     let forwarded = upstream_path.as_deref().unwrap_or(&path);
@@ -953,6 +944,22 @@ async fn route_and_respond(
         response = response.map(|body| body::with_guard(body, slot));
     }
     Ok(response)
+}
+
+/// The path sent upstream: rewritten, or normalized; `None` when it goes exactly as the
+/// client sent it.
+// The `Cow` itself is the information: owned means normalization changed the path.
+#[allow(clippy::ptr_arg)]
+fn forwarded_path(
+    rewrite: Option<&crate::snapshot::PathRewrite>,
+    path: &Cow<'_, str>,
+    captures: &[(String, String)],
+) -> Option<String> {
+    match (rewrite, path) {
+        (Some(rewrite), path) => Some(rewrite.apply(path, captures)),
+        (None, Cow::Owned(normalized)) => Some(normalized.clone()),
+        (None, Cow::Borrowed(_)) => None,
+    }
 }
 
 /// The backend's successful JSON answer downgraded to the client's version, and the

@@ -198,10 +198,6 @@ impl Store {
         })
     }
 
-    pub async fn consumers(&self) -> Result<Vec<StoredConsumer>, StoreError> {
-        Ok(self.contents().await?.consumers)
-    }
-
     pub async fn create_consumer(
         &self,
         consumer: &StoredConsumer,

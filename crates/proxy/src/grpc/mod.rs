@@ -344,11 +344,33 @@ pub fn timeout_value(remaining: Duration) -> HeaderValue {
 
 /// `message` as one length-prefixed message of a gRPC stream (not compressed).
 pub fn frame(message: &[u8]) -> Bytes {
-    let mut framed = bytes::BytesMut::with_capacity(5 + message.len());
-    framed.extend_from_slice(&[0]);
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(message);
+    frame_flagged(0, message)
+}
+
+/// A length-prefixed frame with `flag` (bit 0: compressed; gRPC-Web's 0x80: trailers).
+pub fn frame_flagged(flag: u8, payload: &[u8]) -> Bytes {
+    let mut framed = bytes::BytesMut::with_capacity(5 + payload.len());
+    framed.extend_from_slice(&[flag]);
+    framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    framed.extend_from_slice(payload);
     framed.freeze()
+}
+
+/// The next whole uncompressed message of a gRPC stream, if `buffer` holds one.
+pub fn take_message(buffer: &mut bytes::BytesMut) -> Result<Option<Bytes>, String> {
+    use bytes::Buf;
+    if buffer.len() < 5 {
+        return Ok(None);
+    }
+    if buffer[0] != 0 {
+        return Err("the upstream sent a compressed message, which is not supported".to_owned());
+    }
+    let length = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+    if buffer.len() < 5 + length {
+        return Ok(None);
+    }
+    buffer.advance(5);
+    Ok(Some(buffer.split_to(length).freeze()))
 }
 
 /// The deadline the client set, as an instant (from `grpc-timeout`).
@@ -437,11 +459,11 @@ pub mod health {
     /// Whether a `Check` answer (its body, and the `grpc-status` from trailers or a
     /// trailers-only head) says `SERVING`.
     pub fn is_serving(status: Option<super::Code>, body: &[u8]) -> bool {
-        if status != Some(super::Code::Ok) || body.len() < 5 || body[0] != 0 {
+        if status != Some(super::Code::Ok) {
             return false;
         }
-        let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-        let Some(message) = body.get(5..5 + length) else {
+        let mut buffer = bytes::BytesMut::from(body);
+        let Ok(Some(message)) = super::take_message(&mut buffer) else {
             return false;
         };
         <HealthCheckResponse as prost::Message>::decode(message)

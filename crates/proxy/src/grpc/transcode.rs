@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use base64::Engine as _;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use gatehouse_config::{GrpcTranscodeConfig, StreamFormat};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
@@ -23,7 +23,7 @@ use prost_reflect::{
 use serde_json::{Map, Value};
 
 use super::template::{Binding, PathTemplate};
-use super::{Code, GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS};
+use super::{take_message, Code, GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS};
 use crate::body::{self, BoxError, ProxyBody};
 use crate::error::GatewayError;
 
@@ -285,7 +285,9 @@ impl Transcoder {
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             return Ok(response);
         }
-        let (data, trailers) = read_all(body, self.max_body).await?;
+        let (data, trailers) = body::read_with_trailers(body, self.max_body)
+            .await
+            .map_err(|err| GatewayError::BadGateway(err.to_string()))?;
         let status_headers = trailers.as_ref().unwrap_or(&parts.headers);
         let code = status_headers
             .get(GRPC_STATUS)
@@ -688,50 +690,6 @@ fn metadata(headers: &HeaderMap) -> HeaderMap {
     kept
 }
 
-/// The whole body (up to `max` bytes) and its trailers.
-async fn read_all(
-    mut body: ProxyBody,
-    max: usize,
-) -> Result<(Bytes, Option<HeaderMap>), GatewayError> {
-    let mut buffer = BytesMut::new();
-    let mut trailers = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| GatewayError::BadGateway(err.to_string()))?;
-        match frame.into_data() {
-            Ok(data) => {
-                if buffer.len() + data.len() > max {
-                    return Err(GatewayError::BadGateway(format!(
-                        "the upstream's answer exceeds {max} bytes"
-                    )));
-                }
-                buffer.extend_from_slice(&data);
-            }
-            Err(frame) => {
-                if let Ok(received) = frame.into_trailers() {
-                    trailers = Some(received);
-                }
-            }
-        }
-    }
-    Ok((buffer.freeze(), trailers))
-}
-
-/// The next whole message of a gRPC stream, if the buffer holds one.
-fn take_message(buffer: &mut BytesMut) -> Result<Option<Bytes>, String> {
-    if buffer.len() < 5 {
-        return Ok(None);
-    }
-    if buffer[0] != 0 {
-        return Err("the upstream sent a compressed message, which is not supported".to_owned());
-    }
-    let length = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
-    if buffer.len() < 5 + length {
-        return Ok(None);
-    }
-    buffer.advance(5);
-    Ok(Some(buffer.split_to(length).freeze()))
-}
-
 /// A server-streaming answer as NDJSON lines or server-sent events, one per message, as
 /// the messages arrive.
 struct MessageStream {
@@ -851,5 +809,69 @@ impl http_body::Body for MessageStream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `proto` compiled as `t.proto` (with the built-in google/api annotations).
+    fn transcoder(proto: &str) -> Result<Transcoder, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "gatehouse-transcode-{}-{}",
+            std::process::id(),
+            proto.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("t.proto"), proto).unwrap();
+        let pool = super::super::descriptors::compile(&["t.proto"], &[&dir]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let config: GrpcTranscodeConfig =
+            serde_json::from_value(serde_json::json!({ "protos": "t" })).unwrap();
+        Transcoder::compile(&pool?, &config)
+    }
+
+    const HEADER: &str = "syntax = \"proto3\";\npackage t;\nimport \"google/api/annotations.proto\";\nmessage M { string name = 1; M child = 2; }\n";
+
+    #[test]
+    fn bindings_that_cannot_work_are_refused_when_loading() {
+        let cases = [
+            (
+                "service S { rpc Up(stream M) returns (M) { option (google.api.http) = { post: \"/up\" body: \"*\" }; } }",
+                "streams requests from the client",
+            ),
+            (
+                "service S { rpc Get(M) returns (M) { option (google.api.http) = { get: \"/m/{nope}\" }; } }",
+                "the path binds `nope`",
+            ),
+            (
+                "service S { rpc Put(M) returns (M) { option (google.api.http) = { put: \"/m\" body: \"nope\" }; } }",
+                "the body field `nope`",
+            ),
+            (
+                "service S { rpc Get(M) returns (M) { option (google.api.http) = { get: \"/m/**/x\" }; } }",
+                "`**` must be the last segment",
+            ),
+            ("service S { rpc Get(M) returns (M); }", "no method of the services"),
+        ];
+        for (service, expected) in cases {
+            let err = transcoder(&format!("{HEADER}{service}\n"))
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {service}"));
+            assert!(err.contains(expected), "{service}: {err}");
+        }
+        let nested = transcoder(&format!(
+            "{HEADER}service S {{ rpc Get(M) returns (M) {{ option (google.api.http) = {{ get: \"/m/{{child.name=x/*}}\" }}; }} }}\n"
+        ))
+        .unwrap();
+        let call = nested.find(&Method::GET, "/m/x/7").unwrap();
+        assert_eq!(
+            call.variables,
+            vec![(
+                vec!["child".to_owned(), "name".to_owned()],
+                "x/7".to_owned()
+            )]
+        );
     }
 }

@@ -133,11 +133,7 @@ fn trailer_frame(trailers: &HeaderMap) -> Bytes {
         block.extend_from_slice(value.as_bytes());
         block.extend_from_slice(b"\r\n");
     }
-    let mut frame = BytesMut::with_capacity(5 + block.len());
-    frame.extend_from_slice(&[0x80]);
-    frame.extend_from_slice(&(block.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&block);
-    frame.freeze()
+    super::frame_flagged(0x80, &block)
 }
 
 const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
