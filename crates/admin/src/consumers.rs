@@ -8,9 +8,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gatehouse_store::{StoreError, StoredConsumer};
+use gatehouse_store::StoredConsumer;
 use serde::{Deserialize, Serialize};
 
+use crate::stored::{no_store, optional_json, store_problem};
 use crate::{problem, AdminState};
 
 #[derive(Default, Deserialize, schemars::JsonSchema)]
@@ -63,49 +64,6 @@ pub(crate) struct Listing {
     api_keys: Vec<gatehouse_store::StoredKey>,
 }
 
-fn store_problem(err: StoreError) -> Response {
-    match err {
-        StoreError::Conflict(detail) => problem(StatusCode::CONFLICT, "conflict", detail, None),
-        StoreError::NotFound(detail) => problem(StatusCode::NOT_FOUND, "not_found", detail, None),
-        other => {
-            tracing::warn!(error = %other, "store request failed");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                other.to_string(),
-                None,
-            )
-        }
-    }
-}
-
-/// A JSON body whose members are all optional: an empty body is the defaults.
-fn optional_json<T: Default + serde::de::DeserializeOwned>(
-    body: &[u8],
-    expected: &str,
-) -> Result<T, Box<Response>> {
-    if body.is_empty() {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|err| {
-        Box::new(problem(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("expected {expected}: {err}"),
-            None,
-        ))
-    })
-}
-
-fn no_store() -> Response {
-    problem(
-        StatusCode::NOT_FOUND,
-        "store_not_configured",
-        "the configuration has no `store`; consumers come from the file only".to_owned(),
-        None,
-    )
-}
-
 pub(crate) async fn list_consumers(State(state): State<AdminState>) -> Response {
     let Some(data) = &state.data else {
         return no_store();
@@ -136,16 +94,12 @@ pub(crate) async fn create_consumer(State(state): State<AdminState>, body: Bytes
             )
         }
     };
-    let valid_id = !consumer.id.is_empty()
-        && consumer
-            .id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    let valid_id = gatehouse_store::catalog::valid_id(&consumer.id);
     if !valid_id {
         return problem(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "`id` must be letters, digits, `-`, `_` or `.`".to_owned(),
+            "`id` must be 1 to 64 letters, digits, `-`, `_` or `.`".to_owned(),
             None,
         );
     }

@@ -11,7 +11,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use gatehouse_config::ConfigErrors;
 use gatehouse_proxy::reload::RollbackError;
@@ -19,8 +19,10 @@ use gatehouse_proxy::snapshot::RouteAction;
 use gatehouse_proxy::ConfigStore;
 use serde_json::{json, Value};
 
+mod catalog;
 mod consumers;
 pub mod openapi;
+mod stored;
 pub mod views;
 
 use views::*;
@@ -60,6 +62,38 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/admin/keys/{public_id}/rotate",
             post(consumers::rotate_key),
+        )
+        .route(
+            "/admin/products",
+            get(catalog::list_products).post(catalog::create_product),
+        )
+        .route(
+            "/admin/products/{id}",
+            get(catalog::get_product)
+                .patch(catalog::update_product)
+                .delete(catalog::delete_product),
+        )
+        .route("/admin/products/{id}/plans", post(catalog::create_plan))
+        .route("/admin/plans/{id}", patch(catalog::update_plan))
+        .route(
+            "/admin/subscriptions",
+            get(catalog::list_subscriptions).post(catalog::create_subscription),
+        )
+        .route(
+            "/admin/subscriptions/{id}/plan",
+            post(catalog::move_subscription),
+        )
+        .route(
+            "/admin/subscriptions/{id}/approve",
+            post(catalog::approve_subscription),
+        )
+        .route(
+            "/admin/subscriptions/{id}/reject",
+            post(catalog::reject_subscription),
+        )
+        .route(
+            "/admin/subscriptions/{id}/cancel",
+            post(catalog::cancel_subscription),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

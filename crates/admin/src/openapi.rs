@@ -14,6 +14,8 @@ enum Body {
     Json(Schema),
     /// Text, with an example.
     Text(&'static str),
+    /// No body.
+    Empty,
 }
 
 struct Operation {
@@ -294,6 +296,171 @@ fn operations(generator: &mut SchemaGenerator) -> Vec<Operation> {
         },
         Operation {
             method: "get",
+            path: "/admin/products",
+            summary: "The API products of the store.",
+            protected: true,
+            request: None,
+            responses: vec![
+                (200, "The products.", json_of::<Vec<gatehouse_store::catalog::Product>>(generator)),
+                (404, "The configuration has no `store`.", json_of::<Problem>(generator)),
+                (503, "The store did not answer.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
+            method: "post",
+            path: "/admin/products",
+            summary: "Create an API product from routes of the running configuration; requests on them then need an approved subscription.",
+            protected: true,
+            request: Some(("application/json", json_of::<gatehouse_store::catalog::Product>(generator))),
+            responses: vec![
+                (201, "Created.", json_of::<gatehouse_store::catalog::Product>(generator)),
+                (400, "Malformed, a bad id, or a route that does not exist or has no `auth`.", json_of::<Problem>(generator)),
+                (409, "A product with that id exists.", json_of::<Problem>(generator)),
+                (404, "The configuration has no `store`.", json_of::<Problem>(generator)),
+                (503, "The store did not answer; nothing was changed.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
+            method: "get",
+            path: "/admin/products/{id}",
+            summary: "A product with its plans.",
+            protected: true,
+            request: None,
+            responses: vec![
+                (200, "The product.", json_of::<crate::catalog::ProductDetail>(generator)),
+                (404, "No such product, or no `store`.", json_of::<Problem>(generator)),
+                (503, "The store did not answer.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
+            method: "patch",
+            path: "/admin/products/{id}",
+            summary: "Change a product; members left out stay as they are.",
+            protected: true,
+            request: Some(("application/json", json_of::<gatehouse_store::catalog::ProductChange>(generator))),
+            responses: vec![
+                (200, "Changed.", json_of::<gatehouse_store::catalog::Product>(generator)),
+                (400, "Malformed, or a route that does not exist or has no `auth`.", json_of::<Problem>(generator)),
+                (404, "No such product, or no `store`.", json_of::<Problem>(generator)),
+                (503, "The store did not answer; nothing was changed.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
+            method: "delete",
+            path: "/admin/products/{id}",
+            summary: "Delete a product and its plans; refused while subscriptions are pending or approved.",
+            protected: true,
+            request: None,
+            responses: vec![
+                (204, "Deleted.", Body::Empty),
+                (404, "No such product, or no `store`.", json_of::<Problem>(generator)),
+                (409, "The product has open subscriptions.", json_of::<Problem>(generator)),
+                (503, "The store did not answer; nothing was changed.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
+            method: "post",
+            path: "/admin/products/{id}/plans",
+            summary: "Add a plan to a product: rate limits, a monthly quota, prices, whether subscriptions need approval.",
+            protected: true,
+            request: Some(("application/json", json_of::<gatehouse_store::catalog::Plan>(generator))),
+            responses: vec![
+                (201, "Created.", json_of::<gatehouse_store::catalog::Plan>(generator)),
+                (400, "Malformed, a bad id, or terms no gateway could enforce.", json_of::<Problem>(generator)),
+                (404, "No such product, or no `store`.", json_of::<Problem>(generator)),
+                (409, "A plan with that id exists.", json_of::<Problem>(generator)),
+                (503, "The store did not answer; nothing was changed.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
+            method: "patch",
+            path: "/admin/plans/{id}",
+            summary: "Change a plan; every gateway enforces new limits within `store.poll_interval`.",
+            protected: true,
+            request: Some(("application/json", json_of::<gatehouse_store::catalog::PlanChange>(generator))),
+            responses: vec![
+                (200, "Changed.", json_of::<gatehouse_store::catalog::Plan>(generator)),
+                (400, "Malformed, or terms no gateway could enforce.", json_of::<Problem>(generator)),
+                (404, "No such plan, or no `store`.", json_of::<Problem>(generator)),
+                (503, "The store did not answer; nothing was changed.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
+            method: "get",
+            path: "/admin/subscriptions",
+            summary: "Subscriptions, optionally only those with `?status=` (pending, approved, rejected, cancelled) or of `?consumer_id=`.",
+            protected: true,
+            request: None,
+            responses: vec![
+                (200, "The subscriptions.", json_of::<Vec<gatehouse_store::catalog::Subscription>>(generator)),
+                (404, "The configuration has no `store`.", json_of::<Problem>(generator)),
+                (503, "The store did not answer.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
+            method: "post",
+            path: "/admin/subscriptions",
+            summary: "Subscribe a consumer (application) to a plan's product: approved at once, or pending when the plan requires approval.",
+            protected: true,
+            request: Some(("application/json", json_of::<crate::catalog::NewSubscription>(generator))),
+            responses: vec![
+                (201, "Subscribed (see `status`).", json_of::<gatehouse_store::catalog::Subscription>(generator)),
+                (400, "Malformed.", json_of::<Problem>(generator)),
+                (404, "No such consumer or plan, or no `store`.", json_of::<Problem>(generator)),
+                (409, "The consumer already has an open subscription to the product.", json_of::<Problem>(generator)),
+                (503, "The store did not answer; nothing was changed.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
+            method: "post",
+            path: "/admin/subscriptions/{id}/approve",
+            summary: "Approve a pending subscription: its application may call the product within `store.poll_interval`.",
+            protected: true,
+            request: None,
+            responses: subscription_decision(generator),
+        },
+        Operation {
+            method: "post",
+            path: "/admin/subscriptions/{id}/reject",
+            summary: "Reject a pending subscription.",
+            protected: true,
+            request: None,
+            responses: subscription_decision(generator),
+        },
+        Operation {
+            method: "post",
+            path: "/admin/subscriptions/{id}/cancel",
+            summary: "Cancel a pending or approved subscription: its application loses the product within `store.poll_interval`.",
+            protected: true,
+            request: None,
+            responses: subscription_decision(generator),
+        },
+        Operation {
+            method: "post",
+            path: "/admin/subscriptions/{id}/plan",
+            summary: "Move a subscription to another plan of its product, from now on (invoices prorate both).",
+            protected: true,
+            request: Some(("application/json", json_of::<crate::catalog::PlanMove>(generator))),
+            responses: vec![
+                (200, "Moved.", json_of::<gatehouse_store::catalog::Subscription>(generator)),
+                (400, "Malformed, or a plan of another product.", json_of::<Problem>(generator)),
+                (404, "No such subscription or plan, or no `store`.", json_of::<Problem>(generator)),
+                (409, "The subscription is rejected or cancelled.", json_of::<Problem>(generator)),
+                (503, "The store did not answer; nothing was changed.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
+            method: "get",
             path: "/metrics",
             summary: "Prometheus metrics, text format 0.0.4.",
             protected: true,
@@ -314,7 +481,45 @@ fn content(body: Body, json_type: &str, text_type: &str) -> Value {
         Body::Text(example) => json!({
             text_type: { "schema": { "type": "string" }, "example": example }
         }),
+        Body::Empty => json!({}),
     }
+}
+
+/// The `{name}` segments of a path template.
+fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+}
+
+/// The answers to approving, rejecting or cancelling a subscription.
+fn subscription_decision(generator: &mut SchemaGenerator) -> Vec<(u16, &'static str, Body)> {
+    vec![
+        (
+            200,
+            "Done.",
+            json_of::<gatehouse_store::catalog::Subscription>(generator),
+        ),
+        (
+            404,
+            "No such subscription, or no `store`.",
+            json_of::<Problem>(generator),
+        ),
+        (
+            409,
+            "The subscription is not in a state that allows it.",
+            json_of::<Problem>(generator),
+        ),
+        (
+            503,
+            "The store did not answer; nothing was changed.",
+            json_of::<Problem>(generator),
+        ),
+        (
+            401,
+            "Missing or wrong bearer token.",
+            json_of::<Problem>(generator),
+        ),
+    ]
 }
 
 /// The whole document.
@@ -334,11 +539,18 @@ pub fn document() -> Value {
         if !operation.protected {
             entry["security"] = json!([]);
         }
-        if operation.path.contains("{version}") {
-            entry["parameters"] = json!([{
-                "name": "version", "in": "path", "required": true,
-                "schema": { "type": "integer", "minimum": 1 }
-            }]);
+        let parameters: Vec<Value> = path_parameters(operation.path)
+            .map(|name| {
+                let schema = if name == "version" {
+                    json!({ "type": "integer", "minimum": 1 })
+                } else {
+                    json!({ "type": "string" })
+                };
+                json!({ "name": name, "in": "path", "required": true, "schema": schema })
+            })
+            .collect();
+        if !parameters.is_empty() {
+            entry["parameters"] = Value::Array(parameters);
         }
         if let Some((text_type, body)) = operation.request {
             let content = content(body, "application/json", text_type);
@@ -350,10 +562,13 @@ pub fn document() -> Value {
             } else {
                 "application/json"
             };
-            entry["responses"][status.to_string()] = json!({
-                "description": description,
-                "content": content(body, content_type, "text/plain"),
-            });
+            entry["responses"][status.to_string()] = match body {
+                Body::Empty => json!({ "description": description }),
+                body => json!({
+                    "description": description,
+                    "content": content(body, content_type, "text/plain"),
+                }),
+            };
         }
         let item = paths
             .entry(operation.path.to_owned())

@@ -476,6 +476,11 @@ pub struct StoreConfig {
     /// once (LISTEN/NOTIFY); this is SQLite's only way and PostgreSQL's fallback.
     #[serde(default = "default_store_poll")]
     pub poll_interval: HumanDuration,
+    /// Where the rate limits and quotas of API plans count: `local` (in this process;
+    /// quotas saved to `quota_store` when it is set) or `cluster` (shared by the fleet
+    /// through the top-level `redis`, falling back to local counts while it is down).
+    #[serde(default)]
+    pub plan_limits: crate::traffic::LimitMode,
 }
 
 fn default_store_poll() -> HumanDuration {

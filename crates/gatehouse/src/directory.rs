@@ -1,14 +1,21 @@
-//! The store's consumers and keys made into the in-memory directory every snapshot's
-//! authentication looks at, kept up to date by following the store.
+//! The store's contents made into what every snapshot's request path looks at: the
+//! directory of consumers and keys (authentication) and the catalog of API products,
+//! plans and subscriptions (admission), kept up to date by following the store.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use gatehouse_policy::consumer::StoredDirectory;
+use gatehouse_config::LimitMode;
+use gatehouse_policy::products::{
+    PlanCounters, PlanLimitSpec, PlanSpec, ProductCatalog, ProductSpec, SubscriptionSpec,
+};
 use gatehouse_policy::{Consumer, StaticDirectory};
+use gatehouse_proxy::reload::ConfigStore;
+use gatehouse_store::catalog::SubscriptionStatus;
 use gatehouse_store::{Contents, Store};
 
 /// The directory for `contents`. A malformed row is skipped and logged: the rest serves.
-pub fn from_contents(contents: &Contents) -> StaticDirectory {
+pub fn directory_from(contents: &Contents) -> StaticDirectory {
     let mut directory = StaticDirectory::default();
     let mut consumers = std::collections::HashMap::new();
     for stored in &contents.consumers {
@@ -39,22 +46,103 @@ pub fn from_contents(contents: &Contents) -> StaticDirectory {
     directory
 }
 
-/// Reads the store now (so keys work from the first request), then follows it in the
-/// background into `directory`.
+/// The product catalog for `contents`: only approved subscriptions grant anything.
+pub fn catalog_from(
+    contents: &Contents,
+    counters: &PlanCounters<'_>,
+    previous: Option<&ProductCatalog>,
+) -> ProductCatalog {
+    let products: Vec<ProductSpec> = contents
+        .products
+        .iter()
+        .map(|product| ProductSpec {
+            id: product.id.clone(),
+            routes: product.routes.clone(),
+        })
+        .collect();
+    let plans: Vec<PlanSpec> = contents
+        .plans
+        .iter()
+        .map(|plan| PlanSpec {
+            id: plan.id.clone(),
+            limits: plan
+                .terms
+                .limits
+                .iter()
+                .map(|limit| PlanLimitSpec {
+                    requests: limit.requests,
+                    per: Duration::from_secs(limit.per_seconds),
+                    burst: limit.burst,
+                })
+                .collect(),
+            hard_quota: plan
+                .terms
+                .quota
+                .as_ref()
+                .filter(|quota| quota.overage_cents_per_1000.is_none())
+                .map(|quota| quota.requests_per_month),
+        })
+        .collect();
+    let subscriptions: Vec<SubscriptionSpec> = contents
+        .subscriptions
+        .iter()
+        .filter(|s| s.status == SubscriptionStatus::Approved)
+        .map(|s| SubscriptionSpec {
+            id: s.id.clone(),
+            consumer_id: s.consumer_id.clone(),
+            product_id: s.product_id.clone(),
+            plan_id: s.plan_id.clone(),
+        })
+        .collect();
+    ProductCatalog::build(&products, &plans, &subscriptions, counters, previous)
+}
+
+/// Puts `contents` in force for every later request of the running configuration.
+fn apply(config: &ConfigStore, contents: &Contents) {
+    let snapshot = config.snapshot();
+    snapshot
+        .security
+        .stored_directory()
+        .store(Arc::new(directory_from(contents)));
+    let counters = PlanCounters {
+        mode: snapshot
+            .config
+            .store
+            .as_ref()
+            .map_or(LimitMode::Local, |store| store.plan_limits),
+        redis: snapshot.rate_limits.redis.clone(),
+        quotas: &snapshot.quotas,
+    };
+    let previous = snapshot.products.load_full();
+    snapshot
+        .products
+        .store(Arc::new(catalog_from(contents, &counters, Some(&previous))));
+}
+
+/// Reads the store now (so keys and subscriptions work from the first request), then
+/// follows it in the background.
 pub async fn start(
     store: Arc<Store>,
-    poll: std::time::Duration,
-    directory: StoredDirectory,
+    poll: Duration,
+    config: Arc<ConfigStore>,
 ) -> Result<tokio::task::JoinHandle<()>, gatehouse_store::StoreError> {
     let contents = store.contents().await?;
-    directory.store(Arc::new(from_contents(&contents)));
-    tracing::info!(store = %store.display_url(), version = contents.version, consumers = contents.consumers.len(), keys = contents.keys.len(), "store loaded");
+    apply(&config, &contents);
+    tracing::info!(
+        store = %store.display_url(),
+        version = contents.version,
+        consumers = contents.consumers.len(),
+        keys = contents.keys.len(),
+        products = contents.products.len(),
+        subscriptions = contents.subscriptions.len(),
+        "store loaded"
+    );
     Ok(tokio::spawn(gatehouse_store::follow::follow(
         store,
         poll,
         move |contents| {
             tracing::debug!(version = contents.version, "store changed");
-            directory.store(Arc::new(from_contents(&contents)));
+            apply(&config, &contents);
         },
     )))
 }

@@ -125,9 +125,8 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
                 .await
                 .map(Arc::new)
                 .map_err(|e| failed(e.to_string()))?;
-            let directory = store.snapshot().security.stored_directory();
             let follower =
-                crate::directory::start(opened.clone(), config.poll_interval.0, directory)
+                crate::directory::start(opened.clone(), config.poll_interval.0, store.clone())
                     .await
                     .map_err(|e| failed(e.to_string()))?;
             Some((opened, follower))

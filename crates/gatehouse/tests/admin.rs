@@ -173,9 +173,13 @@ fn assert_documented(doc: &Value, method: &str, path: &str, status: u16, body: &
         response.is_object(),
         "{method} {path} answered {status}, which the document does not list: {responses}"
     );
-    let content = response["content"]
-        .as_object()
-        .unwrap_or_else(|| panic!("{method} {path} {status} has no content"));
+    let Some(content) = response["content"].as_object() else {
+        assert!(
+            body.is_null(),
+            "{method} {path} {status} is documented without a body but sent {body}"
+        );
+        return;
+    };
     let (_, media) = content.iter().next().unwrap();
     let mut schema = media["schema"].clone();
     schema["components"] = doc["components"].clone();
@@ -262,6 +266,8 @@ routes:
         exercised.insert((method, path));
         let mut request = match method {
             "get" => client.get(gateway.admin_url(&concrete)),
+            "patch" => client.patch(gateway.admin_url(&concrete)),
+            "delete" => client.delete(gateway.admin_url(&concrete)),
             _ => client.post(gateway.admin_url(&concrete)),
         }
         .bearer_auth(ADMIN_TOKEN);
@@ -516,6 +522,146 @@ routes:
             &json(&text),
         );
     }
+
+    // API products, plans and subscriptions.
+    let check = |method: &'static str, path: &'static str, status: u16, text: &str| {
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            json(text)
+        };
+        assert_documented(&doc, method, path, status, &body);
+        body
+    };
+    let body = |text: &str| Some(("application/json", text.to_owned()));
+    let (status, text) = call(
+        "post",
+        "/admin/products",
+        "/admin/products".into(),
+        body(r#"{"id": "orders", "name": "Orders", "routes": ["orders"]}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+    check("post", "/admin/products", status, &text);
+    let (status, text) = call(
+        "post",
+        "/admin/products",
+        "/admin/products".into(),
+        body(r#"{"id": "old", "name": "Old", "routes": ["old"]}"#),
+    )
+    .await;
+    assert_eq!(status, 400, "a route without auth: {text}");
+    check("post", "/admin/products", status, &text);
+    let (status, text) = call("get", "/admin/products", "/admin/products".into(), None).await;
+    assert_eq!(status, 200);
+    check("get", "/admin/products", status, &text);
+    for (id, expected) in [("orders", 200), ("nothing", 404)] {
+        let (status, text) = call(
+            "get",
+            "/admin/products/{id}",
+            format!("/admin/products/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, expected, "{text}");
+        check("get", "/admin/products/{id}", status, &text);
+    }
+    let (status, text) = call(
+        "patch",
+        "/admin/products/{id}",
+        "/admin/products/orders".into(),
+        body(r#"{"description": "Place and track orders."}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        check("patch", "/admin/products/{id}", status, &text)["description"],
+        "Place and track orders."
+    );
+    let (status, text) = call(
+        "post",
+        "/admin/products/{id}/plans",
+        "/admin/products/orders/plans".into(),
+        body(r#"{"id": "basic", "name": "Basic", "terms": {"limits": [{"requests": 10, "per_seconds": 1}]}}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+    check("post", "/admin/products/{id}/plans", status, &text);
+    let (status, text) = call(
+        "post",
+        "/admin/products/{id}/plans",
+        "/admin/products/orders/plans".into(),
+        body(r#"{"id": "free", "name": "Free", "terms": {"quota": {"requests_per_month": 0}}}"#),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    check("post", "/admin/products/{id}/plans", status, &text);
+    let (status, text) = call(
+        "patch",
+        "/admin/plans/{id}",
+        "/admin/plans/basic".into(),
+        body(r#"{"requires_approval": true}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    check("patch", "/admin/plans/{id}", status, &text);
+    let (status, text) = call(
+        "post",
+        "/admin/subscriptions",
+        "/admin/subscriptions".into(),
+        body(r#"{"consumer_id": "acme", "plan_id": "basic"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+    let subscription = check("post", "/admin/subscriptions", status, &text);
+    assert_eq!(subscription["status"], "pending");
+    let id = subscription["id"].as_str().unwrap().to_owned();
+    let (status, text) = call(
+        "get",
+        "/admin/subscriptions",
+        "/admin/subscriptions?status=pending".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        check("get", "/admin/subscriptions", status, &text)[0]["id"],
+        id.as_str()
+    );
+    let (status, text) = call(
+        "post",
+        "/admin/subscriptions/{id}/plan",
+        format!("/admin/subscriptions/{id}/plan"),
+        body(r#"{"plan_id": "basic"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    check("post", "/admin/subscriptions/{id}/plan", status, &text);
+    for (action, expected) in [("approve", 200), ("reject", 409), ("cancel", 200)] {
+        let path = match action {
+            "approve" => "/admin/subscriptions/{id}/approve",
+            "reject" => "/admin/subscriptions/{id}/reject",
+            _ => "/admin/subscriptions/{id}/cancel",
+        };
+        let (status, text) = call(
+            "post",
+            path,
+            format!("/admin/subscriptions/{id}/{action}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, expected, "{action}: {text}");
+        check("post", path, status, &text);
+    }
+    let (status, text) = call(
+        "delete",
+        "/admin/products/{id}",
+        "/admin/products/orders".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{text}");
+    check("delete", "/admin/products/{id}", status, &text);
 
     for path in ["/health", "/ready"] {
         let response = client.get(gateway.admin_url(path)).send().await.unwrap();

@@ -8,7 +8,9 @@
 //!   content type;
 //! - **access** ([`AccessPolicy`]): may refuse the request with a [`Rejection`], answer it
 //!   directly (an OIDC redirect), or grant it with an [`Identity`];
-//! - **admission** ([`RateLimiter`], [`InFlightLimit`]): rate and concurrency limits;
+//! - **admission** ([`RateLimiter`], [`InFlightLimit`], [`products`]): rate and
+//!   concurrency limits; on a route an API product exposes, the caller's subscription and
+//!   its plan's limits and quota;
 //! - **upstream request** ([`Security::prepare_upstream`]): remove client-sent identity
 //!   headers and hidden credentials, add the authenticated identity;
 //! - **response**: headers policies add to the answer (a refreshed session cookie,
@@ -26,6 +28,7 @@ pub mod identity;
 pub mod ip_filter;
 mod limit_key;
 pub mod openapi;
+pub mod products;
 pub mod quota;
 pub mod rate_limit;
 pub mod redis;

@@ -285,6 +285,20 @@ impl Quotas {
     pub fn flush(&self) -> Result<(), String> {
         self.local.flush()
     }
+
+    /// A quota that is not in the configuration (an API plan's), counting in the same
+    /// local counters (saved to `quota_store`) or in Redis.
+    pub(crate) fn extra(
+        &self,
+        name: &str,
+        config: &QuotaConfig,
+        redis: Option<Arc<RedisLink>>,
+    ) -> Result<Quota, String> {
+        if config.mode == LimitMode::Local {
+            self.local.start();
+        }
+        Quota::new(name, config, redis, self.local.clone())
+    }
 }
 
 /// KEYS[1]: the counter. ARGV: allowance, expiry (unix seconds). Returns admitted (0/1) and

@@ -81,6 +81,11 @@ pub struct RequestTrace {
     auth_passed: Option<bool>,
     rate_limits_passed: Option<bool>,
     quotas_passed: Option<bool>,
+    /// Whether an API product's subscription and plan admitted the request.
+    plan_passed: Option<bool>,
+    /// The subscription a request on an API product's route was admitted under (what
+    /// usage is metered by).
+    entitlement: Option<Arc<gatehouse_policy::products::Entitlement>>,
     /// How the response cache took part.
     cache: Option<cache::Outcome>,
     /// The service of the request's API version, when it is not the route's.
@@ -479,6 +484,7 @@ impl Finish {
             ("auth", self.trace.auth_passed),
             ("rate_limit", self.trace.rate_limits_passed),
             ("quota", self.trace.quotas_passed),
+            ("plan", self.trace.plan_passed),
         ] {
             if let Some(passed) = passed {
                 metrics
@@ -647,6 +653,34 @@ async fn route_and_respond(
         None => None,
     };
     let mut policy_headers = Vec::new();
+    // The guard is dropped before any await: the store follower swaps the catalog.
+    let identity = granted.as_ref().map(|g| &*g.identity);
+    let governed = {
+        let catalog = snapshot.products.load();
+        catalog.governs(&matched.route.name).then(|| {
+            catalog.entitlement(
+                &matched.route.name,
+                identity.map(|identity| identity.consumer.id.as_str()),
+            )
+        })
+    };
+    if let Some(entitlement) = governed {
+        trace.plan_passed = Some(false);
+        if let Some(entitlement) = entitlement.map_err(GatewayError::Rejected)? {
+            let limit_request = LimitRequest {
+                identity,
+                client_ip,
+                route: &matched.route.name,
+                headers: request.headers(),
+            };
+            let headers = Box::pin(entitlement.plan.admit(&limit_request))
+                .await
+                .map_err(GatewayError::Rejected)?;
+            policy_headers.extend(headers);
+            trace.entitlement = Some(entitlement);
+        }
+        trace.plan_passed = Some(true);
+    }
     if !route.rate_limits.is_empty() || !route.quotas.is_empty() {
         let limit_request = LimitRequest {
             identity: granted.as_ref().map(|g| &*g.identity),

@@ -43,6 +43,9 @@ pub struct Snapshot {
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
     /// The response cache's memory, kept across reloads while `cache` is unchanged.
     pub response_cache: Arc<ResponseCache>,
+    /// API products from the store: which routes need a subscription, and the plans'
+    /// limits. Kept across reloads (the store follower replaces its contents).
+    pub products: gatehouse_policy::products::StoredCatalog,
 }
 
 /// Per-listener settings read at each accepted connection.
@@ -415,6 +418,7 @@ impl Snapshot {
                     services,
                     listeners,
                     response_cache,
+                    products: previous.map(|p| p.products.clone()).unwrap_or_default(),
                 })
             }
             _ => Err(problems),

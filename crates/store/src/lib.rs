@@ -32,6 +32,9 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("{0}")]
     Conflict(String),
+    /// The change itself is wrong (a bad id, terms no gateway could enforce).
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0}")]
     NotFound(String),
     #[error("stored data is malformed: {0}")]
@@ -65,6 +68,13 @@ pub struct StoredConsumer {
     pub groups: Vec<String>,
     #[serde(default)]
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// What the consumer is for (an application's description in the portal).
+    #[serde(default)]
+    pub description: String,
+    /// The developer account that owns this consumer (an application); none for
+    /// consumers an admin created.
+    #[serde(default)]
+    pub developer_id: Option<String>,
     #[serde(default)]
     pub created_at: i64,
 }
@@ -89,6 +99,9 @@ pub struct Contents {
     pub version: i64,
     pub consumers: Vec<StoredConsumer>,
     pub keys: Vec<StoredKey>,
+    pub products: Vec<catalog::Product>,
+    pub plans: Vec<catalog::Plan>,
+    pub subscriptions: Vec<catalog::Subscription>,
 }
 
 pub struct Store {
@@ -97,7 +110,7 @@ pub struct Store {
     url: String,
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -173,9 +186,9 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-        let consumers = sqlx::query(
-            "SELECT id, name, groups_json, metadata_json, created_at FROM consumers ORDER BY id",
-        )
+        let consumers = sqlx::query(&format!(
+            "SELECT {CONSUMER_COLUMNS} FROM consumers ORDER BY id"
+        ))
         .fetch_all(&mut *tx)
         .await?
         .iter()
@@ -190,11 +203,17 @@ impl Store {
         .iter()
         .map(key_from_row)
         .collect::<Result<_, _>>()?;
+        let products = catalog::all_products(&mut tx).await?;
+        let plans = catalog::all_plans(&mut tx).await?;
+        let subscriptions = catalog::all_subscriptions(&mut tx).await?;
         tx.commit().await?;
         Ok(Contents {
             version,
             consumers,
             keys,
+            products,
+            plans,
+            subscriptions,
         })
     }
 
@@ -217,14 +236,25 @@ impl Store {
             created_at: now(),
             ..consumer.clone()
         };
+        if let Some(developer) = &created.developer_id {
+            let known = sqlx::query("SELECT id FROM developers WHERE id = $1")
+                .bind(developer.clone())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if known.is_none() {
+                return Err(StoreError::NotFound(format!("no developer `{developer}`")));
+            }
+        }
         sqlx::query(
-            "INSERT INTO consumers (id, name, groups_json, metadata_json, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO consumers (id, name, groups_json, metadata_json, description, developer_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(created.id.clone())
         .bind(created.name.clone())
         .bind(to_json(&created.groups)?)
         .bind(to_json(&created.metadata)?)
+        .bind(created.description.clone())
+        .bind(created.developer_id.clone())
         .bind(created.created_at)
         .execute(&mut *tx)
         .await?;
@@ -362,7 +392,10 @@ impl Store {
 
     /// Bumps the version inside the change's transaction; on PostgreSQL the notification
     /// is delivered when it commits.
-    async fn bump(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), StoreError> {
+    pub(crate) async fn bump(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE store_version SET version = version + 1 WHERE id = 1")
             .execute(&mut **tx)
             .await?;
@@ -375,11 +408,15 @@ impl Store {
     }
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
+/// The consumers table's columns, in the order `consumer_from_row` reads them by name.
+pub(crate) const CONSUMER_COLUMNS: &str =
+    "id, name, groups_json, metadata_json, description, developer_id, created_at";
+
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|err| StoreError::Malformed(err.to_string()))
 }
 
-fn consumer_from_row(row: &AnyRow) -> Result<StoredConsumer, StoreError> {
+pub(crate) fn consumer_from_row(row: &AnyRow) -> Result<StoredConsumer, StoreError> {
     let groups: String = row.try_get("groups_json")?;
     let metadata: String = row.try_get("metadata_json")?;
     Ok(StoredConsumer {
@@ -389,11 +426,13 @@ fn consumer_from_row(row: &AnyRow) -> Result<StoredConsumer, StoreError> {
             .map_err(|err| StoreError::Malformed(format!("groups_json: {err}")))?,
         metadata: serde_json::from_str(&metadata)
             .map_err(|err| StoreError::Malformed(format!("metadata_json: {err}")))?,
+        description: row.try_get("description")?,
+        developer_id: row.try_get("developer_id")?,
         created_at: row.try_get("created_at")?,
     })
 }
 
-fn key_from_row(row: &AnyRow) -> Result<StoredKey, StoreError> {
+pub(crate) fn key_from_row(row: &AnyRow) -> Result<StoredKey, StoreError> {
     Ok(StoredKey {
         public_id: row.try_get("public_id")?,
         consumer_id: row.try_get("consumer_id")?,
@@ -418,4 +457,5 @@ fn redact(url: &str) -> String {
     }
 }
 
+pub mod catalog;
 pub mod follow;

@@ -116,6 +116,14 @@ pub(crate) fn validate_traffic(config: &Config, problems: &mut Vec<Problem>) {
             ));
         }
     }
+    if let Some(store) = &config.store {
+        if store.plan_limits == LimitMode::Cluster && config.redis.is_none() {
+            problems.push(Problem::at(
+                &store.url.referenced,
+                "`store.plan_limits: cluster` needs the top-level `redis`",
+            ));
+        }
+    }
     for (name, policy) in &config.rate_limits {
         let at = &policy.referenced;
         let policy = &policy.value;

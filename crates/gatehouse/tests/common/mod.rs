@@ -296,3 +296,55 @@ pub fn check_text(yaml: &str) -> (Option<i32>, String) {
     );
     (output.status.code(), text)
 }
+
+/// A database of its own on the test PostgreSQL (dropped at the end).
+pub struct TestDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    pub fn create(tag: &str) -> Self {
+        let admin_url = std::env::var("GATEHOUSE_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let name = format!("gatehouse_{tag}_{}", std::process::id());
+        psql(&admin_url, &format!("DROP DATABASE IF EXISTS {name}"));
+        psql(&admin_url, &format!("CREATE DATABASE {name}"));
+        Self { admin_url, name }
+    }
+
+    /// The URL of the database through `host:port`.
+    pub fn url_via(&self, addr: &str) -> String {
+        let base = self
+            .admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(&self.admin_url);
+        let base = base.replace("127.0.0.1:5432", addr);
+        format!("{base}/{}", self.name)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([
+                &self.admin_url,
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+fn psql(url: &str, statement: &str) {
+    let output = std::process::Command::new("psql")
+        .args([url, "-qc", statement])
+        .output()
+        .expect("psql (scripts/test.sh makes sure PostgreSQL is there)");
+    assert!(
+        output.status.success(),
+        "psql {statement}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -193,7 +193,8 @@ impl RateLimits {
 }
 
 impl RateLimiter {
-    fn new(
+    /// Compiles a policy, keeping the counters of limits unchanged since `previous`.
+    pub(crate) fn new(
         name: &str,
         config: &RateLimitPolicy,
         redis: Option<Arc<RedisLink>>,

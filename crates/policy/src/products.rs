@@ -1,0 +1,300 @@
+//! API products at the gateway: which routes each product exposes, which consumers
+//! (applications) hold an approved subscription to it, and the rate limits and monthly
+//! quota of their plan. Built off the request path from the store's contents, swapped in
+//! whole; a request on a product's route is admitted only under a subscription.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use gatehouse_config::{
+    FailureMode, HumanDuration, LimitAlgorithm, LimitConfig, LimitMode, QuotaConfig, QuotaPeriod,
+    RateLimitPolicy,
+};
+use http::header::{HeaderName, HeaderValue};
+use http::StatusCode;
+
+use crate::quota::{Quota, Quotas};
+use crate::rate_limit::{LimitRequest, RateLimiter};
+use crate::redis::RedisLink;
+use crate::rejection::Rejection;
+
+/// A product as the gateway needs it.
+#[derive(Debug, Clone)]
+pub struct ProductSpec {
+    pub id: String,
+    /// Names of the configuration's routes.
+    pub routes: Vec<String>,
+}
+
+/// One rate limit of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanLimitSpec {
+    pub requests: u64,
+    pub per: Duration,
+    pub burst: Option<u64>,
+}
+
+/// A plan as the gateway enforces it.
+#[derive(Debug, Clone)]
+pub struct PlanSpec {
+    pub id: String,
+    pub limits: Vec<PlanLimitSpec>,
+    /// Requests per calendar month (UTC), refused beyond: plans that bill overage instead
+    /// have none here.
+    pub hard_quota: Option<u64>,
+}
+
+/// An approved subscription.
+#[derive(Debug, Clone)]
+pub struct SubscriptionSpec {
+    pub id: String,
+    pub consumer_id: String,
+    pub product_id: String,
+    pub plan_id: String,
+}
+
+/// Where plan limits count.
+pub struct PlanCounters<'a> {
+    pub mode: LimitMode,
+    pub redis: Option<Arc<RedisLink>>,
+    /// The snapshot's quotas, whose local counters (and `quota_store`) plans share.
+    pub quotas: &'a Quotas,
+}
+
+/// A compiled plan: the same limiter and quota for every subscription on it, counted per
+/// application.
+pub struct PlanRules {
+    pub id: String,
+    limiter: Option<RateLimiter>,
+    quota: Option<Quota>,
+}
+
+/// What an application may do with a product: the grant that admitted a request.
+pub struct Entitlement {
+    pub subscription_id: String,
+    pub product_id: String,
+    pub plan: Arc<PlanRules>,
+}
+
+struct ProductAccess {
+    id: String,
+    /// Consumer id → its approved subscription.
+    subscribers: HashMap<String, Arc<Entitlement>>,
+}
+
+/// Every product, by the routes it exposes.
+#[derive(Default)]
+pub struct ProductCatalog {
+    by_route: HashMap<String, Vec<Arc<ProductAccess>>>,
+    plans: HashMap<String, Arc<PlanRules>>,
+}
+
+/// The catalog every snapshot looks at, replaced whole when the store changes.
+pub type StoredCatalog = Arc<ArcSwap<ProductCatalog>>;
+
+impl ProductCatalog {
+    /// Compiles the catalog. Counters of plan limits unchanged since `previous` are kept,
+    /// so a store change hands out no fresh allowance; a changed limit starts afresh.
+    /// A plan that cannot be compiled is logged and its subscribers refused (never let
+    /// through unlimited).
+    pub fn build(
+        products: &[ProductSpec],
+        plans: &[PlanSpec],
+        subscriptions: &[SubscriptionSpec],
+        counters: &PlanCounters<'_>,
+        previous: Option<&ProductCatalog>,
+    ) -> Self {
+        let mut compiled = HashMap::new();
+        for plan in plans {
+            let old = previous.and_then(|p| p.plans.get(&plan.id));
+            match PlanRules::compile(plan, counters, old.map(|o| &**o)) {
+                Ok(rules) => {
+                    compiled.insert(plan.id.clone(), Arc::new(rules));
+                }
+                Err(message) => {
+                    tracing::error!(plan = %plan.id, error = %message, "plan not enforceable; its subscriptions are refused")
+                }
+            }
+        }
+        let mut accesses: HashMap<&str, ProductAccess> = products
+            .iter()
+            .map(|product| {
+                (
+                    product.id.as_str(),
+                    ProductAccess {
+                        id: product.id.clone(),
+                        subscribers: HashMap::new(),
+                    },
+                )
+            })
+            .collect();
+        for subscription in subscriptions {
+            let (Some(access), Some(plan)) = (
+                accesses.get_mut(subscription.product_id.as_str()),
+                compiled.get(&subscription.plan_id),
+            ) else {
+                continue;
+            };
+            access.subscribers.insert(
+                subscription.consumer_id.clone(),
+                Arc::new(Entitlement {
+                    subscription_id: subscription.id.clone(),
+                    product_id: subscription.product_id.clone(),
+                    plan: plan.clone(),
+                }),
+            );
+        }
+        let mut by_route: HashMap<String, Vec<Arc<ProductAccess>>> = HashMap::new();
+        let accesses: HashMap<&str, Arc<ProductAccess>> = accesses
+            .into_iter()
+            .map(|(id, access)| (id, Arc::new(access)))
+            .collect();
+        for product in products {
+            let Some(access) = accesses.get(product.id.as_str()) else {
+                continue;
+            };
+            for route in &product.routes {
+                by_route
+                    .entry(route.clone())
+                    .or_default()
+                    .push(access.clone());
+            }
+        }
+        Self {
+            by_route,
+            plans: compiled,
+        }
+    }
+
+    /// Whether some product exposes `route` (requests on it need a subscription).
+    pub fn governs(&self, route: &str) -> bool {
+        // Most gateways sell nothing: skip hashing the route name.
+        !self.by_route.is_empty() && self.by_route.contains_key(route)
+    }
+
+    /// The subscription that lets `consumer` call `route`, or why not. `Ok(None)`: the
+    /// route belongs to no product.
+    pub fn entitlement(
+        &self,
+        route: &str,
+        consumer: Option<&str>,
+    ) -> Result<Option<Arc<Entitlement>>, Rejection> {
+        let Some(products) = self.by_route.get(route) else {
+            return Ok(None);
+        };
+        let names = || {
+            products
+                .iter()
+                .map(|p| format!("`{}`", p.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(consumer) = consumer else {
+            return Err(Rejection::new(
+                StatusCode::UNAUTHORIZED,
+                "credentials_required",
+                format!(
+                    "this API belongs to product {}; call it with your application's key",
+                    names()
+                ),
+            ));
+        };
+        products
+            .iter()
+            .find_map(|product| product.subscribers.get(consumer).cloned())
+            .map(Some)
+            .ok_or_else(|| {
+                Rejection::new(
+                    StatusCode::FORBIDDEN,
+                    "subscription_required",
+                    format!(
+                        "this API belongs to product {}; your application has no approved subscription to it",
+                        names()
+                    ),
+                )
+            })
+    }
+}
+
+impl PlanRules {
+    fn compile(
+        plan: &PlanSpec,
+        counters: &PlanCounters<'_>,
+        previous: Option<&PlanRules>,
+    ) -> Result<Self, String> {
+        let redis = match counters.mode {
+            LimitMode::Cluster => counters.redis.clone(),
+            LimitMode::Local => None,
+        };
+        let name = format!("plan-{}", plan.id);
+        let limiter = if plan.limits.is_empty() {
+            None
+        } else {
+            let policy = RateLimitPolicy {
+                limits: plan
+                    .limits
+                    .iter()
+                    .enumerate()
+                    .map(|(index, limit)| LimitConfig {
+                        name: Some(format!("{name}-{index}")),
+                        requests: limit.requests,
+                        per: HumanDuration(limit.per),
+                        burst: limit.burst,
+                        algorithm: LimitAlgorithm::Gcra,
+                        key: Vec::new(),
+                    })
+                    .collect(),
+                mode: counters.mode,
+                on_redis_failure: FailureMode::Open,
+                headers: true,
+                legacy_headers: false,
+            };
+            Some(RateLimiter::new(
+                &name,
+                &policy,
+                redis.clone(),
+                previous.and_then(|p| p.limiter.as_ref()),
+            )?)
+        };
+        let quota = plan
+            .hard_quota
+            .map(|requests| {
+                counters.quotas.extra(
+                    &name,
+                    &QuotaConfig {
+                        requests,
+                        period: QuotaPeriod::Month,
+                        key: Vec::new(),
+                        mode: counters.mode,
+                        on_redis_failure: FailureMode::Open,
+                        headers: true,
+                    },
+                    redis.clone(),
+                )
+            })
+            .transpose()?;
+        Ok(Self {
+            id: plan.id.clone(),
+            limiter,
+            quota,
+        })
+    }
+
+    /// Counts the request against the plan's limits, then its quota: the headers for the
+    /// response, or the refusal.
+    pub async fn admit(
+        &self,
+        request: &LimitRequest<'_>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Rejection> {
+        let mut headers = Vec::new();
+        if let Some(limiter) = &self.limiter {
+            headers.extend(limiter.check(request).await?);
+        }
+        if let Some(quota) = &self.quota {
+            headers.extend(Box::pin(quota.check(request)).await?);
+        }
+        Ok(headers)
+    }
+}
