@@ -19,6 +19,7 @@ use gatehouse_proxy::snapshot::RouteAction;
 use gatehouse_proxy::ConfigStore;
 use serde_json::{json, Value};
 
+mod billing;
 mod catalog;
 mod consumers;
 pub mod openapi;
@@ -83,6 +84,10 @@ pub fn router(state: AdminState) -> Router {
             "/admin/subscriptions/{id}/plan",
             post(catalog::move_subscription),
         )
+        .route("/admin/usage", get(billing::get_usage))
+        .route("/admin/usage/deliveries", get(billing::pending_deliveries))
+        .route("/admin/invoices", get(billing::list_invoices))
+        .route("/admin/invoices/{consumer_id}", get(billing::get_invoice))
         .route(
             "/admin/subscriptions/{id}/approve",
             post(catalog::approve_subscription),

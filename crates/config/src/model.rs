@@ -481,6 +481,36 @@ pub struct StoreConfig {
     /// through the top-level `redis`, falling back to local counts while it is down).
     #[serde(default)]
     pub plan_limits: crate::traffic::LimitMode,
+    /// How often each gateway writes the usage it metered (requests under API product
+    /// subscriptions) to the store. What is not written yet is lost if the process dies.
+    #[serde(default = "default_usage_flush")]
+    pub usage_flush_interval: HumanDuration,
+    /// Send metered usage to a billing system: every flush becomes a signed POST.
+    #[serde(default)]
+    pub usage_webhook: Option<UsageWebhookConfig>,
+}
+
+/// A webhook that receives metered usage (docs/billing.md).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageWebhookConfig {
+    /// `http://` or `https://` URL that receives `POST` deliveries.
+    #[schemars(with = "String")]
+    pub url: Spanned<String>,
+    /// Key of the HMAC-SHA-256 `Gatehouse-Signature`; at least 16 characters. Usually
+    /// `${ENV_VAR}`.
+    #[schemars(with = "String")]
+    pub secret: Spanned<Secret>,
+    /// For the whole exchange of one delivery.
+    #[serde(default = "d5s")]
+    pub timeout: HumanDuration,
+    /// PEM bundle to trust for an `https` URL instead of the Mozilla roots.
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+fn default_usage_flush() -> HumanDuration {
+    HumanDuration::secs(5)
 }
 
 fn default_store_poll() -> HumanDuration {

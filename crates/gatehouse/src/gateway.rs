@@ -129,7 +129,8 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
                 crate::directory::start(opened.clone(), config.poll_interval.0, store.clone())
                     .await
                     .map_err(|e| failed(e.to_string()))?;
-            Some((opened, follower))
+            let meter = crate::metering::start(opened.clone(), store.clone());
+            Some((opened, follower, meter))
         }
         None => None,
     };
@@ -155,7 +156,7 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
         println!("gatehouse: admin on {addr}");
         let state = AdminState {
             store: store.clone(),
-            data: data.as_ref().map(|(opened, _)| opened.clone()),
+            data: data.as_ref().map(|(opened, _, _)| opened.clone()),
             ready: ready.clone(),
         };
         let mut stop = stop_rx.clone();
@@ -209,6 +210,10 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
     ready.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     while serving.join_next().await.is_some() {}
+    if let Some((opened, _, meter)) = &data {
+        meter.abort();
+        crate::metering::flush(opened, &store).await;
+    }
     if let Err(message) = store.snapshot().quotas.flush() {
         tracing::error!(error = %message, "quota counters not saved at shutdown");
     }

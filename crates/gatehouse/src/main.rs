@@ -4,6 +4,7 @@
 mod directory;
 mod gateway;
 mod keys;
+mod metering;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -653,6 +653,52 @@ routes:
         assert_eq!(status, expected, "{action}: {text}");
         check("post", path, status, &text);
     }
+    // Usage and invoices.
+    for (concrete, expected) in [
+        ("/admin/usage?consumer_id=acme", 200),
+        ("/admin/usage?from=yesterday", 400),
+    ] {
+        let (status, text) = call("get", "/admin/usage", concrete.into(), None).await;
+        assert_eq!(status, expected, "{text}");
+        check("get", "/admin/usage", status, &text);
+    }
+    let (status, text) = call(
+        "get",
+        "/admin/usage/deliveries",
+        "/admin/usage/deliveries".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    check("get", "/admin/usage/deliveries", status, &text);
+    for (concrete, expected) in [
+        ("/admin/invoices", 200),
+        ("/admin/invoices?month=2026-13", 400),
+    ] {
+        let (status, text) = call("get", "/admin/invoices", concrete.into(), None).await;
+        assert_eq!(status, expected, "{text}");
+        check("get", "/admin/invoices", status, &text);
+    }
+    let (status, text) = call(
+        "get",
+        "/admin/invoices/{consumer_id}",
+        "/admin/invoices/acme".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let invoice = check("get", "/admin/invoices/{consumer_id}", status, &text);
+    // Basic has no fee and no usage: nothing to pay.
+    assert_eq!(invoice["consumer_id"], "acme");
+    assert!(
+        invoice["totals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|total| total["amount_cents"] == 0),
+        "{invoice}"
+    );
+
     let (status, text) = call(
         "delete",
         "/admin/products/{id}",

@@ -602,7 +602,7 @@ struct RedisServer {
 impl RedisServer {
     fn start() -> RedisServer {
         let mut server = RedisServer {
-            port: common::closed_port().port(),
+            port: common::free_port(),
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
         };

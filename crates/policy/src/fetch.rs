@@ -1,6 +1,7 @@
-//! A small HTTP/1.1 client for the identity provider calls policies make off the hot path
-//! or rarely (key sets, discovery, token introspection and exchange): one connection per
-//! call, a timeout on the whole exchange and a bound on the body.
+//! A small HTTP/1.1 client for the calls the gateway makes off the hot path or rarely
+//! (identity providers' key sets, discovery, token introspection and exchange; usage
+//! webhooks): one connection per call, a timeout on the whole exchange and a bound on the
+//! body.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -89,7 +90,7 @@ impl HttpFetcher {
     }
 
     pub async fn get(&self, url: &str) -> Result<FetchResponse, FetchError> {
-        self.send(Method::GET, url, None, None).await
+        self.send(Method::GET, url, None, &[]).await
     }
 
     /// GET a JSON document that must answer 200.
@@ -151,7 +152,27 @@ impl HttpFetcher {
                 base64::engine::general_purpose::STANDARD.encode(pair)
             )
         });
-        self.send(Method::POST, url, Some(body), authorization)
+        let headers: Vec<(&str, String)> = authorization
+            .map(|value| ("authorization", value))
+            .into_iter()
+            .collect();
+        self.send(
+            Method::POST,
+            url,
+            Some(("application/x-www-form-urlencoded", body)),
+            &headers,
+        )
+        .await
+    }
+
+    /// POST a JSON body with extra header fields (a webhook delivery and its signature).
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: String,
+        headers: &[(&str, String)],
+    ) -> Result<FetchResponse, FetchError> {
+        self.send(Method::POST, url, Some(("application/json", body)), headers)
             .await
     }
 
@@ -159,8 +180,8 @@ impl HttpFetcher {
         &self,
         method: Method,
         url: &str,
-        form: Option<String>,
-        authorization: Option<String>,
+        body: Option<(&'static str, String)>,
+        headers: &[(&str, String)],
     ) -> Result<FetchResponse, FetchError> {
         let uri: Uri = url.parse().map_err(|_| FetchError::Url(url.to_owned()))?;
         let host = uri
@@ -193,17 +214,19 @@ impl HttpFetcher {
                 header::USER_AGENT,
                 concat!("gatehouse/", env!("CARGO_PKG_VERSION")),
             );
-        if let Some(authorization) = &authorization {
-            request = request.header(header::AUTHORIZATION, authorization);
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
         }
-        if form.is_some() {
-            request = request.header(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-www-form-urlencoded"),
-            );
-        }
+        let body = match body {
+            Some((content_type, body)) => {
+                request =
+                    request.header(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+                body
+            }
+            None => String::new(),
+        };
         let request = request
-            .body(Full::new(Bytes::from(form.unwrap_or_default())))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|_| FetchError::Url(url.to_owned()))?;
 
         let exchange = async {

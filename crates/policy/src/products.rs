@@ -71,10 +71,13 @@ pub struct PlanRules {
     quota: Option<Quota>,
 }
 
-/// What an application may do with a product: the grant that admitted a request.
+/// What an application may do with a product: the grant that admitted a request (and
+/// what its usage is metered by).
 pub struct Entitlement {
     pub subscription_id: String,
-    pub product_id: String,
+    pub consumer_id: Arc<str>,
+    pub product_id: Arc<str>,
+    pub plan_id: Arc<str>,
     pub plan: Arc<PlanRules>,
 }
 
@@ -141,7 +144,9 @@ impl ProductCatalog {
                 subscription.consumer_id.clone(),
                 Arc::new(Entitlement {
                     subscription_id: subscription.id.clone(),
-                    product_id: subscription.product_id.clone(),
+                    consumer_id: Arc::from(subscription.consumer_id.as_str()),
+                    product_id: Arc::from(subscription.product_id.as_str()),
+                    plan_id: Arc::from(subscription.plan_id.as_str()),
                     plan: plan.clone(),
                 }),
             );

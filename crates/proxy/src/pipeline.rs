@@ -325,6 +325,20 @@ impl Drop for Finish {
         if self.metrics {
             self.record_metrics(total, gateway_time);
         }
+        if let Some(entitlement) = &self.trace.entitlement {
+            let (route, _) = self.names();
+            self.telemetry
+                .usage
+                .record(gatehouse_telemetry::usage::Metered {
+                    consumer: &entitlement.consumer_id,
+                    product: &entitlement.product_id,
+                    plan: &entitlement.plan_id,
+                    route,
+                    sandbox: false,
+                    status: self.status,
+                    latency: total,
+                });
+        }
         if let Some(span) = self.server_span.take() {
             self.record_spans(span);
         }

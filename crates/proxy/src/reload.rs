@@ -124,6 +124,7 @@ impl ConfigStore {
                 metrics,
                 access_log,
                 tracer,
+                usage: Default::default(),
             }),
             current,
             path,

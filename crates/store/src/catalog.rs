@@ -99,7 +99,8 @@ pub struct PlanQuota {
 }
 
 /// One step of graduated per-request pricing: requests up to `up_to` (counted from the
-/// start of the month; absent: all the rest) cost `cents_per_1000` per 1,000.
+/// start of the month; absent, as it must be in the last tier: all the rest) cost
+/// `cents_per_1000` per 1,000.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PriceTier {
@@ -192,6 +193,17 @@ impl PlanTerms {
                     ))
                 }
             }
+        }
+        if self
+            .pricing
+            .tiers
+            .last()
+            .is_some_and(|tier| tier.up_to.is_some())
+        {
+            return Err(
+                "pricing.tiers: the last tier must leave `up_to` out (it prices every request beyond the others)"
+                    .to_owned(),
+            );
         }
         Ok(())
     }
@@ -967,6 +979,11 @@ mod tests {
         assert!(terms.validate().unwrap_err().contains("only the last"));
         terms.pricing.tiers = vec![tier(Some(10), 0), tier(Some(10), 50)];
         assert!(terms.validate().unwrap_err().contains("above the previous"));
+        terms.pricing.tiers = vec![tier(Some(10), 0), tier(Some(20), 50)];
+        assert!(terms
+            .validate()
+            .unwrap_err()
+            .contains("last tier must leave"));
         terms.pricing.tiers.clear();
         terms.pricing.currency = "usd".into();
         assert!(terms.validate().unwrap_err().contains("ISO 4217"));

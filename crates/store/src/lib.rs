@@ -457,5 +457,7 @@ fn redact(url: &str) -> String {
     }
 }
 
+pub mod billing;
 pub mod catalog;
 pub mod follow;
+pub mod usage;

@@ -7,6 +7,7 @@ pub mod access_log;
 pub mod metrics;
 mod otlp;
 pub mod trace;
+pub mod usage;
 
 pub use access_log::{AccessLog, AccessRecord};
 pub use metrics::Metrics;
@@ -17,4 +18,6 @@ pub struct Telemetry {
     pub metrics: Metrics,
     pub access_log: Option<AccessLog>,
     pub tracer: Option<Tracer>,
+    /// Requests under API product subscriptions, until written to the store.
+    pub usage: usage::UsageMeter,
 }

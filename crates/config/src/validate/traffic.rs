@@ -123,6 +123,23 @@ pub(crate) fn validate_traffic(config: &Config, problems: &mut Vec<Problem>) {
                 "`store.plan_limits: cluster` needs the top-level `redis`",
             ));
         }
+        if store.usage_flush_interval.0.is_zero() {
+            problems.push(Problem::at(
+                &store.url.referenced,
+                "`store.usage_flush_interval` must be greater than 0",
+            ));
+        }
+        if let Some(webhook) = &store.usage_webhook {
+            if let Err(message) = super::auth::check_url(&webhook.url.value) {
+                problems.push(Problem::at(&webhook.url.referenced, message));
+            }
+            if webhook.secret.value.0.len() < 16 {
+                problems.push(Problem::at(
+                    &webhook.secret.referenced,
+                    "the usage webhook's `secret` must be at least 16 characters",
+                ));
+            }
+        }
     }
     for (name, policy) in &config.rate_limits {
         let at = &policy.referenced;

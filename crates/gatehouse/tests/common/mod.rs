@@ -220,10 +220,22 @@ pub async fn upstream(router: axum::Router) -> SocketAddr {
         .expect("upstream")
 }
 
-/// A loopback port with nothing listening.
-pub fn closed_port() -> SocketAddr {
+/// A loopback port free now, for a server the test starts on it (another process may
+/// take it meanwhile; use only when the server must be told its port).
+pub fn free_port() -> u16 {
     let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap()
+    socket.local_addr().unwrap().port()
+}
+
+/// A loopback port with nothing listening, for good: the port stays bound (without
+/// listening, so connections are refused) for the whole test process, so no listener of
+/// a parallel test (or the gateway itself) can be given it.
+pub fn closed_port() -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 pub fn admin_block() -> String {
