@@ -3,9 +3,9 @@
 # unit tests and end-to-end tests that start the real `gatehouse` binary on loopback.
 # Cluster rate-limit tests need a real Redis on 127.0.0.1:6379 (and the redis-server binary,
 # which outage tests start on their own ports), the store tests a real PostgreSQL on
-# 127.0.0.1:5432, and the metrics test needs promtool: this script installs what is
-# missing, starts Redis and PostgreSQL if they are not running, and fails loudly if it
-# cannot.
+# 127.0.0.1:5432, the metrics test needs promtool, and the portal's browser journey needs
+# Chromium, Node.js and playwright-core: this script installs what is missing, starts Redis
+# and PostgreSQL if they are not running, and fails loudly if it cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,9 +75,39 @@ ensure_postgres() {
   fi
 }
 
+# The portal's browser journey: Debian's Chromium, driven by playwright-core from npm
+# (pinned in crates/gatehouse/tests/browser/package-lock.json).
+export GATEHOUSE_CHROMIUM="${GATEHOUSE_CHROMIUM:-/usr/bin/chromium}"
+ensure_browser() {
+  if [ ! -x "$GATEHOUSE_CHROMIUM" ]; then
+    echo "test.sh: installing chromium (Debian package)" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null ||
+      { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ||
+      { echo "test.sh: cannot install chromium; install it (or set GATEHOUSE_CHROMIUM) and rerun" >&2; exit 1; }
+  fi
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "test.sh: installing Node.js and npm (Debian packages)" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null ||
+      { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; } ||
+      { echo "test.sh: cannot install Node.js and npm; install them and rerun" >&2; exit 1; }
+  fi
+  local browser_tests=crates/gatehouse/tests/browser
+  if [ ! -d "$browser_tests/node_modules/playwright-core" ] ||
+     [ "$browser_tests/package-lock.json" -nt "$browser_tests/node_modules/.package-lock.json" ]; then
+    echo "test.sh: installing playwright-core (npm ci)" >&2
+    (cd "$browser_tests" && npm ci --no-audit --no-fund --loglevel=error) ||
+      { echo "test.sh: npm ci failed in $browser_tests" >&2; exit 1; }
+  fi
+  if ! "$GATEHOUSE_CHROMIUM" --headless=new --no-sandbox --disable-gpu --dump-dom about:blank >/dev/null 2>&1; then
+    echo "test.sh: $GATEHOUSE_CHROMIUM does not start headless" >&2
+    exit 1
+  fi
+}
+
 ensure_redis
 ensure_promtool
 ensure_postgres
+ensure_browser
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test.sh: installing cargo-nextest" >&2

@@ -162,7 +162,9 @@ fn generate_key(
     prefix: Option<&str>,
 ) -> Result<gatehouse_policy::auth::api_key::GeneratedKey, Box<Response>> {
     let snapshot = state.store.snapshot();
-    let Some(secret) = snapshot.config.authentication.api_key_secret.as_ref() else {
+    let Some(hasher) =
+        gatehouse_policy::auth::api_key::KeyHasher::from_config(&snapshot.config.authentication)
+    else {
         return Err(Box::new(problem(
             StatusCode::CONFLICT,
             "api_key_secret_missing",
@@ -170,7 +172,6 @@ fn generate_key(
             None,
         )));
     };
-    let hasher = gatehouse_policy::auth::api_key::KeyHasher::new(secret.value.0.as_bytes());
     gatehouse_policy::auth::api_key::generate(&hasher, prefix.unwrap_or("live")).map_err(|err| {
         Box::new(problem(
             StatusCode::BAD_REQUEST,

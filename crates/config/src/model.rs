@@ -80,6 +80,10 @@ pub struct Config {
     /// PostgreSQL); without it, consumers come from this file only.
     #[serde(default)]
     pub store: Option<StoreConfig>,
+    /// The developer portal (needs `store`): catalog, API reference, sign-up, applications,
+    /// keys, subscriptions, usage and invoices.
+    #[serde(default)]
+    pub portal: Option<PortalConfig>,
     /// Distributed tracing with OTLP export; absent: trace context passes through untouched.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
@@ -488,6 +492,94 @@ pub struct StoreConfig {
     /// Send metered usage to a billing system: every flush becomes a signed POST.
     #[serde(default)]
     pub usage_webhook: Option<UsageWebhookConfig>,
+}
+
+/// The developer portal's listener and behaviour (docs/portal.md).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortalConfig {
+    /// Socket address of the portal listener.
+    #[schemars(with = "String")]
+    pub listen: Spanned<String>,
+    /// The portal's address as developers reach it (links in emails). `https://` makes
+    /// the session cookies `Secure`. Default `http://` and the listen address.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Where the APIs are called, shown in the reference and used by the try-it console
+    /// (default: the first listener).
+    #[serde(default)]
+    pub gateway_url: Option<String>,
+    /// Shown in every page's header and title.
+    #[serde(default = "default_portal_title")]
+    pub title: String,
+    /// How long a sign-in lasts.
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl: HumanDuration,
+    /// The overlaps a developer may choose when rotating a key (the old key works that
+    /// long).
+    #[serde(default = "default_rotation_overlaps")]
+    pub rotation_overlaps: Vec<HumanDuration>,
+    /// How the portal sends verification and password-reset emails.
+    #[serde(default)]
+    pub mailer: MailerConfig,
+}
+
+fn default_portal_title() -> String {
+    "API portal".to_owned()
+}
+
+fn default_session_ttl() -> HumanDuration {
+    HumanDuration::secs(12 * 3600)
+}
+
+fn default_rotation_overlaps() -> Vec<HumanDuration> {
+    vec![
+        HumanDuration::secs(3600),
+        HumanDuration::secs(24 * 3600),
+        HumanDuration::secs(7 * 24 * 3600),
+    ]
+}
+
+/// Where portal emails go: an outbox directory (the default), the log, or SMTP.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MailerConfig {
+    /// `outbox` (each message an `.eml` file in `outbox_dir`) or `log` (each message in
+    /// the log, links included: for development only).
+    #[serde(default)]
+    pub kind: MailerKind,
+    /// Directory of the outbox, created if missing.
+    #[serde(default = "default_outbox_dir")]
+    pub outbox_dir: String,
+    /// The `From` of every message.
+    #[serde(default = "default_mail_from")]
+    pub from: String,
+}
+
+impl Default for MailerConfig {
+    fn default() -> Self {
+        Self {
+            kind: MailerKind::default(),
+            outbox_dir: default_outbox_dir(),
+            from: default_mail_from(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MailerKind {
+    #[default]
+    Outbox,
+    Log,
+}
+
+fn default_outbox_dir() -> String {
+    "gatehouse-outbox".to_owned()
+}
+
+fn default_mail_from() -> String {
+    "API portal <no-reply@localhost>".to_owned()
 }
 
 /// A webhook that receives metered usage (docs/billing.md).

@@ -117,6 +117,14 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
         ),
         None => None,
     };
+    let portal_listener = match gatehouse_portal::portal_addr(&store) {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| failed(format!("cannot bind the portal listener on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     // The durable store: opened (and migrated) before we are ready, so issued keys work
     // from the first request; an unreachable store at start is an error.
     let data = match store.snapshot().config.store.clone() {
@@ -139,6 +147,7 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
     let ready = Arc::new(AtomicBool::new(false));
 
     let mut serving = tokio::task::JoinSet::new();
+    let first_listener = bound.first().and_then(|l| l.local_addr().ok());
     for listener in bound {
         let addr = listener.local_addr().map_err(|e| failed(e.to_string()))?;
         println!("gatehouse: listener {} on {addr}", listener.name());
@@ -166,6 +175,24 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
             };
             if let Err(err) = gatehouse_admin::serve(admin_listener, state, shutdown).await {
                 tracing::error!(%err, "admin listener failed");
+            }
+        });
+    }
+    if let (Some(portal_listener), Some((opened, _, _))) = (portal_listener, &data) {
+        let addr = portal_listener
+            .local_addr()
+            .map_err(|e| failed(e.to_string()))?;
+        let state =
+            gatehouse_portal::PortalState::new(store.clone(), opened.clone(), addr, first_listener)
+                .map_err(failed)?;
+        println!("gatehouse: portal on {addr}");
+        let mut stop = stop_rx.clone();
+        serving.spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(err) = gatehouse_portal::serve(portal_listener, state, shutdown).await {
+                tracing::error!(%err, "portal listener failed");
             }
         });
     }

@@ -308,7 +308,7 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 /// A fresh id for rows the store names itself: `<prefix>_<16 hex digits>`.
-pub(crate) fn generated_id(prefix: &str) -> String {
+pub fn generated_id(prefix: &str) -> String {
     format!("{prefix}_{:016x}", fastrand::u64(..))
 }
 

@@ -457,6 +457,7 @@ fn redact(url: &str) -> String {
     }
 }
 
+pub mod accounts;
 pub mod billing;
 pub mod catalog;
 pub mod follow;

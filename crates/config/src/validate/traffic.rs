@@ -141,6 +141,47 @@ pub(crate) fn validate_traffic(config: &Config, problems: &mut Vec<Problem>) {
             }
         }
     }
+    if let Some(portal) = &config.portal {
+        let at = &portal.listen.referenced;
+        if config.store.is_none() {
+            problems.push(Problem::at(at, "`portal` needs `store`"));
+        }
+        if config.authentication.api_key_secret.is_none() {
+            problems.push(Problem::at(
+                at,
+                "`portal` issues API keys: it needs `authentication.api_key_secret`",
+            ));
+        }
+        if portal.listen.value.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(Problem::at(
+                at,
+                format!(
+                    "`{}` is not a socket address like 127.0.0.1:8081",
+                    portal.listen.value
+                ),
+            ));
+        }
+        for url in [&portal.public_url, &portal.gateway_url]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(message) = super::auth::check_url(url) {
+                problems.push(Problem::at(at, message));
+            }
+        }
+        if portal.rotation_overlaps.is_empty() {
+            problems.push(Problem::at(
+                at,
+                "`portal.rotation_overlaps` must list at least one duration",
+            ));
+        }
+        if portal.session_ttl.0.is_zero() {
+            problems.push(Problem::at(
+                at,
+                "`portal.session_ttl` must be greater than 0",
+            ));
+        }
+    }
     for (name, policy) in &config.rate_limits {
         let at = &policy.referenced;
         let policy = &policy.value;

@@ -17,6 +17,7 @@ pub struct Gateway {
     /// Listener name → bound address.
     pub listeners: Vec<(String, SocketAddr)>,
     pub admin: Option<SocketAddr>,
+    pub portal: Option<SocketAddr>,
     pub stderr_log: PathBuf,
 }
 
@@ -53,6 +54,7 @@ impl Gateway {
         let mut lines = BufReader::new(stdout).lines();
         let mut listeners = Vec::new();
         let mut admin = None;
+        let mut portal = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             assert!(Instant::now() < deadline, "gateway did not become ready");
@@ -65,6 +67,8 @@ impl Gateway {
                 listeners.push((name.to_owned(), addr.parse().expect("listener addr")));
             } else if let Some(addr) = line.strip_prefix("gatehouse: admin on ") {
                 admin = Some(addr.parse().expect("admin addr"));
+            } else if let Some(addr) = line.strip_prefix("gatehouse: portal on ") {
+                portal = Some(addr.parse().expect("portal addr"));
             } else if line.starts_with("gatehouse: ready") {
                 break;
             }
@@ -77,6 +81,7 @@ impl Gateway {
             config_path,
             listeners,
             admin,
+            portal,
             stderr_log,
         }
     }
@@ -95,6 +100,10 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr(), path)
+    }
+
+    pub fn portal_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.portal.expect("portal listener"), path)
     }
 
     pub fn admin_url(&self, path: &str) -> String {

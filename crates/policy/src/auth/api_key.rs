@@ -29,6 +29,14 @@ impl KeyHasher {
         }
     }
 
+    /// The hasher of `authentication.api_key_secret`, when it is set.
+    pub fn from_config(authentication: &gatehouse_config::AuthenticationConfig) -> Option<Self> {
+        authentication
+            .api_key_secret
+            .as_ref()
+            .map(|secret| Self::new(secret.value.0.as_bytes()))
+    }
+
     pub fn hash(&self, api_key: &str) -> Vec<u8> {
         hmac::sign(&self.key, api_key.as_bytes()).as_ref().to_vec()
     }

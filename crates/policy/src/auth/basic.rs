@@ -75,13 +75,7 @@ impl BasicAuth {
         let password = password.to_owned();
         let check_record = record.clone();
         let verified = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&check_record.password_hash)
-                .map(|hash| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &hash)
-                        .is_ok()
-                })
-                .unwrap_or(false)
+            verify_password(&password, &check_record.password_hash)
         })
         .await
         .unwrap_or(false);
@@ -111,7 +105,20 @@ fn granted(identity: Arc<Identity>) -> Attempt {
     })
 }
 
-/// An argon2id PHC hash of `password` with a random salt, for `basic_auth.password_hash`.
+/// Whether `password` matches the argon2 PHC `hash` (slow by design: call it off the
+/// async threads).
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|hash| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// An argon2id PHC hash of `password` with a random salt (`basic_auth.password_hash`,
+/// portal accounts).
 pub fn hash_password(password: &str) -> Result<String, String> {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let mut salt = [0u8; 16];

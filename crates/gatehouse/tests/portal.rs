@@ -1,0 +1,342 @@
+//! The developer portal: its pages over plain HTTP (security properties a browser does not
+//! show), and the developer's whole journey in real headless Chromium
+//! (`tests/browser/journey.mjs`, driven by playwright-core; `scripts/test.sh` installs
+//! Chromium and the npm package).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{admin_block, client, echo, Gateway, ADMIN_TOKEN};
+use serde_json::{json, Value};
+
+const KEY_SECRET: &str = "test-api-key-secret-0123456789abcdef";
+
+fn config(store: &Path, outbox: &Path, upstream: SocketAddr) -> String {
+    format!(
+        r#"{admin}listeners:
+  - name: public
+    listen: 127.0.0.1:0
+services:
+  - name: books
+    endpoints: [{{ address: "{upstream}" }}]
+store:
+  url: "sqlite:{store}"
+  poll_interval: 200ms
+  usage_flush_interval: 200ms
+portal:
+  listen: 127.0.0.1:0
+  title: Example APIs
+  rotation_overlaps: [4s, 24h]
+  mailer:
+    outbox_dir: "{outbox}"
+    from: "Example APIs <no-reply@example.com>"
+authentication:
+  api_key_secret: "{KEY_SECRET}"
+  methods:
+    keys:
+      api_key: {{ header: x-api-key }}
+routes:
+  - name: books
+    match: {{ path: {{ prefix: /books }} }}
+    service: books
+    auth: {{ methods: [keys] }}
+"#,
+        admin = admin_block(),
+        store = store.display(),
+        outbox = outbox.display(),
+    )
+}
+
+async fn admin_post(gateway: &Gateway, path: &str, body: Value) {
+    let response = client()
+        .post(gateway.admin_url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        201,
+        "{path}: {}",
+        response.text().await.unwrap()
+    );
+}
+
+/// The Books product with its reference and a Starter plan: 5 requests per 2 seconds,
+/// 19.00 a month, the first 1,000 requests free and 1.00 per 1,000 after.
+async fn publish_books(gateway: &Gateway) {
+    let openapi = json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Books", "version": "1.0", "description": "Every book we know."},
+        "paths": {"/books/{id}": {"get": {
+            "operationId": "getBook", "summary": "One book",
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "The book", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Book"},
+                "example": {"id": 1, "title": "Dune"}}}}}}}},
+        "components": {"schemas": {"Book": {"type": "object", "required": ["id", "title"],
+            "properties": {"id": {"type": "integer"}, "title": {"type": "string"}}}}}
+    });
+    admin_post(
+        gateway,
+        "/admin/products",
+        json!({"id": "books", "name": "Books API", "version": "v1", "routes": ["books"],
+               "description": "Search and read every book we know.", "openapi": openapi}),
+    )
+    .await;
+    admin_post(
+        gateway,
+        "/admin/products/books/plans",
+        json!({"id": "starter", "name": "Starter", "description": "For trying things out.",
+               "terms": {"limits": [{"requests": 5, "per_seconds": 2}],
+                         "pricing": {"monthly_fee_cents": 1900,
+                                     "tiers": [{"up_to": 1000, "cents_per_1000": 0}, {"cents_per_1000": 100}]}}}),
+    )
+    .await;
+}
+
+/// Where the journey's screenshots are kept (an artifact of the test run).
+fn screenshots() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("portal-screenshots")
+}
+
+fn browser_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+#[tokio::test]
+async fn a_developer_walks_the_whole_journey_in_chromium() {
+    let chromium =
+        std::env::var("GATEHOUSE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: scripts/test.sh installs Debian's chromium package"
+    );
+    assert!(
+        browser_dir().join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: scripts/test.sh runs npm ci in {}",
+        browser_dir().display()
+    );
+    let backend = echo("books").await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let gateway = Gateway::start(&config(&dir.path().join("store.db"), &outbox, backend));
+    publish_books(&gateway).await;
+
+    let output = tokio::task::spawn_blocking({
+        let portal = gateway.portal_url("");
+        let api = gateway.url("");
+        move || {
+            Command::new("node")
+                .arg(browser_dir().join("journey.mjs"))
+                .env("PORTAL_URL", portal)
+                .env("GATEWAY_URL", api)
+                .env("OUTBOX", &outbox)
+                .env("SCREENSHOTS", screenshots())
+                .env("CHROMIUM", chromium)
+                .output()
+                .expect("node (scripts/test.sh installs it)")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the journey failed:\n{stdout}\n{stderr}\n(screenshots in {})",
+        screenshots().display()
+    );
+    assert!(stdout.contains("journey: done"), "{stdout}");
+    for page in [
+        "catalog",
+        "reference",
+        "signup",
+        "key",
+        "application",
+        "revoked",
+    ] {
+        assert!(
+            screenshots().join(format!("{page}.png")).exists(),
+            "no screenshot of {page}"
+        );
+    }
+}
+
+/// What a browser does not show: cookies' flags, CSRF refusals, no account enumeration,
+/// sign-in rate limits, pages that need a session.
+#[tokio::test]
+async fn portal_forms_are_protected_and_say_nothing_about_accounts() {
+    let backend = echo("books").await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let gateway = Gateway::start(&config(&dir.path().join("store.db"), &outbox, backend));
+    publish_books(&gateway).await;
+    let http = client();
+
+    // The form page hands out the double-submit token as an HttpOnly, SameSite cookie.
+    let form = http
+        .get(gateway.portal_url("/signup"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 200);
+    let csp = form.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let cookie = form.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "plain http: no Secure flag");
+    let token = cookie
+        .split(';')
+        .next()
+        .and_then(|pair| pair.split_once('='))
+        .map(|(_, value)| value.to_owned())
+        .unwrap();
+    let cookie_header = format!("gh_portal_csrf={token}");
+
+    // Without the token (a cross-site form): refused, nothing created.
+    let forged = http
+        .post(gateway.portal_url("/signup"))
+        .form(&[
+            ("email", "eve@example.com"),
+            ("name", "Eve"),
+            ("password", "long enough password"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let signup = |email: &'static str| {
+        http.post(gateway.portal_url("/signup"))
+            .header("cookie", &cookie_header)
+            .form(&[
+                ("csrf", token.as_str()),
+                ("email", email),
+                ("name", "Ann"),
+                ("password", "long enough password"),
+            ])
+            .send()
+    };
+    let first = signup("ann@example.com").await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first = first.text().await.unwrap();
+    // The same address again: the same answer (the mail tells the owner instead).
+    let again = signup("ann@example.com").await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again = again.text().await.unwrap();
+    assert_eq!(
+        first, again,
+        "sign-up must not reveal that the address has an account"
+    );
+    let mails: Vec<String> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(mails.len(), 2);
+    assert!(mails.iter().any(|m| m.contains("/verify?token=")));
+    assert!(mails.iter().any(|m| m.contains("already has one")));
+
+    // Reset: the same answer for a known and an unknown address.
+    let reset = |email: &'static str| {
+        http.post(gateway.portal_url("/reset"))
+            .header("cookie", &cookie_header)
+            .form(&[("csrf", token.as_str()), ("email", email)])
+            .send()
+    };
+    let known = reset("ann@example.com")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let unknown = reset("nobody@example.com")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(known, unknown);
+
+    // Sign-in: a wrong password and an unknown email read the same; then rate limited.
+    let login = |email: &'static str, password: &'static str| {
+        http.post(gateway.portal_url("/login"))
+            .header("cookie", &cookie_header)
+            .form(&[
+                ("csrf", token.as_str()),
+                ("email", email),
+                ("password", password),
+            ])
+            .send()
+    };
+    let wrong = login("ann@example.com", "not the password").await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let wrong = wrong
+        .text()
+        .await
+        .unwrap()
+        .replace("ann@example.com", "EMAIL");
+    let unknown = login("zed@example.com", "not the password").await.unwrap();
+    assert_eq!(unknown.status(), 401);
+    // The same page but for the address typed in, which the form keeps.
+    assert_eq!(
+        wrong,
+        unknown
+            .text()
+            .await
+            .unwrap()
+            .replace("zed@example.com", "EMAIL")
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            login("ann@example.com", "still not it")
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&429),
+        "sign-in attempts per email are limited: {statuses:?}"
+    );
+
+    // Pages of applications need a session.
+    let apps = http.get(gateway.portal_url("/apps")).send().await.unwrap();
+    assert_eq!(apps.status(), 303);
+    assert_eq!(apps.headers()["location"], "/login");
+    let post = http
+        .post(gateway.portal_url("/apps/app_0000/keys"))
+        .form(&[("csrf", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 303);
+    // The catalog and the reference are public; a private product is not listed.
+    let catalog = http
+        .get(gateway.portal_url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(catalog.contains("Books API"));
+    let missing = http
+        .get(gateway.portal_url("/apis/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
