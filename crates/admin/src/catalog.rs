@@ -13,8 +13,9 @@ use gatehouse_store::catalog::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::stored::{no_store, required_json, store_problem};
+use crate::stored::{audit, no_store, required_json, store_problem};
 use crate::{problem, AdminState};
+use serde_json::json;
 
 /// A product with its plans.
 #[derive(Serialize, schemars::JsonSchema)]
@@ -96,7 +97,10 @@ pub(crate) async fn create_product(State(state): State<AdminState>, body: Bytes)
         return *response;
     }
     match data.create_product(&product).await {
-        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
+        Ok(created) => {
+            audit(&state, "product.create", &format!("product:{}", created.id), json!({"name": created.name, "routes": created.routes, "visibility": created.visibility})).await;
+            (StatusCode::CREATED, Json(created)).into_response()
+        }
         Err(err) => store_problem(err),
     }
 }
@@ -140,7 +144,10 @@ pub(crate) async fn update_product(
         }
     }
     match data.update_product(&id, &change).await {
-        Ok(product) => Json(product).into_response(),
+        Ok(product) => {
+            audit(&state, "product.update", &format!("product:{id}"), json!({"name": product.name, "routes": product.routes, "visibility": product.visibility, "version": product.version})).await;
+            Json(product).into_response()
+        }
         Err(err) => store_problem(err),
     }
 }
@@ -153,7 +160,16 @@ pub(crate) async fn delete_product(
         return no_store();
     };
     match data.delete_product(&id).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => {
+            audit(
+                &state,
+                "product.delete",
+                &format!("product:{id}"),
+                json!({}),
+            )
+            .await;
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(err) => store_problem(err),
     }
 }
@@ -174,7 +190,10 @@ pub(crate) async fn create_plan(
         Err(response) => return *response,
     };
     match data.create_plan(&product, &plan).await {
-        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
+        Ok(created) => {
+            audit(&state, "plan.create", &format!("plan:{}", created.id), json!({"product_id": created.product_id, "terms": created.terms, "requires_approval": created.requires_approval})).await;
+            (StatusCode::CREATED, Json(created)).into_response()
+        }
         Err(err) => store_problem(err),
     }
 }
@@ -192,7 +211,16 @@ pub(crate) async fn update_plan(
         Err(response) => return *response,
     };
     match data.update_plan(&id, &change).await {
-        Ok(plan) => Json(plan).into_response(),
+        Ok(plan) => {
+            audit(
+                &state,
+                "plan.update",
+                &format!("plan:{id}"),
+                json!({"terms": plan.terms, "requires_approval": plan.requires_approval}),
+            )
+            .await;
+            Json(plan).into_response()
+        }
         Err(err) => store_problem(err),
     }
 }
@@ -231,7 +259,10 @@ pub(crate) async fn create_subscription(State(state): State<AdminState>, body: B
         Err(response) => return *response,
     };
     match data.subscribe(&request.consumer_id, &request.plan_id).await {
-        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
+        Ok(created) => {
+            audit(&state, "subscription.create", &format!("subscription:{}", created.id), json!({"consumer_id": created.consumer_id, "plan_id": created.plan_id, "status": created.status})).await;
+            (StatusCode::CREATED, Json(created)).into_response()
+        }
         Err(err) => store_problem(err),
     }
 }
@@ -247,13 +278,22 @@ async fn decide(state: AdminState, id: String, decision: Decision) -> Response {
     let Some(data) = &state.data else {
         return no_store();
     };
-    let result = match decision {
-        Decision::Approve => data.decide_subscription(&id, true).await,
-        Decision::Reject => data.decide_subscription(&id, false).await,
-        Decision::Cancel => data.cancel_subscription(&id).await,
+    let (result, action) = match decision {
+        Decision::Approve => (data.decide_subscription(&id, true).await, "approve"),
+        Decision::Reject => (data.decide_subscription(&id, false).await, "reject"),
+        Decision::Cancel => (data.cancel_subscription(&id).await, "cancel"),
     };
     match result {
-        Ok(subscription) => Json(subscription).into_response(),
+        Ok(subscription) => {
+            audit(
+                &state,
+                &format!("subscription.{action}"),
+                &format!("subscription:{id}"),
+                json!({"consumer_id": subscription.consumer_id, "plan_id": subscription.plan_id}),
+            )
+            .await;
+            Json(subscription).into_response()
+        }
         Err(err) => store_problem(err),
     }
 }
@@ -292,7 +332,16 @@ pub(crate) async fn move_subscription(
         Err(response) => return *response,
     };
     match data.change_subscription_plan(&id, &request.plan_id).await {
-        Ok(subscription) => Json(subscription).into_response(),
+        Ok(subscription) => {
+            audit(
+                &state,
+                "subscription.change_plan",
+                &format!("subscription:{id}"),
+                json!({"plan_id": subscription.plan_id}),
+            )
+            .await;
+            Json(subscription).into_response()
+        }
         Err(err) => store_problem(err),
     }
 }

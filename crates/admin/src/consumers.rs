@@ -11,7 +11,7 @@ use axum::Json;
 use gatehouse_store::StoredConsumer;
 use serde::{Deserialize, Serialize};
 
-use crate::stored::{no_store, optional_json, store_problem};
+use crate::stored::{audit, no_store, optional_json, store_problem};
 use crate::{problem, AdminState};
 
 #[derive(Default, Deserialize, schemars::JsonSchema)]
@@ -107,7 +107,16 @@ pub(crate) async fn create_consumer(State(state): State<AdminState>, body: Bytes
         consumer.name = consumer.id.clone();
     }
     match data.create_consumer(&consumer).await {
-        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
+        Ok(created) => {
+            audit(
+                &state,
+                "consumer.create",
+                &format!("consumer:{}", created.id),
+                serde_json::json!({"name": created.name, "groups": created.groups}),
+            )
+            .await;
+            (StatusCode::CREATED, Json(created)).into_response()
+        }
         Err(err) => store_problem(err),
     }
 }
@@ -141,17 +150,20 @@ pub(crate) async fn issue_key(
         .add_key(&consumer, &generated.public_id, &generated.hash, expires_at)
         .await
     {
-        Ok(stored) => (
-            StatusCode::CREATED,
-            Json(IssuedKey {
-                key: generated.key,
-                public_id: stored.public_id,
-                consumer_id: stored.consumer_id,
-                expires_at: stored.expires_at,
-                note: "the key is shown only now; the store keeps its keyed hash",
-            }),
-        )
-            .into_response(),
+        Ok(stored) => {
+            audit(&state, "key.issue", &format!("key:{}", stored.public_id), serde_json::json!({"consumer_id": stored.consumer_id, "expires_at": stored.expires_at})).await;
+            (
+                StatusCode::CREATED,
+                Json(IssuedKey {
+                    key: generated.key,
+                    public_id: stored.public_id,
+                    consumer_id: stored.consumer_id,
+                    expires_at: stored.expires_at,
+                    note: "the key is shown only now; the store keeps its keyed hash",
+                }),
+            )
+                .into_response()
+        }
         Err(err) => store_problem(err),
     }
 }
@@ -215,7 +227,9 @@ pub(crate) async fn rotate_key(
         .rotate_key(&public_id, &generated.public_id, &generated.hash, overlap)
         .await
     {
-        Ok((previous, new)) => (
+        Ok((previous, new)) => {
+            audit(&state, "key.rotate", &format!("key:{}", previous.public_id), serde_json::json!({"new_public_id": new.public_id, "old_expires_at": previous.expires_at})).await;
+            (
             StatusCode::CREATED,
             Json(RotatedKey {
                 key: generated.key,
@@ -225,7 +239,8 @@ pub(crate) async fn rotate_key(
                 note: "the new key is shown only now; the old one works until previous.expires_at",
             }),
         )
-            .into_response(),
+            .into_response()
+        }
         Err(err) => store_problem(err),
     }
 }
@@ -238,7 +253,90 @@ pub(crate) async fn revoke_key(
         return no_store();
     };
     match data.revoke_key(&public_id).await {
-        Ok(key) => Json(key).into_response(),
+        Ok(key) => {
+            audit(
+                &state,
+                "key.revoke",
+                &format!("key:{}", key.public_id),
+                serde_json::json!({"consumer_id": key.consumer_id}),
+            )
+            .await;
+            Json(key).into_response()
+        }
         Err(err) => store_problem(err),
     }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AuditQuery {
+    /// The newest this many entries (default 100, at most 1000).
+    limit: Option<i64>,
+}
+
+/// The audit log, newest first.
+pub(crate) async fn audit_log(
+    State(state): State<AdminState>,
+    axum::extract::Query(query): axum::extract::Query<AuditQuery>,
+) -> Response {
+    let Some(data) = &state.data else {
+        return no_store();
+    };
+    match data
+        .audit_log(query.limit.unwrap_or(100).clamp(1, 1000))
+        .await
+    {
+        Ok(entries) => Json(entries).into_response(),
+        Err(err) => store_problem(err),
+    }
+}
+
+/// The developer accounts of the portal (never their password hashes).
+pub(crate) async fn list_developers(State(state): State<AdminState>) -> Response {
+    let Some(data) = &state.data else {
+        return no_store();
+    };
+    match data.developers().await {
+        Ok(developers) => Json(developers).into_response(),
+        Err(err) => store_problem(err),
+    }
+}
+
+async fn set_developer(state: AdminState, id: String, disabled: bool) -> Response {
+    let Some(data) = &state.data else {
+        return no_store();
+    };
+    match data.set_developer_disabled(&id, disabled).await {
+        Ok(developer) => {
+            let action = if disabled {
+                "developer.disable"
+            } else {
+                "developer.enable"
+            };
+            audit(
+                &state,
+                action,
+                &format!("developer:{id}"),
+                serde_json::json!({"email": developer.email}),
+            )
+            .await;
+            Json(developer).into_response()
+        }
+        Err(err) => store_problem(err),
+    }
+}
+
+/// Disables a developer account: its sessions end; its applications' keys keep working
+/// until revoked.
+pub(crate) async fn disable_developer(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Response {
+    set_developer(state, id, true).await
+}
+
+pub(crate) async fn enable_developer(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Response {
+    set_developer(state, id, false).await
 }

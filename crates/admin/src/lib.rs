@@ -84,6 +84,16 @@ pub fn router(state: AdminState) -> Router {
             "/admin/subscriptions/{id}/plan",
             post(catalog::move_subscription),
         )
+        .route("/admin/audit", get(consumers::audit_log))
+        .route("/admin/developers", get(consumers::list_developers))
+        .route(
+            "/admin/developers/{id}/disable",
+            post(consumers::disable_developer),
+        )
+        .route(
+            "/admin/developers/{id}/enable",
+            post(consumers::enable_developer),
+        )
         .route("/admin/usage", get(billing::get_usage))
         .route("/admin/usage/deliveries", get(billing::pending_deliveries))
         .route("/admin/invoices", get(billing::list_invoices))
@@ -101,7 +111,14 @@ pub fn router(state: AdminState) -> Router {
             post(catalog::cancel_subscription),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+    // The dashboard signs its users in with their own sessions, not the admin token.
+    let dashboard = state.data.as_ref().map(|data| {
+        gatehouse_portal::dashboard::router(gatehouse_portal::dashboard::DashboardState::new(
+            state.store.clone(),
+            data.clone(),
+        ))
+    });
+    let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(get_ready))
         .merge(protected)
@@ -113,7 +130,11 @@ pub fn router(state: AdminState) -> Router {
                 None,
             )
         })
-        .with_state(state)
+        .with_state(state);
+    match dashboard {
+        Some(dashboard) => app.merge(dashboard),
+        None => app,
+    }
 }
 
 /// Serve the admin API on an already bound listener until `shutdown` completes.
@@ -122,9 +143,12 @@ pub async fn serve(
     state: AdminState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 pub fn admin_addr(store: &ConfigStore) -> Option<SocketAddr> {
@@ -368,6 +392,13 @@ async fn post_purge(State(state): State<AdminState>, body: Bytes) -> Response {
         },
     };
     tracing::info!(?purge, purged, ?fleet, "response cache purged");
+    stored::audit(
+        &state,
+        "cache.purge",
+        "cache",
+        json!({"purge": format!("{purge:?}"), "purged": purged}),
+    )
+    .await;
     Json(Purged { purged, fleet }).into_response()
 }
 
@@ -393,7 +424,16 @@ async fn post_config(State(state): State<AdminState>, body: Bytes) -> Response {
     let applied =
         tokio::task::spawn_blocking(move || store.apply_text(&text, "request", "admin api")).await;
     match applied {
-        Ok(Ok(version)) => Json(Applied { version }).into_response(),
+        Ok(Ok(version)) => {
+            stored::audit(
+                &state,
+                "config.apply",
+                "config",
+                json!({"version": version}),
+            )
+            .await;
+            Json(Applied { version }).into_response()
+        }
         Ok(Err(errors)) => {
             tracing::warn!("configuration from the admin API rejected:\n{errors}");
             config_problem(&errors)
@@ -429,11 +469,20 @@ async fn get_versions(State(state): State<AdminState>) -> Json<Versions> {
 async fn post_rollback(State(state): State<AdminState>, Path(version): Path<u64>) -> Response {
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.rollback(version)).await {
-        Ok(Ok(new_version)) => Json(RolledBack {
-            version: new_version,
-            rolled_back_to: version,
-        })
-        .into_response(),
+        Ok(Ok(new_version)) => {
+            stored::audit(
+                &state,
+                "config.rollback",
+                "config",
+                json!({"version": new_version, "rolled_back_to": version}),
+            )
+            .await;
+            Json(RolledBack {
+                version: new_version,
+                rolled_back_to: version,
+            })
+            .into_response()
+        }
         Ok(Err(RollbackError::UnknownVersion(v))) => problem(
             StatusCode::NOT_FOUND,
             "unknown_version",

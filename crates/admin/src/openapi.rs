@@ -516,6 +516,48 @@ fn operations(generator: &mut SchemaGenerator) -> Vec<Operation> {
         },
         Operation {
             method: "get",
+            path: "/admin/audit",
+            summary: "The audit log of admin actions (dashboard, admin API, command line), newest first; `?limit=` (default 100, at most 1000).",
+            protected: true,
+            request: None,
+            responses: vec![
+                (200, "The entries.", json_of::<Vec<gatehouse_store::admins::AuditEntry>>(generator)),
+                (404, "The configuration has no `store`.", json_of::<Problem>(generator)),
+                (503, "The store did not answer.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
+            method: "get",
+            path: "/admin/developers",
+            summary: "The developer accounts of the portal (never their password hashes).",
+            protected: true,
+            request: None,
+            responses: vec![
+                (200, "The accounts.", json_of::<Vec<gatehouse_store::accounts::Developer>>(generator)),
+                (404, "The configuration has no `store`.", json_of::<Problem>(generator)),
+                (503, "The store did not answer.", json_of::<Problem>(generator)),
+                problem(),
+            ],
+        },
+        Operation {
+            method: "post",
+            path: "/admin/developers/{id}/disable",
+            summary: "Disable a developer account: its portal sessions end and it cannot sign in; its applications' keys keep working until revoked.",
+            protected: true,
+            request: None,
+            responses: developer_change(generator),
+        },
+        Operation {
+            method: "post",
+            path: "/admin/developers/{id}/enable",
+            summary: "Enable a disabled developer account again.",
+            protected: true,
+            request: None,
+            responses: developer_change(generator),
+        },
+        Operation {
+            method: "get",
             path: "/metrics",
             summary: "Prometheus metrics, text format 0.0.4.",
             protected: true,
@@ -562,6 +604,32 @@ fn subscription_decision(generator: &mut SchemaGenerator) -> Vec<(u16, &'static 
         (
             409,
             "The subscription is not in a state that allows it.",
+            json_of::<Problem>(generator),
+        ),
+        (
+            503,
+            "The store did not answer; nothing was changed.",
+            json_of::<Problem>(generator),
+        ),
+        (
+            401,
+            "Missing or wrong bearer token.",
+            json_of::<Problem>(generator),
+        ),
+    ]
+}
+
+/// The answers to disabling or enabling a developer account.
+fn developer_change(generator: &mut SchemaGenerator) -> Vec<(u16, &'static str, Body)> {
+    vec![
+        (
+            200,
+            "Done.",
+            json_of::<gatehouse_store::accounts::Developer>(generator),
+        ),
+        (
+            404,
+            "No such developer, or no `store`.",
             json_of::<Problem>(generator),
         ),
         (

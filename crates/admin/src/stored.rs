@@ -67,3 +67,19 @@ pub(crate) fn required_json<T: serde::de::DeserializeOwned>(
         ))
     })
 }
+
+/// Records an admin API action in the store's audit log (when there is a store). A failed
+/// write is logged as an error; the change itself stands.
+pub(crate) async fn audit(
+    state: &crate::AdminState,
+    action: &str,
+    target: &str,
+    details: serde_json::Value,
+) {
+    let Some(data) = &state.data else {
+        return;
+    };
+    if let Err(err) = data.audit("api-token", action, target, &details).await {
+        tracing::error!(error = %err, action, target, "audit log entry not written");
+    }
+}

@@ -5,6 +5,7 @@ mod directory;
 mod gateway;
 mod keys;
 mod metering;
+mod users;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manage dashboard users (in the configuration's store).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Run a self-contained demo: the gateway in front of demo services started in-process.
     Demo {
         /// Address of the gateway listener.
@@ -76,6 +82,25 @@ enum Command {
         /// Address of the admin listener.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create a dashboard user, or reset the name, role and password of an existing one
+    /// (ending its sessions). The password is read from the first line of stdin.
+    Add {
+        /// Configuration whose `store` holds the users.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long)]
+        email: String,
+        /// Display name (default: the email).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// `admin`, `editor` or `viewer`.
+        #[arg(long)]
+        role: String,
     },
 }
 
@@ -125,6 +150,15 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::HashPassword,
         } => Ok(keys::hash_password()),
+        Command::Users {
+            command:
+                UsersCommand::Add {
+                    config,
+                    email,
+                    name,
+                    role,
+                },
+        } => runtime(Some(1)).map(|rt| rt.block_on(users::add(&config, &email, &name, &role))),
         Command::Explain {
             config,
             method,

@@ -699,6 +699,72 @@ routes:
         "{invoice}"
     );
 
+    // Developers and the audit log (every change above is in it).
+    let (status, text) = call("get", "/admin/developers", "/admin/developers".into(), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        check("get", "/admin/developers", status, &text),
+        serde_json::json!([])
+    );
+    for action in ["disable", "enable"] {
+        let path = if action == "disable" {
+            "/admin/developers/{id}/disable"
+        } else {
+            "/admin/developers/{id}/enable"
+        };
+        let (status, text) = call(
+            "post",
+            path,
+            format!("/admin/developers/nobody/{action}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 404, "{text}");
+        check("post", path, status, &text);
+    }
+    let (status, text) = call(
+        "get",
+        "/admin/audit",
+        "/admin/audit?limit=1000".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let entries = check("get", "/admin/audit", status, &text);
+    let actions: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "config.apply",
+        "config.rollback",
+        "cache.purge",
+        "consumer.create",
+        "key.issue",
+        "key.rotate",
+        "key.revoke",
+        "product.create",
+        "product.update",
+        "plan.create",
+        "plan.update",
+        "subscription.create",
+        "subscription.change_plan",
+        "subscription.approve",
+        "subscription.cancel",
+    ] {
+        assert!(
+            actions.contains(&expected),
+            "no `{expected}` in {actions:?}"
+        );
+    }
+    assert!(entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["actor"] == "api-token"));
+
     let (status, text) = call(
         "delete",
         "/admin/products/{id}",

@@ -340,3 +340,304 @@ async fn portal_forms_are_protected_and_say_nothing_about_accounts() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// `gatehouse users add` with the password on stdin.
+fn add_dashboard_user(gateway: &Gateway, email: &str, role: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new(common::binary())
+        .args(["users", "add", "-c"])
+        .arg(&gateway.config_path)
+        .args(["--email", email, "--name", "Grace Hopper", "--role", role])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "users add: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A consumer with a key and a pending subscription to the Gold plan (limit 100 a minute,
+/// approval required); its key and the subscription id.
+async fn pending_gold_subscription(gateway: &Gateway) -> (String, String) {
+    admin_post(
+        gateway,
+        "/admin/products/books/plans",
+        json!({"id": "gold", "name": "Gold", "requires_approval": true,
+               "terms": {"limits": [{"requests": 100, "per_seconds": 60}],
+                         "pricing": {"monthly_fee_cents": 9900}}}),
+    )
+    .await;
+    admin_post(gateway, "/admin/consumers", json!({"id": "partner"})).await;
+    let issued: Value = client()
+        .post(gateway.admin_url("/admin/consumers/partner/keys"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let subscription: Value = client()
+        .post(gateway.admin_url("/admin/subscriptions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"consumer_id": "partner", "plan_id": "gold"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(subscription["status"], "pending");
+    (
+        issued["key"].as_str().unwrap().to_owned(),
+        subscription["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_admin_approves_changes_a_plan_and_reads_the_audit_log_in_chromium() {
+    let chromium =
+        std::env::var("GATEHOUSE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(Path::new(&chromium).exists(), "{chromium} is missing");
+    let backend = echo("books").await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let gateway = Gateway::start(&config(&dir.path().join("store.db"), &outbox, backend));
+    publish_books(&gateway).await;
+    let (key, subscription) = pending_gold_subscription(&gateway).await;
+    add_dashboard_user(
+        &gateway,
+        "grace@example.com",
+        "editor",
+        "a long admin password",
+    );
+
+    let output = tokio::task::spawn_blocking({
+        let dashboard = gateway.admin_url("");
+        let api = gateway.url("");
+        move || {
+            Command::new("node")
+                .arg(browser_dir().join("admin.mjs"))
+                .env("DASHBOARD_URL", dashboard)
+                .env("GATEWAY_URL", api)
+                .env("KEY", key)
+                .env("SUBSCRIPTION_ID", subscription)
+                .env("ADMIN_EMAIL", "grace@example.com")
+                .env("ADMIN_PASSWORD", "a long admin password")
+                .env("SCREENSHOTS", screenshots())
+                .env("CHROMIUM", chromium)
+                .output()
+                .expect("node")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("admin: done"),
+        "the admin journey failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The same entries through the admin API: who did what.
+    let entries = gateway.admin_json("/admin/audit").await;
+    let by_grace: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"] == "admin:grace@example.com")
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in ["session.sign_in", "subscription.approve", "plan.update"] {
+        assert!(by_grace.contains(&action), "{action} not in {by_grace:?}");
+    }
+    assert!(entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["actor"] == "cli" && e["action"] == "admin_user.upsert"));
+}
+
+/// Signs in to the dashboard over plain HTTP: the session cookie, and the page's CSRF token.
+async fn dashboard_session(gateway: &Gateway, email: &str, password: &str) -> (String, String) {
+    let http = client();
+    let form = http
+        .get(gateway.admin_url("/dashboard/login"))
+        .send()
+        .await
+        .unwrap();
+    let csrf_cookie = form.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = csrf_cookie.split_once('=').unwrap().1.to_owned();
+    let signed_in = http
+        .post(gateway.admin_url("/dashboard/login"))
+        .header("cookie", &csrf_cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("email", email),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303, "sign-in as {email}");
+    let session = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
+    let session = session.split(';').next().unwrap().to_owned();
+    let page = http
+        .get(gateway.admin_url("/dashboard/subscriptions"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let token = page
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    (session, token)
+}
+
+#[tokio::test]
+async fn dashboard_roles_sessions_and_csrf_are_enforced() {
+    let backend = echo("books").await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let gateway = Gateway::start(&config(&dir.path().join("store.db"), &outbox, backend));
+    publish_books(&gateway).await;
+    let (_, subscription) = pending_gold_subscription(&gateway).await;
+    add_dashboard_user(
+        &gateway,
+        "viewer@example.com",
+        "viewer",
+        "a long viewer password",
+    );
+    add_dashboard_user(
+        &gateway,
+        "editor@example.com",
+        "editor",
+        "a long editor password",
+    );
+    let http = client();
+
+    // No session: every page sends to sign-in; the admin token does not open it.
+    let anonymous = http
+        .get(gateway.admin_url("/dashboard/subscriptions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 303);
+    // A weak password is refused by the command line.
+    let weak = Command::new(common::binary())
+        .args(["users", "add", "-c"])
+        .arg(&gateway.config_path)
+        .args(["--email", "weak@example.com", "--role", "admin"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!weak.status.success());
+
+    // A viewer reads but cannot approve.
+    let (viewer, viewer_csrf) =
+        dashboard_session(&gateway, "viewer@example.com", "a long viewer password").await;
+    let page = http
+        .get(gateway.admin_url("/dashboard/subscriptions"))
+        .header("cookie", &viewer)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&subscription) && !page.contains(">Approve<"));
+    let approve = format!("/dashboard/subscriptions/{subscription}/approve");
+    let refused = http
+        .post(gateway.admin_url(&approve))
+        .header("cookie", &viewer)
+        .form(&[("csrf", viewer_csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+
+    // An editor's approval without the session's CSRF token is refused; with it, done.
+    let (editor, editor_csrf) =
+        dashboard_session(&gateway, "editor@example.com", "a long editor password").await;
+    let forged = http
+        .post(gateway.admin_url(&approve))
+        .header("cookie", &editor)
+        .form(&[("csrf", viewer_csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let approved = http
+        .post(gateway.admin_url(&approve))
+        .header("cookie", &editor)
+        .form(&[("csrf", editor_csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 303);
+    let listed = gateway
+        .admin_json("/admin/subscriptions?status=approved")
+        .await;
+    assert_eq!(listed[0]["id"], subscription.as_str());
+    // Developers are an admin's: an editor may not disable one.
+    let developers = http
+        .post(gateway.admin_url("/dashboard/developers/dev_0/disable"))
+        .header("cookie", &editor)
+        .form(&[("csrf", editor_csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(developers.status(), 403);
+    // A wrong password signs nobody in.
+    let form = http
+        .get(gateway.admin_url("/dashboard/login"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = form.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token = cookie.split_once('=').unwrap().1.to_owned();
+    let wrong = http
+        .post(gateway.admin_url("/dashboard/login"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("email", "editor@example.com"),
+            ("password", "not the password"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+}

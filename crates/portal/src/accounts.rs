@@ -3,12 +3,10 @@
 //! (the mail itself says what happened), sign-in says "email or password is wrong".
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Form, Query, State};
 use axum::response::{IntoResponse, Response};
 use gatehouse_policy::auth::basic::{hash_password, verify_password};
-use gatehouse_policy::rate_limit::LimitShape;
 use gatehouse_store::accounts::TokenPurpose;
 use gatehouse_store::StoreError;
 use http::header::{LOCATION, SET_COOKIE};
@@ -27,7 +25,7 @@ const MAX_PASSWORD: usize = 128;
 
 /// A valid argon2id hash of nothing anyone types: verified against when the email is
 /// unknown, so a wrong email takes as long as a wrong password.
-const DECOY_HASH: &str =
+pub(crate) const DECOY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$Z2F0ZWhvdXNlLWRlY295$9TnZ4J3F1O+5k0tC3PzrFJwq1Yh2yq0XoVqkq8c6ZkE";
 
 #[derive(Deserialize)]
@@ -96,6 +94,7 @@ fn anonymous_page(
     let mut response = Page {
         site: &settings.title,
         title,
+        nav: None,
         signed_in: None,
         flash,
         body: body(&csrf),
@@ -140,43 +139,6 @@ fn csrf_refused(state: &PortalState, headers: &HeaderMap) -> Response {
     )
 }
 
-/// Whether `client` (and `email`, when given) may make another attempt: at most 10 per
-/// address and 5 per email in 5 minutes.
-fn attempt_allowed(
-    state: &PortalState,
-    action: &str,
-    client: SocketAddr,
-    email: Option<&str>,
-) -> bool {
-    let per_client = LimitShape::gcra(10, Duration::from_secs(300), 10);
-    let per_email = LimitShape::gcra(5, Duration::from_secs(300), 5);
-    let ip = client.ip().to_string();
-    let by_client = state.attempts.acquire(
-        &per_client,
-        state
-            .attempts
-            .key_of([action, "ip", ip.as_str()].into_iter()),
-    );
-    if !by_client.allowed {
-        return false;
-    }
-    match email {
-        Some(email) => {
-            let email = email.trim().to_lowercase();
-            state
-                .attempts
-                .acquire(
-                    &per_email,
-                    state
-                        .attempts
-                        .key_of([action, "email", email.as_str()].into_iter()),
-                )
-                .allowed
-        }
-        None => true,
-    }
-}
-
 fn too_many(state: &PortalState, headers: &HeaderMap) -> Response {
     let mut response = anonymous_page(
         state,
@@ -196,7 +158,7 @@ fn too_many(state: &PortalState, headers: &HeaderMap) -> Response {
 }
 
 /// What is wrong with a password, if anything.
-pub(crate) fn password_problem(password: &str, email: &str) -> Option<String> {
+pub fn password_problem(password: &str, email: &str) -> Option<String> {
     let length = password.chars().count();
     if length < MIN_PASSWORD {
         return Some(format!("Use at least {MIN_PASSWORD} characters."));
@@ -274,7 +236,7 @@ pub(crate) async fn signup(
     if !anonymous_csrf_ok(&headers, &form.csrf) {
         return csrf_refused(&state, &headers);
     }
-    if !attempt_allowed(&state, "signup", client, None) {
+    if !session::attempt_allowed(&state.attempts, "signup", client, None) {
         return too_many(&state, &headers);
     }
     let problem = email_problem(&form.email)
@@ -437,7 +399,7 @@ pub(crate) async fn login(
     if !anonymous_csrf_ok(&headers, &form.csrf) {
         return csrf_refused(&state, &headers);
     }
-    if !attempt_allowed(&state, "login", client, Some(&form.email)) {
+    if !session::attempt_allowed(&state.attempts, "login", client, Some(&form.email)) {
         return too_many(&state, &headers);
     }
     let developer = match state.data.developer_by_email(&form.email).await {
@@ -591,7 +553,7 @@ pub(crate) async fn reset_request(
     if !anonymous_csrf_ok(&headers, &form.csrf) {
         return csrf_refused(&state, &headers);
     }
-    if !attempt_allowed(&state, "reset", client, Some(&form.email)) {
+    if !session::attempt_allowed(&state.attempts, "reset", client, Some(&form.email)) {
         return too_many(&state, &headers);
     }
     let developer = match state.data.developer_by_email(&form.email).await {

@@ -73,6 +73,7 @@ fn page(
     Page {
         site: &settings.title,
         title,
+        nav: None,
         signed_in: Some((&session.developer.name, &session.csrf)),
         flash,
         body,

@@ -31,6 +31,7 @@ async fn page(
     Page {
         site: &settings.title,
         title,
+        nav: None,
         signed_in: current
             .as_ref()
             .map(|s| (s.developer.name.as_str(), s.csrf.as_str())),

@@ -17,8 +17,9 @@ struct Day {
     buckets: [u64; 6],
 }
 
-/// The smallest bucket bound under which 95 % of the requests were answered.
-fn p95_bound(buckets: &[u64; 6], total: u64) -> &'static str {
+/// The latency under which `share` percent of `total` requests were answered, from the
+/// usage buckets: their upper bounds, an estimate that never understates.
+pub(crate) fn percentile(buckets: &[u64; 6], total: u64, share: u64) -> &'static str {
     const LABELS: [&str; 6] = [
         "≤ 10 ms",
         "≤ 50 ms",
@@ -27,7 +28,10 @@ fn p95_bound(buckets: &[u64; 6], total: u64) -> &'static str {
         "≤ 1 s",
         "> 1 s",
     ];
-    let needed = (total * 95).div_ceil(100);
+    if total == 0 {
+        return "–";
+    }
+    let needed = (total * share).div_ceil(100);
     let mut seen = 0;
     for (count, label) in buckets.iter().zip(LABELS) {
         seen += count;
@@ -98,7 +102,7 @@ pub(crate) fn usage_chart(rows: &[UsageRow], from: i64, to: i64, sandbox: bool) 
             totals.requests,
             totals.errors,
             totals.latency_ms_sum / totals.requests.max(1),
-            esc(p95_bound(&totals.buckets, totals.requests)),
+            esc(percentile(&totals.buckets, totals.requests, 95)),
         );
     }
     if table.is_empty() {
@@ -147,8 +151,8 @@ mod tests {
         assert!(chart.contains("<td>≤ 10 ms</td>"));
         let sandbox = usage_chart(&rows, 95, 101, true);
         assert!(sandbox.contains(r#"data-requests="5""#));
-        assert_eq!(p95_bound(&[90, 4, 1, 0, 0, 5], 100), "≤ 100 ms");
-        assert_eq!(p95_bound(&[90, 4, 0, 0, 0, 6], 100), "> 1 s");
-        assert_eq!(p95_bound(&[90, 5, 0, 0, 0, 5], 100), "≤ 50 ms");
+        assert_eq!(percentile(&[90, 4, 1, 0, 0, 5], 100, 95), "≤ 100 ms");
+        assert_eq!(percentile(&[90, 4, 0, 0, 0, 6], 100, 95), "> 1 s");
+        assert_eq!(percentile(&[90, 5, 0, 0, 0, 5], 100, 95), "≤ 50 ms");
     }
 }

@@ -55,6 +55,7 @@ table{border-collapse:collapse;width:100%;background:var(--card)}
 th,td{text-align:left;padding:.5rem;border-bottom:1px solid var(--line);vertical-align:top}
 th{font-size:.875rem;color:var(--muted)}
 .table{overflow-x:auto}
+td code{overflow-wrap:anywhere}
 code,pre,.key{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9rem}
 pre{background:#0f172a;color:#e2e8f0;padding:.75rem;border-radius:.375rem;overflow-x:auto}
 .key{display:block;background:#fff8d6;border:1px dashed #b59400;padding:.75rem;word-break:break-all}
@@ -69,6 +70,8 @@ svg text{font:12px system-ui,sans-serif;fill:var(--muted)}
 pub struct Page<'a> {
     pub site: &'a str,
     pub title: &'a str,
+    /// The navigation: the portal's (from `signed_in`) unless given.
+    pub nav: Option<String>,
     /// The signed-in developer's name and the session's CSRF token (for the sign-out form).
     pub signed_in: Option<(&'a str, &'a str)>,
     pub flash: Option<Flash>,
@@ -83,8 +86,14 @@ pub enum Flash {
 
 impl Page<'_> {
     pub fn render(self) -> String {
+        let home = if self.nav.is_some() {
+            "/dashboard"
+        } else {
+            "/"
+        };
         let mut nav = String::from(r#"<a href="/">APIs</a>"#);
         match self.signed_in {
+            _ if self.nav.is_some() => nav = self.nav.unwrap_or_default(),
             Some((name, csrf)) => {
                 let _ = write!(
                     nav,
@@ -108,7 +117,7 @@ impl Page<'_> {
             None => String::new(),
         };
         format!(
-            r##"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>{title} · {site}</title><style>{STYLE}</style></head><body><a class="skip" href="#main">Skip to content</a><header class="top"><div class="bar"><a href="/">{site}</a><nav aria-label="Main">{nav}</nav></div></header><main id="main">{flash}{body}</main></body></html>"##,
+            r##"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>{title} · {site}</title><style>{STYLE}</style></head><body><a class="skip" href="#main">Skip to content</a><header class="top"><div class="bar"><a href="{home}">{site}</a><nav aria-label="Main">{nav}</nav></div></header><main id="main">{flash}{body}</main></body></html>"##,
             title = esc(self.title),
             site = esc(self.site),
             body = self.body,

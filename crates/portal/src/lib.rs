@@ -12,9 +12,12 @@ mod accounts;
 mod apps;
 mod catalog;
 mod charts;
+pub mod dashboard;
 pub mod html;
 pub mod mailer;
 mod session;
+
+pub use accounts::password_problem;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

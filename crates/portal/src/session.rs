@@ -3,9 +3,13 @@
 //! session's CSRF token. Forms shown before sign-in use a double-submit token: a random
 //! cookie whose value the form must echo.
 
+use std::time::Duration;
+
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
+use gatehouse_policy::rate_limit::local::LocalStore;
+use gatehouse_policy::rate_limit::LimitShape;
 use gatehouse_store::accounts::Session;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
@@ -88,6 +92,38 @@ pub(crate) fn anonymous_csrf(
     let token = random_token().unwrap_or_default();
     let header = set_cookie(settings, CSRF_COOKIE, &token, 3600 * 24);
     (token, Some((SET_COOKIE, header)))
+}
+
+/// Whether `client` (and `email`, when given) may make another attempt at `action`: at
+/// most 10 per address and 5 per email in 5 minutes.
+pub(crate) fn attempt_allowed(
+    attempts: &LocalStore,
+    action: &str,
+    client: std::net::SocketAddr,
+    email: Option<&str>,
+) -> bool {
+    let per_client = LimitShape::gcra(10, Duration::from_secs(300), 10);
+    let per_email = LimitShape::gcra(5, Duration::from_secs(300), 5);
+    let ip = client.ip().to_string();
+    let by_client = attempts.acquire(
+        &per_client,
+        attempts.key_of([action, "ip", ip.as_str()].into_iter()),
+    );
+    if !by_client.allowed {
+        return false;
+    }
+    match email {
+        Some(email) => {
+            let email = email.trim().to_lowercase();
+            attempts
+                .acquire(
+                    &per_email,
+                    attempts.key_of([action, "email", email.as_str()].into_iter()),
+                )
+                .allowed
+        }
+        None => true,
+    }
 }
 
 /// Constant-time comparison of a form's CSRF token with the expected one.

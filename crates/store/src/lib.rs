@@ -458,6 +458,7 @@ fn redact(url: &str) -> String {
 }
 
 pub mod accounts;
+pub mod admins;
 pub mod billing;
 pub mod catalog;
 pub mod follow;
