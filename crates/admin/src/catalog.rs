@@ -47,10 +47,22 @@ pub(crate) struct SubscriptionFilter {
 }
 
 /// Refuses routes a product could not govern: unknown to the running configuration, or
-/// without authentication (a subscription is found through the caller's identity).
-fn check_routes(state: &AdminState, routes: &[String]) -> Result<(), Box<Response>> {
+/// without authentication (a subscription is found through the caller's identity); and a
+/// sandbox service the configuration does not have.
+fn check_routes(
+    state: &AdminState,
+    routes: &[String],
+    sandbox: Option<&gatehouse_store::catalog::Sandbox>,
+) -> Result<(), Box<Response>> {
     let snapshot = state.store.snapshot();
     let mut problems = Vec::new();
+    if let Some(service) = sandbox.and_then(|s| s.service.as_ref()) {
+        if !snapshot.services.contains_key(service) {
+            problems.push(format!(
+                "no service `{service}` for the sandbox in the running configuration"
+            ));
+        }
+    }
     for name in routes {
         match snapshot.router.routes().iter().find(|r| &r.name == name) {
             None => problems.push(format!("no route `{name}` in the running configuration")),
@@ -93,7 +105,7 @@ pub(crate) async fn create_product(State(state): State<AdminState>, body: Bytes)
         Ok(product) => product,
         Err(response) => return *response,
     };
-    if let Err(response) = check_routes(&state, &product.routes) {
+    if let Err(response) = check_routes(&state, &product.routes, product.sandbox.as_ref()) {
         return *response;
     }
     match data.create_product(&product).await {
@@ -138,10 +150,12 @@ pub(crate) async fn update_product(
         Ok(change) => change,
         Err(response) => return *response,
     };
-    if let Some(routes) = &change.routes {
-        if let Err(response) = check_routes(&state, routes) {
-            return *response;
-        }
+    if let Err(response) = check_routes(
+        &state,
+        change.routes.as_deref().unwrap_or_default(),
+        change.sandbox.as_ref(),
+    ) {
+        return *response;
     }
     match data.update_product(&id, &change).await {
         Ok(product) => {

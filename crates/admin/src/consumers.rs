@@ -23,6 +23,9 @@ pub(crate) struct NewKey {
     /// RFC 3339 time after which the key is refused.
     #[serde(default)]
     expires: Option<String>,
+    /// A sandbox key (default prefix `sandbox`): it calls products' sandboxes only.
+    #[serde(default)]
+    sandbox: bool,
 }
 
 #[derive(Default, Deserialize, schemars::JsonSchema)]
@@ -31,7 +34,7 @@ pub(crate) struct Rotation {
     /// How long the old key keeps working, e.g. `24h` (the default) or `0s`.
     #[serde(default)]
     overlap: Option<String>,
-    /// Prefix of the new key (default `live`).
+    /// Prefix of the new key (default `live`, or `sandbox` for a sandbox key).
     #[serde(default)]
     prefix: Option<String>,
 }
@@ -131,7 +134,7 @@ pub(crate) async fn issue_key(
     };
     let invalid =
         |detail: String| problem(StatusCode::BAD_REQUEST, "invalid_request", detail, None);
-    let request: NewKey = match optional_json(&body, "{\"prefix\", \"expires\"}") {
+    let request: NewKey = match optional_json(&body, "{\"prefix\", \"expires\", \"sandbox\"}") {
         Ok(request) => request,
         Err(response) => return *response,
     };
@@ -142,12 +145,22 @@ pub(crate) async fn issue_key(
         },
         None => None,
     };
-    let generated = match generate_key(&state, request.prefix.as_deref()) {
+    let default_prefix = if request.sandbox { "sandbox" } else { "live" };
+    let generated = match generate_key(
+        &state,
+        Some(request.prefix.as_deref().unwrap_or(default_prefix)),
+    ) {
         Ok(generated) => generated,
         Err(response) => return *response,
     };
     match data
-        .add_key(&consumer, &generated.public_id, &generated.hash, expires_at)
+        .add_key(
+            &consumer,
+            &generated.public_id,
+            &generated.hash,
+            expires_at,
+            request.sandbox,
+        )
         .await
     {
         Ok(stored) => {
@@ -219,7 +232,16 @@ pub(crate) async fn rotate_key(
             ))
         }
     };
-    let generated = match generate_key(&state, request.prefix.as_deref()) {
+    // The new key is of the old one's kind: a sandbox key stays a sandbox key.
+    let default_prefix = match data.key(&public_id).await {
+        Ok(key) if key.sandbox => "sandbox",
+        Ok(_) => "live",
+        Err(err) => return store_problem(err),
+    };
+    let generated = match generate_key(
+        &state,
+        Some(request.prefix.as_deref().unwrap_or(default_prefix)),
+    ) {
         Ok(generated) => generated,
         Err(response) => return *response,
     };

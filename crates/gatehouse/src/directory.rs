@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use gatehouse_config::LimitMode;
 use gatehouse_policy::products::{
-    PlanCounters, PlanLimitSpec, PlanSpec, ProductCatalog, ProductSpec, SubscriptionSpec,
+    PlanCounters, PlanLimitSpec, PlanSpec, ProductCatalog, ProductSpec, SandboxSpec,
+    SubscriptionSpec,
 };
 use gatehouse_policy::{Consumer, StaticDirectory};
 use gatehouse_proxy::reload::ConfigStore;
@@ -58,6 +59,11 @@ pub fn catalog_from(
         .map(|product| ProductSpec {
             id: product.id.clone(),
             routes: product.routes.clone(),
+            sandbox: product.sandbox.as_ref().map(|sandbox| SandboxSpec {
+                openapi: product.openapi.clone(),
+                service: sandbox.service.clone(),
+                limits: sandbox.limits.iter().map(limit_spec).collect(),
+            }),
         })
         .collect();
     let plans: Vec<PlanSpec> = contents
@@ -65,16 +71,7 @@ pub fn catalog_from(
         .iter()
         .map(|plan| PlanSpec {
             id: plan.id.clone(),
-            limits: plan
-                .terms
-                .limits
-                .iter()
-                .map(|limit| PlanLimitSpec {
-                    requests: limit.requests,
-                    per: Duration::from_secs(limit.per_seconds),
-                    burst: limit.burst,
-                })
-                .collect(),
+            limits: plan.terms.limits.iter().map(limit_spec).collect(),
             hard_quota: plan
                 .terms
                 .quota
@@ -94,7 +91,28 @@ pub fn catalog_from(
             plan_id: s.plan_id.clone(),
         })
         .collect();
-    ProductCatalog::build(&products, &plans, &subscriptions, counters, previous)
+    let sandbox_keys: Vec<String> = contents
+        .keys
+        .iter()
+        .filter(|key| key.sandbox)
+        .map(|key| key.public_id.clone())
+        .collect();
+    ProductCatalog::build(
+        &products,
+        &plans,
+        &subscriptions,
+        &sandbox_keys,
+        counters,
+        previous,
+    )
+}
+
+fn limit_spec(limit: &gatehouse_store::catalog::PlanLimit) -> PlanLimitSpec {
+    PlanLimitSpec {
+        requests: limit.requests,
+        per: Duration::from_secs(limit.per_seconds),
+        burst: limit.burst,
+    }
 }
 
 /// Puts `contents` in force for every later request of the running configuration.

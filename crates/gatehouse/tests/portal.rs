@@ -85,7 +85,8 @@ async fn publish_books(gateway: &Gateway) {
         gateway,
         "/admin/products",
         json!({"id": "books", "name": "Books API", "version": "v1", "routes": ["books"],
-               "description": "Search and read every book we know.", "openapi": openapi}),
+               "description": "Search and read every book we know.", "openapi": openapi,
+               "sandbox": {}}),
     )
     .await;
     admin_post(

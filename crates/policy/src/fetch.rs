@@ -51,6 +51,7 @@ pub struct HttpFetcher {
 
 pub struct FetchResponse {
     pub status: StatusCode,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
@@ -163,6 +164,17 @@ impl HttpFetcher {
             &headers,
         )
         .await
+    }
+
+    /// Any request (the portal's try-it console): `body` is (content type, text).
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Option<(&'static str, String)>,
+    ) -> Result<FetchResponse, FetchError> {
+        self.send(method, url, body, headers).await
     }
 
     /// POST a JSON body with extra header fields (a webhook delivery and its signature).
@@ -280,12 +292,13 @@ where
         .map_err(|e| http_error(&e));
     let result = match response {
         Ok(response) => {
-            let status = response.status();
-            Limited::new(response.into_body(), MAX_BODY)
+            let (parts, body) = response.into_parts();
+            Limited::new(body, MAX_BODY)
                 .collect()
                 .await
                 .map(|body| FetchResponse {
-                    status,
+                    status: parts.status,
+                    headers: parts.headers,
                     body: body.to_bytes(),
                 })
                 .map_err(|e| http_error(&e))

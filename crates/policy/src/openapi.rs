@@ -51,10 +51,25 @@ struct Body {
 
 pub struct Operation {
     pub id: Option<String>,
+    /// What a sandbox answers: the first success response, from its example or made from
+    /// its schema.
+    pub mock: Option<MockAnswer>,
     parameters: Vec<Parameter>,
     body: Option<Body>,
     /// By status (`200`), range (`2XX`) or `default`: the JSON schema of the answer, if any.
     responses: HashMap<String, Option<jsonschema::Validator>>,
+}
+
+/// A sandbox's answer to an operation.
+#[derive(Debug, Clone)]
+pub struct MockAnswer {
+    pub status: StatusCode,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Content type and body.
+    pub body: Option<(http::HeaderValue, Bytes)>,
+    /// Whether the JSON body validates against the response's schema (false only when
+    /// neither the example nor a value made from the schema does).
+    pub conforms: bool,
 }
 
 struct PathTemplate {
@@ -166,6 +181,32 @@ impl OpenApiDocument {
             });
         }
         Ok(Self { paths })
+    }
+
+    /// A sandbox's answer to a request: the operation's mock once the request's
+    /// parameters are valid (`400` listing violations, `404`/`405` for no operation).
+    pub fn mock(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<&MockAnswer, Rejection> {
+        let matched = self.find(method, path)?;
+        let mut violations = Vec::new();
+        for parameter in &matched.operation.parameters {
+            parameter.check(&matched.path_params, query, headers, &mut violations);
+        }
+        if !violations.is_empty() {
+            return Err(invalid_request(violations));
+        }
+        matched.operation.mock.as_ref().ok_or_else(|| {
+            Rejection::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "no_mock",
+                "the API description gives this operation no success response to mock",
+            )
+        })
     }
 
     /// The operation for `method` and `path`: concrete paths win over templated ones.
@@ -676,6 +717,7 @@ impl SchemaCompiler<'_> {
                 .get("operationId")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            mock: self.mock(operation)?,
             parameters,
             body,
             responses,
@@ -683,9 +725,281 @@ impl SchemaCompiler<'_> {
     }
 }
 
+impl SchemaCompiler<'_> {
+    /// The first success response of `operation` as a sandbox answers it.
+    fn mock(&self, operation: &Value) -> Result<Option<MockAnswer>, String> {
+        let Some(responses) = operation.get("responses").and_then(Value::as_object) else {
+            return Ok(None);
+        };
+        let chosen = responses
+            .keys()
+            .filter(|status| status.len() == 3 && status.starts_with('2'))
+            .filter(|status| status.bytes().all(|b| b.is_ascii_digit()))
+            .min()
+            .or_else(|| responses.keys().find(|s| s.eq_ignore_ascii_case("2XX")))
+            .or_else(|| responses.keys().find(|s| *s == "default"));
+        let Some(chosen) = chosen else {
+            return Ok(None);
+        };
+        let status = chosen
+            .parse::<u16>()
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::OK);
+        let response = self.resolve(&responses[chosen])?;
+        let mut headers = Vec::new();
+        if let Some(declared) = response.get("headers").and_then(Value::as_object) {
+            for (name, header) in declared {
+                let header = self.resolve(header)?;
+                let value = match header.get("example") {
+                    Some(example) => example.clone(),
+                    None => match header.get("schema") {
+                        Some(schema) => self.example_of(schema, 0)?,
+                        None => continue,
+                    },
+                };
+                let text = match value {
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                };
+                if let (Ok(name), Ok(value)) = (
+                    http::HeaderName::from_bytes(name.as_bytes()),
+                    http::HeaderValue::from_str(&text),
+                ) {
+                    headers.push((name, value));
+                }
+            }
+        }
+        let content = response.get("content").and_then(Value::as_object);
+        let media = content.and_then(|c| {
+            c.iter()
+                .find(|(media, _)| is_json(media))
+                .or_else(|| c.iter().next())
+        });
+        let Some((media_type, media)) = media else {
+            return Ok(Some(MockAnswer {
+                status,
+                headers,
+                body: None,
+                conforms: true,
+            }));
+        };
+        let schema = media.get("schema");
+        let validator = match schema {
+            Some(schema) if is_json(media_type) => Some(self.schema(schema)?),
+            _ => None,
+        };
+        let given = match media.get("example") {
+            Some(example) => Some(example.clone()),
+            None => match media
+                .get("examples")
+                .and_then(Value::as_object)
+                .and_then(|examples| examples.values().next())
+            {
+                Some(example) => self.resolve(example)?.get("value").cloned(),
+                None => None,
+            },
+        };
+        let valid = |value: &Value| validator.as_ref().is_none_or(|v| v.is_valid(value));
+        let (value, conforms) = match given {
+            Some(example) if valid(&example) => (example, true),
+            _ => {
+                let made = match schema {
+                    Some(schema) => self.example_of(schema, 0)?,
+                    None => Value::Null,
+                };
+                let conforms = valid(&made);
+                (made, conforms)
+            }
+        };
+        let bytes = if is_json(media_type) {
+            serde_json::to_vec(&value).map_err(|e| e.to_string())?
+        } else {
+            match value {
+                Value::String(text) => text.into_bytes(),
+                other => other.to_string().into_bytes(),
+            }
+        };
+        let content_type = http::HeaderValue::from_str(media_type)
+            .unwrap_or(http::HeaderValue::from_static("application/json"));
+        Ok(Some(MockAnswer {
+            status,
+            headers,
+            body: Some((content_type, Bytes::from(bytes))),
+            conforms,
+        }))
+    }
+
+    /// A value for `schema`: its example or default, else one made from its type,
+    /// following references, `allOf`, `oneOf` and `anyOf`.
+    fn example_of(&self, schema: &Value, depth: usize) -> Result<Value, String> {
+        let schema = self.resolve(schema)?;
+        if depth > 8 {
+            return Ok(Value::Null);
+        }
+        for key in ["example", "const", "default"] {
+            if let Some(value) = schema.get(key) {
+                return Ok(value.clone());
+            }
+        }
+        if let Some(values) = schema.get("examples").and_then(Value::as_array) {
+            if let Some(first) = values.first() {
+                return Ok(first.clone());
+            }
+        }
+        if let Some(first) = schema
+            .get("enum")
+            .and_then(Value::as_array)
+            .and_then(|values| values.first())
+        {
+            return Ok(first.clone());
+        }
+        if let Some(parts) = schema.get("allOf").and_then(Value::as_array) {
+            let mut merged = Map::new();
+            for part in parts {
+                if let Value::Object(object) = self.example_of(part, depth + 1)? {
+                    merged.extend(object);
+                }
+            }
+            return Ok(Value::Object(merged));
+        }
+        for key in ["oneOf", "anyOf"] {
+            if let Some(first) = schema
+                .get(key)
+                .and_then(Value::as_array)
+                .and_then(|options| options.first())
+            {
+                return self.example_of(first, depth + 1);
+            }
+        }
+        let kind = match schema.get("type") {
+            Some(Value::String(kind)) => kind.as_str(),
+            // 3.1: ["string", "null"]: the first that is not null.
+            Some(Value::Array(kinds)) => kinds
+                .iter()
+                .filter_map(Value::as_str)
+                .find(|k| *k != "null")
+                .unwrap_or("null"),
+            _ if schema.get("properties").is_some() => "object",
+            _ if schema.get("items").is_some() => "array",
+            _ => "object",
+        };
+        let number = |key: &str| schema.get(key).and_then(Value::as_f64);
+        Ok(match kind {
+            "object" => {
+                let mut object = Map::new();
+                if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+                    for (name, property) in properties {
+                        object.insert(name.clone(), self.example_of(property, depth + 1)?);
+                    }
+                }
+                Value::Object(object)
+            }
+            "array" => {
+                let item = match schema.get("items") {
+                    Some(items) => self.example_of(items, depth + 1)?,
+                    None => Value::String("item".to_owned()),
+                };
+                let count = schema
+                    .get("minItems")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1)
+                    .clamp(1, 3);
+                Value::Array(vec![item; count as usize])
+            }
+            "integer" => {
+                let minimum = number("minimum").map_or(0, |m| m.ceil() as i64);
+                let exclusive = number("exclusiveMinimum").map(|m| m.floor() as i64 + 1);
+                json!(exclusive.map_or(minimum, |e| e.max(minimum)))
+            }
+            "number" => json!(number("minimum").unwrap_or(0.0)),
+            "boolean" => json!(true),
+            "null" => Value::Null,
+            _ => {
+                let text = match schema.get("format").and_then(Value::as_str) {
+                    Some("date-time") => "2026-01-01T00:00:00Z".to_owned(),
+                    Some("date") => "2026-01-01".to_owned(),
+                    Some("email") => "developer@example.com".to_owned(),
+                    Some("uuid") => "00000000-0000-4000-8000-000000000000".to_owned(),
+                    Some("uri") | Some("url") => "https://example.com/".to_owned(),
+                    Some("ipv4") => "192.0.2.1".to_owned(),
+                    _ => "string".to_owned(),
+                };
+                let minimum = schema.get("minLength").and_then(Value::as_u64).unwrap_or(0) as usize;
+                let maximum = schema
+                    .get("maxLength")
+                    .and_then(Value::as_u64)
+                    .map(|m| m as usize);
+                let mut text = text;
+                while text.chars().count() < minimum {
+                    text.push('x');
+                }
+                if let Some(maximum) = maximum {
+                    text = text.chars().take(maximum).collect();
+                }
+                Value::String(text)
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mocks_use_examples_that_conform_and_make_values_from_schemas() {
+        let document = json!({
+            "openapi": "3.0.3",
+            "info": {"title": "t", "version": "1"},
+            "paths": {
+                "/books/{id}": {"get": {
+                    "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                    "responses": {
+                        "404": {"description": "missing"},
+                        "200": {"description": "a book",
+                                "headers": {"x-rate": {"schema": {"type": "integer", "minimum": 5}}},
+                                "content": {"application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Book"},
+                                    // Wrong: title must be a string; the mock makes one instead.
+                                    "example": {"id": 1, "title": 7}}}}}}},
+                "/books": {"post": {"responses": {"201": {"description": "made", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string", "format": "uuid"}}},
+                    "examples": {"one": {"value": {"id": "9b2f7c1e-4a53-4c8e-9f0a-2d6b1e3c5a7d"}}}}}}}}}
+            },
+            "components": {"schemas": {"Book": {"type": "object", "required": ["id", "title", "tags"],
+                "properties": {"id": {"type": "integer", "minimum": 1}, "title": {"type": "string", "minLength": 3},
+                               "tags": {"type": "array", "items": {"type": "string", "enum": ["sf", "classic"]}},
+                               "published": {"type": "string", "format": "date", "nullable": true}}}}}
+        });
+        let api = OpenApiDocument::from_value(document).unwrap();
+        let none = HeaderMap::new();
+        let answer = api.mock(&Method::GET, "/books/12", None, &none).unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(answer.conforms);
+        let body: Value = serde_json::from_slice(&answer.body.as_ref().unwrap().1).unwrap();
+        assert_eq!(
+            body,
+            json!({"id": 1, "title": "string", "tags": ["sf"], "published": "2026-01-01"})
+        );
+        assert_eq!(answer.headers[0].1, "5");
+        let created = api.mock(&Method::POST, "/books", None, &none).unwrap();
+        assert_eq!(created.status, StatusCode::CREATED);
+        assert_eq!(
+            &created.body.as_ref().unwrap().1[..],
+            br#"{"id":"9b2f7c1e-4a53-4c8e-9f0a-2d6b1e3c5a7d"}"#
+        );
+        let refused = api
+            .mock(&Method::GET, "/books/twelve", None, &none)
+            .unwrap_err();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            api.mock(&Method::GET, "/authors", None, &none)
+                .unwrap_err()
+                .status,
+            StatusCode::NOT_FOUND
+        );
+    }
 
     #[test]
     fn nullable_becomes_a_null_type() {

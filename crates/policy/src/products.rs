@@ -3,7 +3,7 @@
 //! quota of their plan. Built off the request path from the store's contents, swapped in
 //! whole; a request on a product's route is admitted only under a subscription.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use gatehouse_config::{
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
 
+use crate::openapi::OpenApiDocument;
 use crate::quota::{Quota, Quotas};
 use crate::rate_limit::{LimitRequest, RateLimiter};
 use crate::redis::RedisLink;
@@ -26,6 +27,17 @@ pub struct ProductSpec {
     pub id: String,
     /// Names of the configuration's routes.
     pub routes: Vec<String>,
+    pub sandbox: Option<SandboxSpec>,
+}
+
+/// A product's sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The product's OpenAPI document, for the mock.
+    pub openapi: Option<serde_json::Value>,
+    /// A service of the configuration to send sandbox requests to instead of the mock.
+    pub service: Option<String>,
+    pub limits: Vec<PlanLimitSpec>,
 }
 
 /// One rate limit of a plan.
@@ -74,17 +86,45 @@ pub struct PlanRules {
 /// What an application may do with a product: the grant that admitted a request (and
 /// what its usage is metered by).
 pub struct Entitlement {
+    /// Empty for sandbox calls.
     pub subscription_id: String,
     pub consumer_id: Arc<str>,
     pub product_id: Arc<str>,
+    /// `sandbox` for sandbox calls.
     pub plan_id: Arc<str>,
     pub plan: Arc<PlanRules>,
+    /// A sandbox call: metered, never billed.
+    pub sandbox: bool,
+}
+
+/// Where a sandbox answers from.
+pub enum SandboxTarget {
+    /// The mock of the product's OpenAPI document, or why there is none.
+    Mock(Result<Arc<OpenApiDocument>, String>),
+    /// A service of the configuration.
+    Service(String),
+}
+
+/// A compiled sandbox.
+pub struct SandboxRules {
+    pub product_id: Arc<str>,
+    pub rules: Arc<PlanRules>,
+    pub target: SandboxTarget,
+}
+
+/// How a request on a product's route is admitted.
+pub enum Access {
+    /// Under an approved subscription.
+    Live(Arc<Entitlement>),
+    /// With a sandbox key, to the product's sandbox.
+    Sandbox(Arc<SandboxRules>),
 }
 
 struct ProductAccess {
     id: String,
     /// Consumer id → its approved subscription.
     subscribers: HashMap<String, Arc<Entitlement>>,
+    sandbox: Option<Arc<SandboxRules>>,
 }
 
 /// Every product, by the routes it exposes.
@@ -92,6 +132,9 @@ struct ProductAccess {
 pub struct ProductCatalog {
     by_route: HashMap<String, Vec<Arc<ProductAccess>>>,
     plans: HashMap<String, Arc<PlanRules>>,
+    sandboxes: HashMap<String, Arc<SandboxRules>>,
+    /// `api_key:<public id>` of every sandbox key.
+    sandbox_credentials: HashSet<String>,
 }
 
 /// The catalog every snapshot looks at, replaced whole when the store changes.
@@ -106,6 +149,7 @@ impl ProductCatalog {
         products: &[ProductSpec],
         plans: &[PlanSpec],
         subscriptions: &[SubscriptionSpec],
+        sandbox_keys: &[String],
         counters: &PlanCounters<'_>,
         previous: Option<&ProductCatalog>,
     ) -> Self {
@@ -121,6 +165,23 @@ impl ProductCatalog {
                 }
             }
         }
+        let mut sandboxes = HashMap::new();
+        for product in products {
+            let Some(spec) = &product.sandbox else {
+                continue;
+            };
+            let old = previous
+                .and_then(|p| p.sandboxes.get(&product.id))
+                .map(|s| &*s.rules);
+            match SandboxRules::compile(&product.id, spec, counters, old) {
+                Ok(rules) => {
+                    sandboxes.insert(product.id.clone(), Arc::new(rules));
+                }
+                Err(message) => {
+                    tracing::error!(product = %product.id, error = %message, "sandbox not enforceable; sandbox keys are refused")
+                }
+            }
+        }
         let mut accesses: HashMap<&str, ProductAccess> = products
             .iter()
             .map(|product| {
@@ -129,6 +190,7 @@ impl ProductCatalog {
                     ProductAccess {
                         id: product.id.clone(),
                         subscribers: HashMap::new(),
+                        sandbox: sandboxes.get(&product.id).cloned(),
                     },
                 )
             })
@@ -148,6 +210,7 @@ impl ProductCatalog {
                     product_id: Arc::from(subscription.product_id.as_str()),
                     plan_id: Arc::from(subscription.plan_id.as_str()),
                     plan: plan.clone(),
+                    sandbox: false,
                 }),
             );
         }
@@ -170,6 +233,47 @@ impl ProductCatalog {
         Self {
             by_route,
             plans: compiled,
+            sandboxes,
+            sandbox_credentials: sandbox_keys
+                .iter()
+                .map(|public_id| format!("api_key:{public_id}"))
+                .collect(),
+        }
+    }
+
+    /// Whether some store key is a sandbox key (then every authenticated request is
+    /// checked for one).
+    pub fn has_sandbox_keys(&self) -> bool {
+        !self.sandbox_credentials.is_empty()
+    }
+
+    /// How a request with `credential` (the identity's) on `route` is admitted:
+    /// `Ok(None)` for a route outside every product called with a live credential.
+    pub fn access(
+        &self,
+        route: &str,
+        consumer: Option<&str>,
+        credential: Option<&str>,
+    ) -> Result<Option<Access>, Rejection> {
+        let sandbox_key = credential.is_some_and(|c| self.sandbox_credentials.contains(c));
+        if !sandbox_key {
+            return Ok(self.entitlement(route, consumer)?.map(Access::Live));
+        }
+        let sandbox = self
+            .by_route
+            .get(route)
+            .and_then(|products| products.iter().find_map(|p| p.sandbox.clone()));
+        match sandbox {
+            Some(sandbox) => Ok(Some(Access::Sandbox(sandbox))),
+            None => Err(Rejection::new(
+                StatusCode::FORBIDDEN,
+                "sandbox_key",
+                if self.by_route.contains_key(route) {
+                    "this API has no sandbox; sandbox keys call sandboxes only"
+                } else {
+                    "sandbox keys call the sandboxes of API products only"
+                },
+            )),
         }
     }
 
@@ -220,6 +324,60 @@ impl ProductCatalog {
                     ),
                 )
             })
+    }
+}
+
+impl SandboxRules {
+    fn compile(
+        product: &str,
+        spec: &SandboxSpec,
+        counters: &PlanCounters<'_>,
+        previous: Option<&PlanRules>,
+    ) -> Result<Self, String> {
+        let limits = if spec.limits.is_empty() {
+            vec![PlanLimitSpec {
+                requests: 10,
+                per: Duration::from_secs(1),
+                burst: None,
+            }]
+        } else {
+            spec.limits.clone()
+        };
+        let rules = PlanRules::compile(
+            &PlanSpec {
+                id: format!("sandbox-{product}"),
+                limits,
+                hard_quota: None,
+            },
+            counters,
+            previous,
+        )?;
+        let target = match (&spec.service, &spec.openapi) {
+            (Some(service), _) => SandboxTarget::Service(service.clone()),
+            (None, Some(document)) => {
+                SandboxTarget::Mock(OpenApiDocument::from_value(document.clone()).map(Arc::new))
+            }
+            (None, None) => {
+                SandboxTarget::Mock(Err("the product has no OpenAPI document to mock".to_owned()))
+            }
+        };
+        Ok(Self {
+            product_id: Arc::from(product),
+            rules: Arc::new(rules),
+            target,
+        })
+    }
+
+    /// What the sandbox call is metered as.
+    pub fn entitlement(&self, consumer: &str) -> Entitlement {
+        Entitlement {
+            subscription_id: String::new(),
+            consumer_id: Arc::from(consumer),
+            product_id: self.product_id.clone(),
+            plan_id: Arc::from("sandbox"),
+            plan: self.rules.clone(),
+            sandbox: true,
+        }
     }
 }
 

@@ -43,6 +43,9 @@ pub(crate) struct Action {
     /// Subscription: the plan.
     #[serde(default)]
     plan_id: Option<String>,
+    /// New key: `sandbox` for a sandbox key.
+    #[serde(default)]
+    environment: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -281,7 +284,7 @@ pub(crate) async fn show(
     );
 
     // Keys.
-    body.push_str(r#"<h2 id="keys">Keys</h2><div class="table"><table><thead><tr><th scope="col">Key id</th><th scope="col">Created</th><th scope="col">State</th><th scope="col">Actions</th></tr></thead><tbody>"#);
+    body.push_str(r#"<h2 id="keys">Keys</h2><div class="table"><table><thead><tr><th scope="col">Key id</th><th scope="col">For</th><th scope="col">Created</th><th scope="col">State</th><th scope="col">Actions</th></tr></thead><tbody>"#);
     let at = now();
     let overlaps: String = settings
         .rotation_overlaps
@@ -321,15 +324,16 @@ pub(crate) async fn show(
         };
         let _ = write!(
             body,
-            r#"<tr data-key="{public_id}"><td><code>{public_id}</code></td><td>{created}</td><td><span class="tag {class}">{state_tag}</span></td><td>{actions}</td></tr>"#,
+            r#"<tr data-key="{public_id}"><td><code>{public_id}</code></td><td>{environment}</td><td>{created}</td><td><span class="tag {class}">{state_tag}</span></td><td>{actions}</td></tr>"#,
             public_id = esc(&key.public_id),
+            environment = if key.sandbox { "sandbox" } else { "live APIs" },
             created = when(key.created_at),
             class = esc(&class),
             state_tag = esc(&state_tag),
         );
     }
     if keys.is_empty() {
-        body.push_str(r#"<tr><td colspan="4" class="muted">No keys yet.</td></tr>"#);
+        body.push_str(r#"<tr><td colspan="5" class="muted">No keys yet.</td></tr>"#);
     }
     body.push_str("</tbody></table></div>");
     body.push_str(&button_form(
@@ -338,6 +342,13 @@ pub(crate) async fn show(
         "Create a key",
         "",
         &[],
+    ));
+    body.push_str(&button_form(
+        &format!("{base}/keys"),
+        csrf,
+        "Create a sandbox key",
+        "secondary",
+        &[("environment", "sandbox")],
     ));
 
     // Subscriptions.
@@ -516,20 +527,36 @@ pub(crate) async fn issue_key(
         Ok(found) => found,
         Err(response) => return *response,
     };
-    let Some(generated) = hasher(&state).and_then(|h| generate(&h, "live").ok()) else {
+    let sandbox = form.environment.as_deref() == Some("sandbox");
+    let prefix = if sandbox { "sandbox" } else { "live" };
+    let Some(generated) = hasher(&state).and_then(|h| generate(&h, prefix).ok()) else {
         return failure(
             &state,
             &session,
             &StoreError::Malformed("keys cannot be generated".to_owned()),
         );
     };
-    match state.data.add_key(&app.id, &generated.public_id, &generated.hash, None).await {
+    match state
+        .data
+        .add_key(
+            &app.id,
+            &generated.public_id,
+            &generated.hash,
+            None,
+            sandbox,
+        )
+        .await
+    {
         Ok(_) => key_page(
             &state,
             &session,
             &app,
             &generated.key,
-            "It works at the gateway within a second, on every API the application is subscribed to.",
+            if sandbox {
+                "It works within a second on the sandbox of every API that has one, without a subscription; sandbox calls are limited and never billed."
+            } else {
+                "It works at the gateway within a second, on every API the application is subscribed to."
+            },
         ),
         Err(err) => failure(&state, &session, &err),
     }
@@ -577,7 +604,12 @@ pub(crate) async fn rotate_key(
             &StoreError::Invalid("Choose one of the offered overlaps.".to_owned()),
         );
     }
-    let Some(generated) = hasher(&state).and_then(|h| generate(&h, "live").ok()) else {
+    let prefix = match state.data.key(&public_id).await {
+        Ok(key) if key.sandbox => "sandbox",
+        Ok(_) => "live",
+        Err(err) => return failure(&state, &session, &err),
+    };
+    let Some(generated) = hasher(&state).and_then(|h| generate(&h, prefix).ok()) else {
         return failure(
             &state,
             &session,

@@ -4,13 +4,14 @@
 
 use std::fmt::Write;
 
-use axum::extract::{Path, State};
+use axum::extract::{Form, Path, State};
 use axum::response::Response;
 use gatehouse_store::catalog::{Plan, Product, Visibility};
 use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::html::{esc, money, Flash, Page};
+use crate::html::{csrf_field, esc, field, money, Flash, Page};
 use crate::session;
 use crate::PortalState;
 
@@ -166,10 +167,102 @@ pub(crate) async fn index(State(state): State<PortalState>, headers: HeaderMap) 
     page(&state, &headers, StatusCode::OK, "APIs", None, body).await
 }
 
+/// The try-it console's form, and the answer it got.
+#[derive(Deserialize, Default)]
+pub(crate) struct TryForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    method: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    body: String,
+}
+
 pub(crate) async fn product(
     State(state): State<PortalState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+) -> Response {
+    product_page(state, headers, id, None).await
+}
+
+/// Sends the console's request to the product's sandbox through the gateway and shows
+/// the answer on the product page.
+pub(crate) async fn try_it(
+    State(state): State<PortalState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<TryForm>,
+) -> Response {
+    if !session::anonymous_csrf_ok(&headers, &form.csrf) {
+        return product_page(
+            state,
+            headers,
+            id,
+            Some((
+                form,
+                Err("This form expired; reload the page and try again.".to_owned()),
+            )),
+        )
+        .await;
+    }
+    let method = match form.method.as_str() {
+        "GET" | "POST" | "PUT" | "PATCH" | "DELETE" => form.method.clone(),
+        _ => String::new(),
+    };
+    let problem = if method.is_empty() {
+        Some("Choose an operation.")
+    } else if !form.path.starts_with('/')
+        || form.path.starts_with("//")
+        || form.path.contains(char::is_whitespace)
+    {
+        Some("The path must start with a single / and have no spaces.")
+    } else if !form.key.starts_with("sandbox_") {
+        Some("The console calls sandboxes: use one of your application's sandbox keys.")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return product_page(state, headers, id, Some((form, Err(problem.to_owned())))).await;
+    }
+    let settings = state.settings();
+    let url = format!("{}{}", settings.gateway_url, form.path);
+    let answer = async {
+        let fetcher =
+            gatehouse_policy::fetch::HttpFetcher::new(None, std::time::Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+        let body = (!form.body.trim().is_empty()).then(|| ("application/json", form.body.clone()));
+        let method = http::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        fetcher
+            .request(method, &url, &[("x-api-key", form.key.clone())], body)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let result = answer.await.map(|response| {
+        let mut shown = format!("{}\n", response.status);
+        for (name, value) in &response.headers {
+            let _ = writeln!(shown, "{}: {}", name, value.to_str().unwrap_or("<binary>"));
+        }
+        shown.push('\n');
+        let text = String::from_utf8_lossy(&response.body);
+        match serde_json::from_str::<Value>(&text) {
+            Ok(json) => shown.push_str(&serde_json::to_string_pretty(&json).unwrap_or_default()),
+            Err(_) => shown.push_str(&text),
+        }
+        shown
+    });
+    product_page(state, headers, id, Some((form, result))).await
+}
+
+async fn product_page(
+    state: PortalState,
+    headers: HeaderMap,
+    id: String,
+    tried: Option<(TryForm, Result<String, String>)>,
 ) -> Response {
     let loaded = async {
         Ok::<_, gatehouse_store::StoreError>((
@@ -200,13 +293,23 @@ pub(crate) async fn product(
         gateway = esc(&settings.gateway_url),
         plans = plans_table(&plans),
     );
+    let mut set_cookie = None;
+    if let (Some(_), Some(document)) = (&product.sandbox, &product.openapi) {
+        let (csrf, cookie) = session::anonymous_csrf(&settings, &headers);
+        set_cookie = cookie;
+        body.push_str(&console(&product.id, document, &csrf, tried.as_ref()));
+    }
     match &product.openapi {
         Some(document) => body.push_str(&reference(document)),
         None => body.push_str(
             r#"<h2>Reference</h2><p class="muted">This API has no reference document yet.</p>"#,
         ),
     }
-    page(&state, &headers, StatusCode::OK, &product.name, None, body).await
+    let mut response = page(&state, &headers, StatusCode::OK, &product.name, None, body).await;
+    if let Some((name, value)) = set_cookie {
+        response.headers_mut().append(name, value);
+    }
+    response
 }
 
 pub(crate) async fn not_found(State(state): State<PortalState>, headers: HeaderMap) -> Response {
@@ -220,6 +323,75 @@ pub(crate) async fn not_found(State(state): State<PortalState>, headers: HeaderM
             .to_owned(),
     )
     .await
+}
+
+/// The try-it console: an operation of the document, a path, a sandbox key and a body.
+fn console(
+    product: &str,
+    document: &Value,
+    csrf: &str,
+    tried: Option<&(TryForm, Result<String, String>)>,
+) -> String {
+    let mut options = String::new();
+    if let Some(paths) = document.get("paths").and_then(Value::as_object) {
+        for (path, item) in paths {
+            for method in METHODS {
+                if item.get(method).is_some() {
+                    let upper = method.to_uppercase();
+                    let selected = tried.is_some_and(|(form, _)| form.method == upper);
+                    let _ = write!(
+                        options,
+                        r#"<option value="{upper}"{selected}>{upper} {path}</option>"#,
+                        selected = if selected { " selected" } else { "" },
+                        path = esc(path),
+                    );
+                }
+            }
+        }
+    }
+    let first_path = document
+        .get("paths")
+        .and_then(Value::as_object)
+        .and_then(|p| p.keys().next())
+        .cloned()
+        .unwrap_or_else(|| "/".to_owned());
+    let (path, key, request_body) = match tried {
+        Some((form, _)) => (form.path.clone(), form.key.clone(), form.body.clone()),
+        None => (first_path, String::new(), String::new()),
+    };
+    let result = match tried.map(|(_, result)| result) {
+        Some(Ok(answer)) => format!(
+            r#"<h3>Answer</h3><pre id="try-result" aria-live="polite">{}</pre>"#,
+            esc(answer)
+        ),
+        Some(Err(problem)) => format!(
+            r#"<div class="flash error" role="alert" id="try-result">{}</div>"#,
+            esc(problem)
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"<h2 id="try">Try it in the sandbox</h2><div class="card"><p>Calls go to the sandbox with one of your application's <strong>sandbox keys</strong>: no subscription needed, limited, never billed.</p><form method="post" action="/apis/{product}/try#try">{csrf}<label for="try-method">Operation</label><select id="try-method" name="method">{options}</select>{path}{key}<label for="try-body">JSON body (optional)</label><textarea id="try-body" name="body" rows="3">{request_body}</textarea><button type="submit">Send</button></form>{result}</div>"#,
+        product = esc(product),
+        csrf = csrf_field(csrf),
+        path = field(
+            "try-path",
+            "Path (fill in the parameters)",
+            "text",
+            &path,
+            "required"
+        )
+        .replace(r#"name="try-path""#, r#"name="path""#),
+        key = field(
+            "try-key",
+            "Sandbox key",
+            "password",
+            &key,
+            r#"required autocomplete="off""#
+        )
+        .replace(r#"name="try-key""#, r#"name="key""#),
+        request_body = esc(&request_body),
+    )
 }
 
 /// `#/components/schemas/Book` → `Book`.

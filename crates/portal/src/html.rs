@@ -56,6 +56,7 @@ th,td{text-align:left;padding:.5rem;border-bottom:1px solid var(--line);vertical
 th{font-size:.875rem;color:var(--muted)}
 .table{overflow-x:auto}
 td code{overflow-wrap:anywhere}
+textarea{display:block}
 code,pre,.key{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9rem}
 pre{background:#0f172a;color:#e2e8f0;padding:.75rem;border-radius:.375rem;overflow-x:auto}
 .key{display:block;background:#fff8d6;border:1px dashed #b59400;padding:.75rem;word-break:break-all}

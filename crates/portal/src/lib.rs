@@ -123,6 +123,7 @@ pub fn router(state: PortalState) -> Router {
     Router::new()
         .route("/", get(catalog::index))
         .route("/apis/{id}", get(catalog::product))
+        .route("/apis/{id}/try", post(catalog::try_it))
         .route("/signup", get(accounts::signup_form).post(accounts::signup))
         .route("/verify", get(accounts::verify))
         .route("/login", get(accounts::login_form).post(accounts::login))

@@ -34,6 +34,7 @@ use gatehouse_telemetry::{AccessRecord, Telemetry, TraceContext};
 use crate::mirror::Mirror;
 use gatehouse_config::{ResponseValidation, UpstreamProtocol};
 use gatehouse_policy::openapi::{Operation, RouteValidation};
+use gatehouse_policy::products::{Access, SandboxTarget};
 use gatehouse_policy::Rejection;
 
 /// What the pipeline knows about the client connection.
@@ -88,7 +89,8 @@ pub struct RequestTrace {
     entitlement: Option<Arc<gatehouse_policy::products::Entitlement>>,
     /// How the response cache took part.
     cache: Option<cache::Outcome>,
-    /// The service of the request's API version, when it is not the route's.
+    /// The service that took the request instead of the route's: its API version's, or
+    /// its product sandbox's.
     version_service: Option<Arc<Service>>,
     /// Bytes of a request body sent without `Content-Length` (chunked), counted as it is
     /// read.
@@ -334,7 +336,7 @@ impl Drop for Finish {
                     product: &entitlement.product_id,
                     plan: &entitlement.plan_id,
                     route,
-                    sandbox: false,
+                    sandbox: entitlement.sandbox,
                     status: self.status,
                     latency: total,
                 });
@@ -669,31 +671,82 @@ async fn route_and_respond(
     let mut policy_headers = Vec::new();
     // The guard is dropped before any await: the store follower swaps the catalog.
     let identity = granted.as_ref().map(|g| &*g.identity);
-    let governed = {
+    let access = {
         let catalog = snapshot.products.load();
-        catalog.governs(&matched.route.name).then(|| {
-            catalog.entitlement(
-                &matched.route.name,
-                identity.map(|identity| identity.consumer.id.as_str()),
-            )
-        })
+        (catalog.governs(&matched.route.name) || (identity.is_some() && catalog.has_sandbox_keys()))
+            .then(|| {
+                catalog.access(
+                    &matched.route.name,
+                    identity.map(|identity| identity.consumer.id.as_str()),
+                    identity.map(|identity| &*identity.credential),
+                )
+            })
     };
-    if let Some(entitlement) = governed {
+    let mut sandbox = None;
+    if let Some(access) = access {
         trace.plan_passed = Some(false);
-        if let Some(entitlement) = entitlement.map_err(GatewayError::Rejected)? {
-            let limit_request = LimitRequest {
-                identity,
-                client_ip,
-                route: &matched.route.name,
-                headers: request.headers(),
-            };
-            let headers = Box::pin(entitlement.plan.admit(&limit_request))
-                .await
-                .map_err(GatewayError::Rejected)?;
-            policy_headers.extend(headers);
-            trace.entitlement = Some(entitlement);
+        let access = access.map_err(GatewayError::Rejected)?;
+        let limit_request = LimitRequest {
+            identity,
+            client_ip,
+            route: &matched.route.name,
+            headers: request.headers(),
+        };
+        match access {
+            None => trace.plan_passed = None,
+            Some(Access::Live(entitlement)) => {
+                let headers = Box::pin(entitlement.plan.admit(&limit_request))
+                    .await
+                    .map_err(GatewayError::Rejected)?;
+                policy_headers.extend(headers);
+                trace.entitlement = Some(entitlement);
+            }
+            Some(Access::Sandbox(rules)) => {
+                let headers = Box::pin(rules.rules.admit(&limit_request))
+                    .await
+                    .map_err(GatewayError::Rejected)?;
+                policy_headers.extend(headers);
+                let consumer = identity.map_or("", |i| i.consumer.id.as_str());
+                trace.entitlement = Some(Arc::new(rules.entitlement(consumer)));
+                sandbox = Some(rules);
+            }
         }
-        trace.plan_passed = Some(true);
+        if trace.plan_passed.is_some() {
+            trace.plan_passed = Some(true);
+        }
+    }
+    // A sandbox answers from its mock, or sends the request to its own service.
+    let mut sandbox_service = None;
+    let mut sandbox_answer = None;
+    if let Some(rules) = &sandbox {
+        match &rules.target {
+            SandboxTarget::Mock(Ok(document)) => {
+                let answer = document
+                    .mock(
+                        request.method(),
+                        &path,
+                        request.uri().query(),
+                        request.headers(),
+                    )
+                    .map_err(GatewayError::Rejected)?;
+                sandbox_answer = Some(mock_response(answer));
+            }
+            SandboxTarget::Mock(Err(reason)) => {
+                return Err(GatewayError::Rejected(Rejection::unavailable(
+                    "sandbox_unavailable",
+                    format!("the sandbox cannot answer: {reason}"),
+                )))
+            }
+            SandboxTarget::Service(name) => match snapshot.services.get(name) {
+                Some(service) => sandbox_service = Some(service.clone()),
+                None => {
+                    return Err(GatewayError::Rejected(Rejection::unavailable(
+                        "sandbox_unavailable",
+                        format!("the sandbox's service `{name}` is not in the configuration"),
+                    )))
+                }
+            },
+        }
     }
     if !route.rate_limits.is_empty() || !route.quotas.is_empty() {
         let limit_request = LimitRequest {
@@ -743,241 +796,248 @@ async fn route_and_respond(
         .map(InFlightLimit::try_acquire)
         .transpose()
         .map_err(GatewayError::Rejected)?;
-    let mut response = match &route.action {
-        RouteAction::Respond {
-            status,
-            body,
-            headers,
-        } => {
-            let mut response = Response::new(body::full(body.clone()));
-            *response.status_mut() = *status;
-            *response.headers_mut() = headers.clone();
-            Ok(response)
-        }
-        RouteAction::Redirect(redirect) => {
-            let scheme =
-                redirect
-                    .scheme
-                    .as_deref()
-                    .unwrap_or(if conn.tls { "https" } else { "http" });
-            let target_host = redirect.host.as_deref().unwrap_or(&authority);
-            let target_path = match &redirect.path {
-                Some(template) => fill_template(template, &matched.captures),
-                None => path.clone().into_owned(),
-            };
-            let query = request
-                .uri()
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default();
-            Ok(redirect_response(
-                redirect.status,
-                &format!("{scheme}://{target_host}{target_path}{query}"),
-            ))
-        }
-        RouteAction::Forward {
-            service,
-            host_rewrite,
-            ..
-        } if route.grpc_transcode.is_some() => {
-            let Some(transcoder) = route.grpc_transcode.as_deref() else {
-                unreachable!("guarded by the match arm")
-            };
-            let Some(call) = transcoder.find(request.method(), &path) else {
-                return Err(GatewayError::NoRoute {
-                    method: request.method().to_string(),
-                    host,
-                    path: path.into_owned(),
-                });
-            };
-            trace.forwarded = true;
-            let (parts, body) = request.into_parts();
-            let bytes = Box::pin(transform::read_request(body, transcoder.max_body())).await?;
-            let message = transcoder.request_message(&call, parts.uri.query(), &bytes)?;
-            let request = transcoder.upstream_request(&call, parts, message);
-            let upstream = Upstream {
-                path: None,
-                host: host_rewrite.as_ref(),
-                client_ip,
-                security: &snapshot.security,
-                granted: granted.as_ref(),
-                identity_applied: false,
-                body_limit: 0,
-                mirror: None,
-                validation: None,
-            };
-            let response =
-                Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
-            Box::pin(transcoder.response(&call, response)).await
-        }
-        RouteAction::Forward {
-            service,
-            rewrite,
-            host_rewrite,
-        } if service.config.protocol == UpstreamProtocol::Http2
-            && trace.grpc.as_ref().is_some_and(|call| call.web.is_some()) =>
-        {
-            // gRPC-Web to a gRPC service: translated both ways.
-            let Some(GrpcCall {
-                web: Some((encoding, content_type)),
-                web_status: Some(status),
-                ..
-            }) = trace.grpc.clone()
-            else {
-                unreachable!("guarded by the match arm")
-            };
-            let upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
-            trace.forwarded = true;
-            let (mut parts, body) = request.into_parts();
-            let body = grpc::web::request_to_grpc(&mut parts.headers, body, encoding);
-            let upstream = Upstream {
-                path: upstream_path,
-                host: host_rewrite.as_ref(),
-                client_ip,
-                security: &snapshot.security,
-                granted: granted.as_ref(),
-                identity_applied: false,
-                body_limit: route_body_limit(
-                    conn.listener.limits.max_request_body.0,
-                    route.shaping.as_ref().and_then(|s| s.max_body),
-                ),
-                mirror: None,
-                validation: None,
-            };
-            let request = Request::from_parts(parts, body);
-            let response =
-                Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
-            Ok(grpc::web::response_to_web(
-                response,
-                content_type,
-                encoding,
+    let mut response = if let Some(answer) = sandbox_answer {
+        Ok(answer)
+    } else {
+        match &route.action {
+            RouteAction::Respond {
                 status,
-            ))
-        }
-        RouteAction::Forward {
-            service,
-            rewrite,
-            host_rewrite,
-        } => {
-            let mut upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
-            let version = match &route.api {
-                Some(api) => {
-                    let forwarded = upstream_path.as_deref().unwrap_or(&path);
-                    let selected = api.select(
-                        forwarded,
-                        request.uri().query(),
-                        request.headers(),
-                        trace.identity.as_ref().map(|i| &*i.consumer),
-                    )?;
-                    if selected.from_path {
-                        upstream_path = Some(versioning::strip_first_segment(forwarded));
-                    }
-                    Some((&**api, selected))
-                }
-                None => None,
-            };
-            let service = match version.and_then(|(api, selected)| api.service(selected)) {
-                Some(own) => {
-                    trace.version_service = Some(own.clone());
-                    own
-                }
-                None => service,
-            };
-            let lookup = route.cache.as_ref().and_then(|cache| {
-                let lookup = cache.lookup(&cache::CacheRequest {
-                    method: request.method(),
-                    host: &host,
-                    path: &path,
-                    query: request.uri().query(),
-                    headers: request.headers(),
-                    consumer: trace.identity.as_ref().map(|i| i.consumer.id.as_str()),
-                    // The backend's version: its answer is stored, and downgraded per request.
-                    version: version.map(|(api, selected)| api.version_name(selected.target)),
-                });
-                lookup.map(|lookup| (cache, lookup))
-            });
-            trace.forwarded = true;
-            let upstream = Upstream {
-                path: upstream_path,
-                host: host_rewrite.as_ref(),
-                client_ip,
-                security: &snapshot.security,
-                granted: granted.as_ref(),
-                identity_applied: false,
-                body_limit: route_body_limit(
-                    conn.listener.limits.max_request_body.0,
-                    route.shaping.as_ref().and_then(|s| s.max_body),
-                ),
-                mirror: route.mirror.as_ref().filter(|m| m.sample()),
-                validation: route.openapi.as_ref().zip(operation.as_ref()).map(
-                    |(rules, matched)| Validation {
-                        rules,
-                        operation: matched.operation,
-                    },
-                ),
-            };
-            let head = request.method() == Method::HEAD;
-            let transform = route.transform.as_ref();
-            let mut request = request;
-            if transform.is_some() || version.is_some() {
-                let (mut parts, body) = request.into_parts();
-                if let Some((api, selected)) = version {
-                    api.edit_forwarded_request(selected, &mut parts);
-                }
-                if let Some(transform) = transform {
-                    transform.edit_request_head(&mut parts);
-                }
-                request = Request::from_parts(parts, body);
+                body,
+                headers,
+            } => {
+                let mut response = Response::new(body::full(body.clone()));
+                *response.status_mut() = *status;
+                *response.headers_mut() = headers.clone();
+                Ok(response)
             }
-            let has_json_body = (transform.is_some() || version.is_some())
-                && !http_body::Body::is_end_stream(request.body())
-                && transform::is_json(request.headers());
-            let upgrades =
-                version.filter(|(api, selected)| has_json_body && api.upgrades_requests(*selected));
-            let rewrites = transform.filter(|t| has_json_body && t.rewrites_request_body());
-            let response = if upgrades.is_some() || rewrites.is_some() {
-                let max = [
-                    upgrades.map(|(api, _)| api.max_body),
-                    rewrites.map(|t| t.max_body()),
-                ]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(usize::MAX);
-                let (mut parts, body) = request.into_parts();
-                let mut bytes = Box::pin(transform::read_request(body, max)).await?;
-                if let Some((api, selected)) = upgrades {
-                    bytes = api.upgrade_request(selected, &bytes)?;
-                }
-                if let Some(transform) = rewrites {
-                    bytes = transform.rewrite_request(bytes)?;
-                }
-                transform::set_length(&mut parts.headers, bytes.len());
-                let request = Request::from_parts(parts, http_body_util::Full::new(bytes));
-                let response =
-                    Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await;
-                bypass_cache(route, trace, response)
-            } else if let Some((cache, lookup)) = lookup {
-                let context = CacheContext {
-                    cache,
-                    snapshot,
-                    route: matched.route,
-                    service,
-                    request_id,
+            RouteAction::Redirect(redirect) => {
+                let scheme =
+                    redirect
+                        .scheme
+                        .as_deref()
+                        .unwrap_or(if conn.tls { "https" } else { "http" });
+                let target_host = redirect.host.as_deref().unwrap_or(&authority);
+                let target_path = match &redirect.path {
+                    Some(template) => fill_template(template, &matched.captures),
+                    None => path.clone().into_owned(),
                 };
-                Box::pin(cached(context, lookup, conn, request, trace, upstream)).await
-            } else {
-                let response = proxy(service, conn, request, trace, upstream, request_id).await;
-                bypass_cache(route, trace, response)
-            };
-            let mut response = match transform {
-                Some(transform) => Box::pin(transform.response(response?, head)).await?,
-                None => response?,
-            };
-            if let Some((api, selected)) = version {
-                response = Box::pin(downgrade(api, selected, response, head)).await?;
+                let query = request
+                    .uri()
+                    .query()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default();
+                Ok(redirect_response(
+                    redirect.status,
+                    &format!("{scheme}://{target_host}{target_path}{query}"),
+                ))
             }
-            Ok(response)
+            RouteAction::Forward {
+                service,
+                host_rewrite,
+                ..
+            } if route.grpc_transcode.is_some() => {
+                let Some(transcoder) = route.grpc_transcode.as_deref() else {
+                    unreachable!("guarded by the match arm")
+                };
+                let Some(call) = transcoder.find(request.method(), &path) else {
+                    return Err(GatewayError::NoRoute {
+                        method: request.method().to_string(),
+                        host,
+                        path: path.into_owned(),
+                    });
+                };
+                trace.forwarded = true;
+                let (parts, body) = request.into_parts();
+                let bytes = Box::pin(transform::read_request(body, transcoder.max_body())).await?;
+                let message = transcoder.request_message(&call, parts.uri.query(), &bytes)?;
+                let request = transcoder.upstream_request(&call, parts, message);
+                let upstream = Upstream {
+                    path: None,
+                    host: host_rewrite.as_ref(),
+                    client_ip,
+                    security: &snapshot.security,
+                    granted: granted.as_ref(),
+                    identity_applied: false,
+                    body_limit: 0,
+                    mirror: None,
+                    validation: None,
+                };
+                let response =
+                    Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
+                Box::pin(transcoder.response(&call, response)).await
+            }
+            RouteAction::Forward {
+                service,
+                rewrite,
+                host_rewrite,
+            } if service.config.protocol == UpstreamProtocol::Http2
+                && trace.grpc.as_ref().is_some_and(|call| call.web.is_some()) =>
+            {
+                // gRPC-Web to a gRPC service: translated both ways.
+                let Some(GrpcCall {
+                    web: Some((encoding, content_type)),
+                    web_status: Some(status),
+                    ..
+                }) = trace.grpc.clone()
+                else {
+                    unreachable!("guarded by the match arm")
+                };
+                let upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
+                trace.forwarded = true;
+                let (mut parts, body) = request.into_parts();
+                let body = grpc::web::request_to_grpc(&mut parts.headers, body, encoding);
+                let upstream = Upstream {
+                    path: upstream_path,
+                    host: host_rewrite.as_ref(),
+                    client_ip,
+                    security: &snapshot.security,
+                    granted: granted.as_ref(),
+                    identity_applied: false,
+                    body_limit: route_body_limit(
+                        conn.listener.limits.max_request_body.0,
+                        route.shaping.as_ref().and_then(|s| s.max_body),
+                    ),
+                    mirror: None,
+                    validation: None,
+                };
+                let request = Request::from_parts(parts, body);
+                let response =
+                    Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
+                Ok(grpc::web::response_to_web(
+                    response,
+                    content_type,
+                    encoding,
+                    status,
+                ))
+            }
+            RouteAction::Forward {
+                service,
+                rewrite,
+                host_rewrite,
+            } => {
+                let mut upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
+                let version = match &route.api {
+                    Some(api) => {
+                        let forwarded = upstream_path.as_deref().unwrap_or(&path);
+                        let selected = api.select(
+                            forwarded,
+                            request.uri().query(),
+                            request.headers(),
+                            trace.identity.as_ref().map(|i| &*i.consumer),
+                        )?;
+                        if selected.from_path {
+                            upstream_path = Some(versioning::strip_first_segment(forwarded));
+                        }
+                        Some((&**api, selected))
+                    }
+                    None => None,
+                };
+                let service = match (
+                    &sandbox_service,
+                    version.and_then(|(api, selected)| api.service(selected)),
+                ) {
+                    (Some(own), _) | (None, Some(own)) => {
+                        trace.version_service = Some(own.clone());
+                        own
+                    }
+                    (None, None) => service,
+                };
+                let lookup = route.cache.as_ref().and_then(|cache| {
+                    let lookup = cache.lookup(&cache::CacheRequest {
+                        method: request.method(),
+                        host: &host,
+                        path: &path,
+                        query: request.uri().query(),
+                        headers: request.headers(),
+                        consumer: trace.identity.as_ref().map(|i| i.consumer.id.as_str()),
+                        // The backend's version: its answer is stored, and downgraded per request.
+                        version: version.map(|(api, selected)| api.version_name(selected.target)),
+                    });
+                    lookup.map(|lookup| (cache, lookup))
+                });
+                trace.forwarded = true;
+                let upstream = Upstream {
+                    path: upstream_path,
+                    host: host_rewrite.as_ref(),
+                    client_ip,
+                    security: &snapshot.security,
+                    granted: granted.as_ref(),
+                    identity_applied: false,
+                    body_limit: route_body_limit(
+                        conn.listener.limits.max_request_body.0,
+                        route.shaping.as_ref().and_then(|s| s.max_body),
+                    ),
+                    mirror: route.mirror.as_ref().filter(|m| m.sample()),
+                    validation: route.openapi.as_ref().zip(operation.as_ref()).map(
+                        |(rules, matched)| Validation {
+                            rules,
+                            operation: matched.operation,
+                        },
+                    ),
+                };
+                let head = request.method() == Method::HEAD;
+                let transform = route.transform.as_ref();
+                let mut request = request;
+                if transform.is_some() || version.is_some() {
+                    let (mut parts, body) = request.into_parts();
+                    if let Some((api, selected)) = version {
+                        api.edit_forwarded_request(selected, &mut parts);
+                    }
+                    if let Some(transform) = transform {
+                        transform.edit_request_head(&mut parts);
+                    }
+                    request = Request::from_parts(parts, body);
+                }
+                let has_json_body = (transform.is_some() || version.is_some())
+                    && !http_body::Body::is_end_stream(request.body())
+                    && transform::is_json(request.headers());
+                let upgrades = version
+                    .filter(|(api, selected)| has_json_body && api.upgrades_requests(*selected));
+                let rewrites = transform.filter(|t| has_json_body && t.rewrites_request_body());
+                let response = if upgrades.is_some() || rewrites.is_some() {
+                    let max = [
+                        upgrades.map(|(api, _)| api.max_body),
+                        rewrites.map(|t| t.max_body()),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(usize::MAX);
+                    let (mut parts, body) = request.into_parts();
+                    let mut bytes = Box::pin(transform::read_request(body, max)).await?;
+                    if let Some((api, selected)) = upgrades {
+                        bytes = api.upgrade_request(selected, &bytes)?;
+                    }
+                    if let Some(transform) = rewrites {
+                        bytes = transform.rewrite_request(bytes)?;
+                    }
+                    transform::set_length(&mut parts.headers, bytes.len());
+                    let request = Request::from_parts(parts, http_body_util::Full::new(bytes));
+                    let response =
+                        Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await;
+                    bypass_cache(route, trace, response)
+                } else if let Some((cache, lookup)) = lookup {
+                    let context = CacheContext {
+                        cache,
+                        snapshot,
+                        route: matched.route,
+                        service,
+                        request_id,
+                    };
+                    Box::pin(cached(context, lookup, conn, request, trace, upstream)).await
+                } else {
+                    let response = proxy(service, conn, request, trace, upstream, request_id).await;
+                    bypass_cache(route, trace, response)
+                };
+                let mut response = match transform {
+                    Some(transform) => Box::pin(transform.response(response?, head)).await?,
+                    None => response?,
+                };
+                if let Some((api, selected)) = version {
+                    response = Box::pin(downgrade(api, selected, response, head)).await?;
+                }
+                Ok(response)
+            }
         }
     }?;
     if let Some(granted) = &granted {
@@ -992,6 +1052,27 @@ async fn route_and_respond(
         response = response.map(|body| body::with_guard(body, slot));
     }
     Ok(response)
+}
+
+/// A sandbox's mock answer as a response.
+fn mock_response(answer: &gatehouse_policy::openapi::MockAnswer) -> Response<ProxyBody> {
+    let mut response = match &answer.body {
+        Some((_, bytes)) => Response::new(body::full(bytes.clone())),
+        None => Response::new(body::empty()),
+    };
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    if let Some((content_type, _)) = &answer.body {
+        headers.insert(http::header::CONTENT_TYPE, content_type.clone());
+    }
+    for (name, value) in &answer.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(
+        http::HeaderName::from_static("x-gatehouse-sandbox"),
+        HeaderValue::from_static("mock"),
+    );
+    response
 }
 
 /// The path sent upstream: rewritten, or normalized; `None` when it goes exactly as the

@@ -345,7 +345,7 @@ impl Store {
     /// A consumer's keys, newest first.
     pub async fn keys_of(&self, consumer_id: &str) -> Result<Vec<StoredKey>, StoreError> {
         sqlx::query(
-            "SELECT public_id, consumer_id, hash, created_at, expires_at, revoked_at \
+            "SELECT public_id, consumer_id, hash, created_at, expires_at, revoked_at, environment \
              FROM api_keys WHERE consumer_id = $1 ORDER BY created_at DESC, public_id",
         )
         .bind(consumer_id.to_owned())

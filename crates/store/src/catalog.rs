@@ -57,10 +57,27 @@ pub struct Product {
     pub version: String,
     #[serde(default)]
     pub visibility: Visibility,
+    /// The product's sandbox, which sandbox keys call; absent: none.
+    #[serde(default)]
+    pub sandbox: Option<Sandbox>,
     #[serde(default)]
     pub created_at: i64,
     #[serde(default)]
     pub updated_at: i64,
+}
+
+/// Where a product's sandbox answers from, and how much it may be called.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sandbox {
+    /// A service of the configuration to send sandbox requests to; absent: a mock that
+    /// answers from the product's OpenAPI document (examples, else values made from the
+    /// schemas).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Rate limits per application (default: 10 requests per second).
+    #[serde(default)]
+    pub limits: Vec<PlanLimit>,
 }
 
 /// Changes to a product; absent members stay as they are.
@@ -73,6 +90,7 @@ pub struct ProductChange {
     pub routes: Option<Vec<String>>,
     pub version: Option<String>,
     pub visibility: Option<Visibility>,
+    pub sandbox: Option<Sandbox>,
 }
 
 /// One rate limit of a plan, counted per application.
@@ -313,7 +331,7 @@ pub fn generated_id(prefix: &str) -> String {
 }
 
 const PRODUCT_COLUMNS: &str =
-    "id, name, description, openapi, routes_json, version, visibility, created_at, updated_at";
+    "id, name, description, openapi, routes_json, version, visibility, sandbox_json, created_at, updated_at";
 const PLAN_COLUMNS: &str =
     "id, product_id, name, description, terms_json, requires_approval, created_at, updated_at";
 const SUBSCRIPTION_COLUMNS: &str =
@@ -323,7 +341,12 @@ fn product_from_row(row: &AnyRow) -> Result<Product, StoreError> {
     let openapi: Option<String> = row.try_get("openapi")?;
     let routes: String = row.try_get("routes_json")?;
     let visibility: String = row.try_get("visibility")?;
+    let sandbox: Option<String> = row.try_get("sandbox_json")?;
     Ok(Product {
+        sandbox: sandbox
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|err| StoreError::Malformed(format!("sandbox_json: {err}")))?,
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         description: row.try_get("description")?,
@@ -459,6 +482,20 @@ fn openapi_text(document: &Option<serde_json::Value>) -> Result<Option<String>, 
     }
 }
 
+fn sandbox_text(sandbox: &Option<Sandbox>) -> Result<Option<String>, StoreError> {
+    let Some(sandbox) = sandbox else {
+        return Ok(None);
+    };
+    for (index, limit) in sandbox.limits.iter().enumerate() {
+        if limit.requests == 0 || limit.per_seconds == 0 {
+            return Err(invalid(format!(
+                "sandbox.limits[{index}]: `requests` and `per_seconds` must be positive"
+            )));
+        }
+    }
+    to_json(sandbox).map(Some)
+}
+
 impl Store {
     pub async fn create_product(&self, product: &Product) -> Result<Product, StoreError> {
         if !valid_id(&product.id) {
@@ -483,8 +520,8 @@ impl Store {
             ..product.clone()
         };
         sqlx::query(
-            "INSERT INTO products (id, name, description, openapi, routes_json, version, visibility, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO products (id, name, description, openapi, routes_json, version, visibility, sandbox_json, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(created.id.clone())
         .bind(created.name.clone())
@@ -493,6 +530,7 @@ impl Store {
         .bind(to_json(&created.routes)?)
         .bind(created.version.clone())
         .bind(created.visibility.as_str())
+        .bind(sandbox_text(&created.sandbox)?)
         .bind(at)
         .bind(at)
         .execute(&mut *tx)
@@ -532,10 +570,13 @@ impl Store {
         if let Some(visibility) = change.visibility {
             product.visibility = visibility;
         }
+        if let Some(sandbox) = &change.sandbox {
+            product.sandbox = Some(sandbox.clone());
+        }
         product.updated_at = now();
         sqlx::query(
             "UPDATE products SET name = $1, description = $2, openapi = $3, routes_json = $4, \
-             version = $5, visibility = $6, updated_at = $7 WHERE id = $8",
+             version = $5, visibility = $6, sandbox_json = $7, updated_at = $8 WHERE id = $9",
         )
         .bind(product.name.clone())
         .bind(product.description.clone())
@@ -543,6 +584,7 @@ impl Store {
         .bind(to_json(&product.routes)?)
         .bind(product.version.clone())
         .bind(product.visibility.as_str())
+        .bind(sandbox_text(&product.sandbox)?)
         .bind(product.updated_at)
         .bind(id.to_owned())
         .execute(&mut *tx)

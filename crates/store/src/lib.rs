@@ -91,6 +91,9 @@ pub struct StoredKey {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// A sandbox key: it calls products' sandboxes, never the live APIs.
+    #[serde(default)]
+    pub sandbox: bool,
 }
 
 /// Everything gateways copy into memory, at one version.
@@ -195,7 +198,7 @@ impl Store {
         .map(consumer_from_row)
         .collect::<Result<_, _>>()?;
         let keys = sqlx::query(
-            "SELECT public_id, consumer_id, hash, created_at, expires_at, revoked_at \
+            "SELECT public_id, consumer_id, hash, created_at, expires_at, revoked_at, environment \
              FROM api_keys ORDER BY public_id",
         )
         .fetch_all(&mut *tx)
@@ -270,6 +273,7 @@ impl Store {
         public_id: &str,
         hash: &str,
         expires_at: Option<i64>,
+        sandbox: bool,
     ) -> Result<StoredKey, StoreError> {
         let mut tx = self.pool.begin().await?;
         let consumer = sqlx::query("SELECT id FROM consumers WHERE id = $1")
@@ -286,16 +290,18 @@ impl Store {
             created_at: now(),
             expires_at,
             revoked_at: None,
+            sandbox,
         };
         sqlx::query(
-            "INSERT INTO api_keys (public_id, consumer_id, hash, created_at, expires_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, NULL)",
+            "INSERT INTO api_keys (public_id, consumer_id, hash, created_at, expires_at, revoked_at, environment) \
+             VALUES ($1, $2, $3, $4, $5, NULL, $6)",
         )
         .bind(key.public_id.clone())
         .bind(key.consumer_id.clone())
         .bind(key.hash.clone())
         .bind(key.created_at)
         .bind(key.expires_at)
+        .bind(environment(key.sandbox))
         .execute(&mut *tx)
         .await?;
         self.bump(&mut tx).await?;
@@ -315,7 +321,7 @@ impl Store {
     ) -> Result<(StoredKey, StoredKey), StoreError> {
         let mut tx = self.pool.begin().await?;
         let old = sqlx::query(
-            "SELECT public_id, consumer_id, hash, created_at, expires_at, revoked_at \
+            "SELECT public_id, consumer_id, hash, created_at, expires_at, revoked_at, environment \
              FROM api_keys WHERE public_id = $1",
         )
         .bind(public_id.to_owned())
@@ -343,15 +349,17 @@ impl Store {
             created_at: now,
             expires_at: None,
             revoked_at: None,
+            sandbox: old.sandbox,
         };
         sqlx::query(
-            "INSERT INTO api_keys (public_id, consumer_id, hash, created_at, expires_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, NULL, NULL)",
+            "INSERT INTO api_keys (public_id, consumer_id, hash, created_at, expires_at, revoked_at, environment) \
+             VALUES ($1, $2, $3, $4, NULL, NULL, $5)",
         )
         .bind(new.public_id.clone())
         .bind(new.consumer_id.clone())
         .bind(new.hash.clone())
         .bind(new.created_at)
+        .bind(environment(new.sandbox))
         .execute(&mut *tx)
         .await?;
         self.bump(&mut tx).await?;
@@ -365,6 +373,20 @@ impl Store {
         ))
     }
 
+    pub async fn key(&self, public_id: &str) -> Result<StoredKey, StoreError> {
+        sqlx::query(
+            "SELECT public_id, consumer_id, hash, created_at, expires_at, revoked_at, environment \
+             FROM api_keys WHERE public_id = $1",
+        )
+        .bind(public_id.to_owned())
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(key_from_row)
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound(format!("no API key `{public_id}`")))
+    }
+
     /// Revokes a key at once (again: no change). The key as it now stands.
     pub async fn revoke_key(&self, public_id: &str) -> Result<StoredKey, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -376,7 +398,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let row = sqlx::query(
-            "SELECT public_id, consumer_id, hash, created_at, expires_at, revoked_at \
+            "SELECT public_id, consumer_id, hash, created_at, expires_at, revoked_at, environment \
              FROM api_keys WHERE public_id = $1",
         )
         .bind(public_id.to_owned())
@@ -432,8 +454,19 @@ pub(crate) fn consumer_from_row(row: &AnyRow) -> Result<StoredConsumer, StoreErr
     })
 }
 
+/// The `environment` column of a key.
+fn environment(sandbox: bool) -> &'static str {
+    if sandbox {
+        "sandbox"
+    } else {
+        "live"
+    }
+}
+
 pub(crate) fn key_from_row(row: &AnyRow) -> Result<StoredKey, StoreError> {
+    let environment: String = row.try_get("environment")?;
     Ok(StoredKey {
+        sandbox: environment == "sandbox",
         public_id: row.try_get("public_id")?,
         consumer_id: row.try_get("consumer_id")?,
         hash: row.try_get("hash")?,

@@ -149,6 +149,26 @@ try {
   assert.ok(refusedAfter < 1000, `the revoked key took ${refusedAfter} ms to stop`);
   await shot('revoked');
 
+  step('try the API in the sandbox console with a sandbox key');
+  await page.goto(appUrl);
+  await page.getByRole('button', { name: 'Create a sandbox key' }).click();
+  const sandboxKey = (await page.locator('#new-key').textContent()).trim();
+  assert.match(sandboxKey, /^sandbox_[0-9a-f]{12}_[0-9a-f]{40}$/);
+  await page.goto(`${portal}/`);
+  await page.getByRole('link', { name: 'Books API' }).click();
+  await page.getByLabel('Operation').selectOption({ label: 'GET /books/{id}' });
+  await page.getByLabel('Path (fill in the parameters)').fill('/books/1');
+  await page.getByLabel('Sandbox key').fill(sandboxKey);
+  await until('the sandbox answers', async () => {
+    await page.getByRole('button', { name: 'Send' }).click();
+    const text = (await page.locator('#try-result').textContent()) ?? '';
+    return text.startsWith('200 OK');
+  }, 5000);
+  const answer = await page.locator('#try-result').textContent();
+  assert.ok(answer.includes('x-gatehouse-sandbox: mock'), answer);
+  assert.ok(answer.includes('"title": "Dune"'), answer);
+  await shot('try-it');
+
   step('sign out');
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.getByRole('link', { name: 'Sign in' }).waitFor();
