@@ -319,13 +319,169 @@ pub async fn start_upstreams() -> std::io::Result<DemoUpstreams> {
     })
 }
 
+/// Where the demo keeps its store and mail outbox (a fresh directory per run).
+pub struct DemoPaths {
+    pub store: std::path::PathBuf,
+    pub outbox: std::path::PathBuf,
+}
+
 /// The demo's gateway configuration (`examples/demo.yaml` with the upstream ports filled in).
-pub fn demo_config(upstreams: &DemoUpstreams, listen: SocketAddr, admin: SocketAddr) -> String {
+pub fn demo_config(
+    upstreams: &DemoUpstreams,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    portal: SocketAddr,
+    paths: &DemoPaths,
+) -> String {
     include_str!("../../../examples/demo.yaml")
         .replace("127.0.0.1:8080", &listen.to_string())
         .replace("127.0.0.1:9901", &admin.to_string())
+        .replace("127.0.0.1:8081", &portal.to_string())
+        .replace(
+            "sqlite:gatehouse-demo.db",
+            &format!("sqlite:{}", paths.store.display()),
+        )
+        .replace("gatehouse-demo-outbox", &paths.outbox.display().to_string())
         .replace("127.0.0.1:7001", &upstreams.catalog[0].to_string())
         .replace("127.0.0.1:7002", &upstreams.catalog[1].to_string())
         .replace("127.0.0.1:7101", &upstreams.echo[0].to_string())
         .replace("127.0.0.1:7102", &upstreams.echo[1].to_string())
+}
+
+/// The OpenAPI document of the catalog as the sample API product exposes it (under
+/// `/partner`): the portal renders it, the sandbox mocks it.
+pub fn catalog_openapi() -> Value {
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Book Catalog API", "version": "1.0",
+                 "description": "Books and their authors. Call it with your application's key in `x-api-key`."},
+        "paths": {
+            "/partner/books": {
+                "get": {"operationId": "listBooks", "summary": "Every book",
+                        "responses": {"200": {"description": "The books", "content": {"application/json": {
+                            "schema": {"type": "object", "required": ["books"], "properties": {
+                                "books": {"type": "array", "items": {"$ref": "#/components/schemas/Book"}}}},
+                            "example": {"books": [{"id": 1, "title": "Dune", "author_id": 1},
+                                                  {"id": 2, "title": "Solaris", "author_id": 2}]}}}}}},
+                "post": {"operationId": "addBook", "summary": "Add a book",
+                         "requestBody": {"required": true, "content": {"application/json": {
+                             "schema": {"$ref": "#/components/schemas/NewBook"},
+                             "example": {"title": "Ubik", "author_id": 2}}}},
+                         "responses": {"201": {"description": "Added", "content": {"application/json": {
+                             "schema": {"type": "object", "properties": {"book": {"$ref": "#/components/schemas/Book"}}},
+                             "example": {"book": {"id": 7, "title": "Ubik", "author_id": 2}}}}}}}
+            },
+            "/partner/books/{id}": {"get": {
+                "operationId": "getBook", "summary": "One book",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1}}],
+                "responses": {
+                    "200": {"description": "The book", "content": {"application/json": {
+                        "schema": {"type": "object", "properties": {"book": {"$ref": "#/components/schemas/Book"}}},
+                        "example": {"book": {"id": 1, "title": "Dune", "author_id": 1}}}}},
+                    "404": {"description": "No such book"}}}},
+            "/partner/authors": {"get": {
+                "operationId": "listAuthors", "summary": "Every author",
+                "responses": {"200": {"description": "The authors", "content": {"application/json": {
+                    "schema": {"type": "object", "properties": {"authors": {"type": "array", "items": {"$ref": "#/components/schemas/Author"}}}}}}}}}}
+        },
+        "components": {"schemas": {
+            "Book": {"type": "object", "required": ["id", "title", "author_id"], "properties": {
+                "id": {"type": "integer", "minimum": 1, "description": "The book's id"},
+                "title": {"type": "string", "minLength": 1},
+                "author_id": {"type": "integer", "minimum": 1}}},
+            "NewBook": {"type": "object", "required": ["title", "author_id"], "properties": {
+                "title": {"type": "string", "minLength": 1},
+                "author_id": {"type": "integer", "minimum": 1}}},
+            "Author": {"type": "object", "required": ["id", "name"], "properties": {
+                "id": {"type": "integer"}, "name": {"type": "string", "example": "Frank Herbert"}}}
+        }}
+    })
+}
+
+/// Fills a fresh store with the sample API product: the catalog under `/partner`, with a
+/// sandbox, a free plan and a paid plan that needs approval.
+pub async fn seed_store(store: &gatehouse_store::Store) -> Result<(), gatehouse_store::StoreError> {
+    use gatehouse_store::catalog::{
+        Plan, PlanLimit, PlanQuota, PlanTerms, PriceTier, Pricing, Product, Sandbox, Visibility,
+    };
+    let product = Product {
+        id: "catalog".to_owned(),
+        name: "Book Catalog API".to_owned(),
+        description: "Books and their authors, for partners.".to_owned(),
+        openapi: Some(catalog_openapi()),
+        routes: vec!["partner-api".to_owned()],
+        version: "v1".to_owned(),
+        visibility: Visibility::Public,
+        sandbox: Some(Sandbox::default()),
+        created_at: 0,
+        updated_at: 0,
+    };
+    match store.create_product(&product).await {
+        Ok(_) => {}
+        Err(gatehouse_store::StoreError::Conflict(_)) => return Ok(()),
+        Err(err) => return Err(err),
+    }
+    let limit = |requests, per_seconds| PlanLimit {
+        requests,
+        per_seconds,
+        burst: None,
+    };
+    store
+        .create_plan(
+            "catalog",
+            &Plan {
+                id: "free".to_owned(),
+                product_id: String::new(),
+                name: "Free".to_owned(),
+                description: "To build and try: 10 requests a minute, 1,000 a month.".to_owned(),
+                terms: PlanTerms {
+                    limits: vec![limit(10, 60)],
+                    quota: Some(PlanQuota {
+                        requests_per_month: 1000,
+                        overage_cents_per_1000: None,
+                    }),
+                    pricing: Pricing::default(),
+                },
+                requires_approval: false,
+                created_at: 0,
+                updated_at: 0,
+            },
+        )
+        .await?;
+    store
+        .create_plan(
+            "catalog",
+            &Plan {
+                id: "pro".to_owned(),
+                product_id: String::new(),
+                name: "Pro".to_owned(),
+                description: "For production; approved by the API team.".to_owned(),
+                terms: PlanTerms {
+                    limits: vec![limit(50, 1)],
+                    quota: Some(PlanQuota {
+                        requests_per_month: 1_000_000,
+                        overage_cents_per_1000: Some(50),
+                    }),
+                    pricing: Pricing {
+                        currency: "USD".to_owned(),
+                        monthly_fee_cents: 4900,
+                        tiers: vec![
+                            PriceTier {
+                                up_to: Some(100_000),
+                                cents_per_1000: 0,
+                            },
+                            PriceTier {
+                                up_to: None,
+                                cents_per_1000: 20,
+                            },
+                        ],
+                    },
+                },
+                requires_approval: true,
+                created_at: 0,
+                updated_at: 0,
+            },
+        )
+        .await?;
+    Ok(())
 }

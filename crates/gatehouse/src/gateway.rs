@@ -53,12 +53,44 @@ pub async fn run_file(path: &Path) -> Result<ExitCode, ExitCode> {
     run(store).await
 }
 
-pub async fn run_demo(listen: SocketAddr, admin: SocketAddr) -> Result<ExitCode, ExitCode> {
-    let upstreams = gatehouse_demo::start_upstreams().await.map_err(|err| {
-        eprintln!("gatehouse demo: cannot start demo services: {err}");
+pub async fn run_demo(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    portal: SocketAddr,
+) -> Result<ExitCode, ExitCode> {
+    let fail = |message: String| {
+        eprintln!("gatehouse demo: {message}");
         ExitCode::FAILURE
-    })?;
-    let text = gatehouse_demo::demo_config(&upstreams, listen, admin);
+    };
+    let upstreams = gatehouse_demo::start_upstreams()
+        .await
+        .map_err(|err| fail(format!("cannot start demo services: {err}")))?;
+    // A fresh store per run: the sample product, and whatever the visitor does with it.
+    let dir = std::env::temp_dir().join(format!("gatehouse-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|err| fail(format!("cannot create {}: {err}", dir.display())))?;
+    let paths = gatehouse_demo::DemoPaths {
+        store: dir.join("store.db"),
+        outbox: dir.join("outbox"),
+    };
+    let data = gatehouse_store::Store::open(&format!("sqlite:{}", paths.store.display()))
+        .await
+        .map_err(|err| fail(err.to_string()))?;
+    gatehouse_demo::seed_store(&data)
+        .await
+        .map_err(|err| fail(format!("cannot seed the demo store: {err}")))?;
+    let password = gatehouse_policy::auth::api_key::random_hex(8).map_err(fail)?;
+    let hash = gatehouse_policy::auth::basic::hash_password(&password).map_err(fail)?;
+    data.upsert_admin_user(
+        "admin@example.com",
+        "Demo admin",
+        &hash,
+        gatehouse_store::admins::Role::Admin,
+    )
+    .await
+    .map_err(|err| fail(err.to_string()))?;
+    drop(data);
+    let text = gatehouse_demo::demo_config(&upstreams, listen, admin, portal, &paths);
     let store = ConfigStore::from_text(&text, "examples/demo.yaml").map_err(|errors| {
         eprintln!("{errors}");
         ExitCode::FAILURE
@@ -73,7 +105,9 @@ pub async fn run_demo(listen: SocketAddr, admin: SocketAddr) -> Result<ExitCode,
         .unwrap_or_default();
     println!(
         "Gatehouse demo\n\
-         \n  gateway  http://{listen}\n  admin    http://{admin}  (token: {token})\n\
+         \n  gateway    http://{listen}\n  admin      http://{admin}  (token: {token})\
+         \n  portal     http://{portal}\n  dashboard  http://{admin}/dashboard  (admin@example.com / {password})\
+         \n  store      {store_path}\n  outbox     {outbox}  (the portal's emails)\n\
          \n  demo services: catalog at {c0} and {c1}, echo at {e0} and {e1}\n\
          \nTry:\n\
          \n  curl -i http://{listen}/api/books            # JSON API, round robin over two instances (see x-demo-instance)\
@@ -85,13 +119,26 @@ pub async fn run_demo(listen: SocketAddr, admin: SocketAddr) -> Result<ExitCode,
          \n  curl -s http://{admin}/admin/services -H 'authorization: Bearer {token}'\
          \n  curl -s http://{admin}/admin/config/versions -H 'authorization: Bearer {token}'\
          \n  curl -s http://{admin}/metrics -H 'authorization: Bearer {token}' | grep requests_total\
+         \n\nThe developer journey (docs/portal.md): open http://{portal}, sign up, open the confirmation\
+         \nlink from the newest file in the outbox, sign in, create an application, subscribe it to the\
+         \nFree plan of the Book Catalog API, create a key, then:\
+         \n\n  curl -i http://{listen}/partner/books -H 'x-api-key: YOUR_KEY'   # 10 a minute on Free\
+         \n\nThe Pro plan needs approval: approve it in the dashboard. Sandbox keys work on the sandbox\
+         \nwithout a subscription, and in the try-it console of the product's page.\
          \n\nPress Ctrl-C to stop.\n",
+        store_path = paths.store.display(),
+        outbox = paths.outbox.display(),
         c0 = upstreams.catalog[0],
         c1 = upstreams.catalog[1],
         e0 = upstreams.echo[0],
         e1 = upstreams.echo[1],
     );
-    run(store).await
+    let result = run(store).await;
+    // The demo's store lives as long as the demo.
+    if let Err(err) = std::fs::remove_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), %err, "demo files not removed");
+    }
+    result
 }
 
 /// Serve until SIGTERM or SIGINT, then drain.

@@ -79,9 +79,12 @@ enum Command {
         /// Address of the gateway listener.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Address of the admin listener.
+        /// Address of the admin listener (and the dashboard).
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+        /// Address of the developer portal.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        portal: SocketAddr,
     },
 }
 
@@ -175,9 +178,13 @@ fn main() -> ExitCode {
             init_logging();
             runtime(threads).and_then(|rt| rt.block_on(gateway::run_file(&config)))
         }
-        Command::Demo { listen, admin } => {
+        Command::Demo {
+            listen,
+            admin,
+            portal,
+        } => {
             init_logging();
-            runtime(None).and_then(|rt| rt.block_on(gateway::run_demo(listen, admin)))
+            runtime(None).and_then(|rt| rt.block_on(gateway::run_demo(listen, admin, portal)))
         }
     };
     result.unwrap_or_else(|code| code)

@@ -79,6 +79,15 @@ pub fn generate(hasher: &KeyHasher, prefix: &str) -> Result<GeneratedKey, String
     })
 }
 
+/// `bytes` random bytes as hex (a demo password, say).
+pub fn random_hex(bytes: usize) -> Result<String, String> {
+    let mut buffer = vec![0u8; bytes];
+    SystemRandom::new()
+        .fill(&mut buffer)
+        .map_err(|_| "the system random generator failed".to_owned())?;
+    Ok(hex(&buffer))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
