@@ -315,3 +315,41 @@ async fn a_rotated_key_keeps_working_for_the_overlap_and_the_new_one_at_once() {
     .await;
     assert_eq!(status, 400);
 }
+
+/// `sslmode=require` in the URL: the gateway's connections to PostgreSQL are TLS (rustls),
+/// as PostgreSQL itself reports them.
+#[tokio::test]
+async fn postgresql_connections_use_tls_when_the_url_asks() {
+    let database = TestDatabase::create("tls");
+    let url = format!("{}?sslmode=require", database.url_via("127.0.0.1:5432"));
+    let backend = whoami().await;
+    let gateway = Gateway::start(&config(&url, backend));
+    let (status, _) = admin(&gateway, "/admin/consumers", json!({"id": "secure"})).await;
+    assert_eq!(status, 201);
+    let (key, _) = issue_key(&gateway, "secure").await;
+    until_status(&gateway, &key, 200).await;
+    let admin_url = std::env::var("GATEHOUSE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let output = std::process::Command::new("psql")
+        .args([
+            admin_url.as_str(),
+            "-tAc",
+            &format!(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s \
+                 JOIN pg_stat_activity a USING (pid) WHERE a.datname = '{}'",
+                database.name()
+            ),
+        ])
+        .output()
+        .expect("psql");
+    let counts = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let (encrypted, all) = counts.split_once('|').expect("two counts");
+    assert!(
+        all.parse::<u32>().unwrap() > 0,
+        "no connections seen: {counts}"
+    );
+    assert_eq!(
+        encrypted, all,
+        "every connection of the gateway is TLS: {counts}"
+    );
+}

@@ -334,6 +334,10 @@ impl TestDatabase {
         Self { admin_url, name }
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The URL of the database through `host:port`.
     pub fn url_via(&self, addr: &str) -> String {
         let base = self
