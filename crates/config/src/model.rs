@@ -544,10 +544,13 @@ fn default_rotation_overlaps() -> Vec<HumanDuration> {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MailerConfig {
-    /// `outbox` (each message an `.eml` file in `outbox_dir`) or `log` (each message in
-    /// the log, links included: for development only).
+    /// `outbox` (each message an `.eml` file in `outbox_dir`), `smtp` (sent through
+    /// `smtp`) or `log` (each message in the log, links included: for development only).
     #[serde(default)]
     pub kind: MailerKind,
+    /// The SMTP server, for `kind: smtp`.
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
     /// Directory of the outbox, created if missing.
     #[serde(default = "default_outbox_dir")]
     pub outbox_dir: String,
@@ -560,6 +563,7 @@ impl Default for MailerConfig {
     fn default() -> Self {
         Self {
             kind: MailerKind::default(),
+            smtp: None,
             outbox_dir: default_outbox_dir(),
             from: default_mail_from(),
         }
@@ -571,7 +575,39 @@ impl Default for MailerConfig {
 pub enum MailerKind {
     #[default]
     Outbox,
+    Smtp,
     Log,
+}
+
+/// An SMTP server (a relay, or a provider's submission endpoint).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    /// Default: 587 for `starttls`, 465 for `tls`, 25 for `none`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `starttls` (upgrade after connecting; refused without it), `tls` (TLS from the
+    /// start) or `none` (plain: a relay on the same host only).
+    #[serde(default)]
+    pub security: SmtpSecurity,
+    /// Sign in with these (usually `${ENV_VAR}`); absent: no authentication.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// For the whole exchange of one message.
+    #[serde(default = "d5s")]
+    pub timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpSecurity {
+    #[default]
+    Starttls,
+    Tls,
+    None,
 }
 
 fn default_outbox_dir() -> String {

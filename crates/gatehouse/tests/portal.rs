@@ -642,3 +642,128 @@ async fn dashboard_roles_sessions_and_csrf_are_enforced() {
         .unwrap();
     assert_eq!(wrong.status(), 401);
 }
+
+/// A plain SMTP server that takes every message: what it received, by `RCPT TO`.
+async fn smtp_sink() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 sink ESMTP\r\n").await;
+                let mut recipient = String::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let command = line.to_ascii_uppercase();
+                    let reply: &[u8] = if command.starts_with("EHLO") || command.starts_with("HELO")
+                    {
+                        b"250 sink\r\n"
+                    } else if command.starts_with("RCPT TO:") {
+                        recipient = line[8..].trim().trim_matches(['<', '>']).to_owned();
+                        b"250 OK\r\n"
+                    } else if command == "DATA" {
+                        let _ = write.write_all(b"354 go ahead\r\n").await;
+                        let mut message = String::new();
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            if line == "." {
+                                break;
+                            }
+                            message.push_str(&line);
+                            message.push('\n');
+                        }
+                        log.lock().unwrap().push((recipient.clone(), message));
+                        b"250 queued\r\n"
+                    } else if command == "QUIT" {
+                        let _ = write.write_all(b"221 bye\r\n").await;
+                        break;
+                    } else {
+                        b"250 OK\r\n"
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test]
+async fn the_smtp_mailer_sends_the_confirmation_through_the_server() {
+    let backend = echo("books").await;
+    let (smtp, received) = smtp_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let yaml = config(&dir.path().join("store.db"), &outbox, backend).replace(
+        "    outbox_dir:",
+        &format!(
+            "    kind: smtp\n    smtp: {{ host: 127.0.0.1, port: {}, security: none, timeout: 5s }}\n    outbox_dir:",
+            smtp.port()
+        ),
+    );
+    let gateway = Gateway::start(&yaml);
+    let http = client();
+    let form = http
+        .get(gateway.portal_url("/signup"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = form.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token = cookie.split_once('=').unwrap().1.to_owned();
+    let signup = http
+        .post(gateway.portal_url("/signup"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("email", "lin@example.com"),
+            ("name", "Lin"),
+            ("password", "a long enough password"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), 200);
+    let mails = received.lock().unwrap().clone();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let (to, message) = &mails[0];
+    assert_eq!(to, "lin@example.com");
+    assert!(
+        message.contains("From: \"Example APIs\" <no-reply@example.com>")
+            || message.contains("From: Example APIs <no-reply@example.com>"),
+        "{message}"
+    );
+    assert!(
+        message.contains("Subject: Confirm your email for Example APIs"),
+        "{message}"
+    );
+    let link = message
+        .split_whitespace()
+        .find(|word| word.contains("/verify?token="))
+        .expect("a confirmation link");
+    let confirmed = http.get(link).send().await.unwrap();
+    assert_eq!(confirmed.status(), 200);
+    assert!(confirmed
+        .text()
+        .await
+        .unwrap()
+        .contains("Your email is confirmed"));
+    assert!(
+        !outbox.exists() || std::fs::read_dir(&outbox).unwrap().next().is_none(),
+        "nothing went to the outbox"
+    );
+}

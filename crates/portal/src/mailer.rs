@@ -1,11 +1,15 @@
 //! Email from the portal (verification, password reset): written as `.eml` files to an
-//! outbox directory that a mail relay (or a developer) picks up, or written to the log for
-//! development.
+//! outbox directory that a mail relay (or a developer) picks up, sent through an SMTP
+//! server (lettre, rustls), or written to the log for development.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use gatehouse_config::{Config, MailerConfig, MailerKind};
+use gatehouse_config::{Config, MailerConfig, MailerKind, SmtpSecurity};
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
@@ -15,6 +19,12 @@ pub enum MailError {
         #[source]
         source: std::io::Error,
     },
+    #[error("`{address}` is not an email address: {message}")]
+    Address { address: String, message: String },
+    #[error("cannot build the message: {0}")]
+    Message(String),
+    #[error("the SMTP server did not take the message: {0}")]
+    Smtp(String),
 }
 
 pub struct Mailer {
@@ -22,6 +32,7 @@ pub struct Mailer {
     outbox: PathBuf,
     from: String,
     sequence: AtomicU64,
+    smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
 }
 
 /// One message.
@@ -43,11 +54,41 @@ impl Mailer {
             std::fs::create_dir_all(&outbox)
                 .map_err(|e| format!("cannot create the mail outbox {}: {e}", outbox.display()))?;
         }
+        config
+            .from
+            .parse::<Mailbox>()
+            .map_err(|e| format!("`portal.mailer.from` `{}`: {e}", config.from))?;
+        let smtp = match (&config.kind, &config.smtp) {
+            (MailerKind::Smtp, Some(smtp)) => {
+                let builder = match smtp.security {
+                    SmtpSecurity::Starttls => {
+                        AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
+                    }
+                    SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host),
+                    SmtpSecurity::None => Ok(
+                        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
+                    ),
+                }
+                .map_err(|e| format!("SMTP server `{}`: {e}", smtp.host))?;
+                let mut builder = builder.timeout(Some(smtp.timeout.0));
+                if let Some(port) = smtp.port {
+                    builder = builder.port(port);
+                }
+                if let (Some(username), Some(password)) = (&smtp.username, &smtp.password) {
+                    builder =
+                        builder.credentials(Credentials::new(username.clone(), password.0.clone()));
+                }
+                Some(builder.build())
+            }
+            (MailerKind::Smtp, None) => return Err("`portal.mailer.smtp` is missing".to_owned()),
+            _ => None,
+        };
         Ok(Self {
             kind: config.kind,
             outbox,
             from: config.from.clone(),
             sequence: AtomicU64::new(0),
+            smtp,
         })
     }
 
@@ -63,6 +104,47 @@ impl Mailer {
                 .unwrap_or(0),
         );
         match self.kind {
+            MailerKind::Smtp => {
+                let Some(transport) = &self.smtp else {
+                    return Err(MailError::Smtp("no SMTP server configured".to_owned()));
+                };
+                let address = |text: &str| {
+                    text.parse::<Mailbox>().map_err(|e| MailError::Address {
+                        address: text.to_owned(),
+                        message: e.to_string(),
+                    })
+                };
+                // Plain ASCII within RFC 5322's 998-character lines goes as 7bit, so links
+                // stay whole (lettre would quoted-printable lines of 76 or more); anything
+                // else gets lettre's own encoding.
+                let plain = message.body.is_ascii()
+                    && !message.body.contains('\0')
+                    && message.body.lines().all(|line| line.len() < 998);
+                let body = if plain {
+                    lettre::message::Body::dangerous_pre_encoded(
+                        message
+                            .body
+                            .replace("\r\n", "\n")
+                            .replace('\n', "\r\n")
+                            .into_bytes(),
+                        lettre::message::header::ContentTransferEncoding::SevenBit,
+                    )
+                } else {
+                    lettre::message::Body::new(message.body.to_owned())
+                };
+                let email = lettre::Message::builder()
+                    .from(address(&self.from)?)
+                    .to(address(message.to)?)
+                    .subject(message.subject)
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(body)
+                    .map_err(|e| MailError::Message(e.to_string()))?;
+                transport
+                    .send(email)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| MailError::Smtp(e.to_string()))
+            }
             MailerKind::Log => {
                 tracing::info!(to = %message.to, subject = %message.subject, body = %message.body, "portal email (mailer: log)");
                 Ok(())

@@ -175,6 +175,21 @@ pub(crate) fn validate_traffic(config: &Config, problems: &mut Vec<Problem>) {
                 "`portal.rotation_overlaps` must list at least one duration",
             ));
         }
+        let mailer = &portal.mailer;
+        if mailer.kind == crate::model::MailerKind::Smtp && mailer.smtp.is_none() {
+            problems.push(Problem::at(
+                at,
+                "`portal.mailer.kind: smtp` needs `portal.mailer.smtp`",
+            ));
+        }
+        if let Some(smtp) = &mailer.smtp {
+            if smtp.username.is_some() != smtp.password.is_some() {
+                problems.push(Problem::at(
+                    at,
+                    "`portal.mailer.smtp` needs both `username` and `password`, or neither",
+                ));
+            }
+        }
         if portal.session_ttl.0.is_zero() {
             problems.push(Problem::at(
                 at,
