@@ -767,3 +767,143 @@ async fn the_smtp_mailer_sends_the_confirmation_through_the_server() {
         "nothing went to the outbox"
     );
 }
+
+/// The first `/verify` or `/reset/confirm` link in the newest outbox mail to `to`.
+fn outbox_link(outbox: &Path, to: &str, path: &str) -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(outbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .rev()
+        .map(|file| std::fs::read_to_string(file).unwrap())
+        .filter(|mail| mail.contains(&format!("\r\nTo: {to}\r\n")))
+        .find_map(|mail| {
+            mail.split_whitespace()
+                .find(|word| word.contains(&format!("{path}?token=")))
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no {path} link for {to}"))
+}
+
+#[tokio::test]
+async fn a_password_reset_sets_a_new_password_ends_sessions_and_works_once() {
+    let backend = echo("books").await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let gateway = Gateway::start(&config(&dir.path().join("store.db"), &outbox, backend));
+    let http = client();
+    let form = http
+        .get(gateway.portal_url("/signup"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = form.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = cookie.split_once('=').unwrap().1.to_owned();
+    let post = |path: &'static str, fields: Vec<(&'static str, String)>| {
+        let mut fields = fields;
+        fields.push(("csrf", csrf.clone()));
+        http.post(gateway.portal_url(path))
+            .header("cookie", &cookie)
+            .form(&fields)
+            .send()
+    };
+    let email = "kay@example.com";
+    post(
+        "/signup",
+        vec![
+            ("email", email.into()),
+            ("name", "Kay".into()),
+            ("password", "the first password".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    let verify = outbox_link(&outbox, email, "/verify");
+    assert_eq!(http.get(&verify).send().await.unwrap().status(), 200);
+    let signed_in = post(
+        "/login",
+        vec![
+            ("email", email.into()),
+            ("password", "the first password".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let session = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let apps = |session: String| {
+        http.get(gateway.portal_url("/apps"))
+            .header("cookie", session)
+            .send()
+    };
+    assert_eq!(apps(session.clone()).await.unwrap().status(), 200);
+
+    post("/reset", vec![("email", email.into())]).await.unwrap();
+    let link = outbox_link(&outbox, email, "/reset/confirm");
+    let token = link.split("token=").nth(1).unwrap().to_owned();
+    let page = http.get(&link).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&token), "the form carries the token");
+    let weak = post(
+        "/reset/confirm",
+        vec![("token", token.clone()), ("password", "short".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(weak.status(), 422);
+    let changed = post(
+        "/reset/confirm",
+        vec![
+            ("token", token.clone()),
+            ("password", "the second password".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(changed.status(), 200);
+    // The old session ended; the old password no longer works; the new one does.
+    assert_eq!(apps(session).await.unwrap().status(), 303);
+    let old = post(
+        "/login",
+        vec![
+            ("email", email.into()),
+            ("password", "the first password".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(old.status(), 401);
+    let new = post(
+        "/login",
+        vec![
+            ("email", email.into()),
+            ("password", "the second password".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(new.status(), 303);
+    // The link works once.
+    let again = post(
+        "/reset/confirm",
+        vec![("token", token), ("password", "a third password".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status(), 400);
+}

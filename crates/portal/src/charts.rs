@@ -83,11 +83,14 @@ pub(crate) fn usage_chart(rows: &[UsageRow], from: i64, to: i64, sandbox: bool) 
             y = base - h,
             ey = base - e,
         );
-        if (index % 7 == 0 && index + 4 < days.len()) || index + 1 == days.len() {
+        let last = index + 1 == days.len();
+        if (index % 7 == 0 && index + 4 < days.len()) || last {
+            // The last label ends at the right edge instead of running past it.
+            let (label_x, anchor) = if last { (width, "end") } else { (x, "start") };
             let _ = write!(
                 bars,
-                r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
-                x,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="{anchor}">{}</text>"#,
+                label_x,
                 height - 6.0,
                 &date_of(*day)[5..]
             );
@@ -122,6 +125,55 @@ pub(crate) fn usage_chart(rows: &[UsageRow], from: i64, to: i64, sandbox: bool) 
         r##"<figure class="card" data-requests="{total}" data-errors="{errors}"><svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{label}"><line x1="{left}" y1="{base}" x2="{width}" y2="{base}" stroke="#98a2b3"></line><text x="0" y="16">{peak}</text><text x="0" y="{base}">0</text>{bars}</svg><figcaption>{label} <span class="muted">(blue: requests, red: errors)</span></figcaption><details><summary>As a table</summary><div class="table"><table><thead><tr><th scope="col">Day</th><th scope="col">Requests</th><th scope="col">Errors</th><th scope="col">Average latency</th><th scope="col">95 % within</th></tr></thead><tbody>{table}</tbody></table></div></details></figure>"##,
         label = esc(&label),
         base = height - bottom,
+    )
+}
+
+/// Requests per second over the live window, errors in red.
+pub(crate) fn per_second_chart(
+    seconds: &[(i64, gatehouse_telemetry::usage::UsageCounts)],
+) -> String {
+    let total: u64 = seconds.iter().map(|(_, c)| c.requests).sum();
+    let errors: u64 = seconds
+        .iter()
+        .map(|(_, c)| c.client_errors + c.server_errors)
+        .sum();
+    let peak = seconds
+        .iter()
+        .map(|(_, c)| c.requests)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let (width, height, left, bottom) = (720.0_f64, 140.0_f64, 40.0_f64, 20.0_f64);
+    let slot = (width - left) / seconds.len().max(1) as f64;
+    let scale = (height - bottom - 10.0) / peak as f64;
+    let base = height - bottom;
+    let mut bars = String::new();
+    for (index, (_, counts)) in seconds.iter().enumerate() {
+        let x = left + index as f64 * slot;
+        let h = counts.requests as f64 * scale;
+        let e = (counts.client_errors + counts.server_errors) as f64 * scale;
+        let ago = seconds.len() - 1 - index;
+        let _ = write!(
+            bars,
+            r##"<g><title>{ago} s ago: {} requests</title><rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="#1f5fbf"></rect><rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{e:.1}" fill="#a8241a"></rect></g>"##,
+            counts.requests,
+            base - h,
+            slot * 0.8,
+            base - e,
+            slot * 0.8,
+        );
+    }
+    let label = format!(
+        "The last {} seconds: {total} requests ({:.2} per second), {errors} errors",
+        seconds.len(),
+        total as f64 / seconds.len().max(1) as f64
+    );
+    format!(
+        r##"<figure class="card" id="live" data-requests="{total}"><svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{label}"><line x1="{left}" y1="{base}" x2="{width}" y2="{base}" stroke="#98a2b3"></line><text x="0" y="16">{peak}/s</text><text x="0" y="{base}">0</text><text x="{left}" y="{ty}">{n} s ago</text><text x="{now_x}" y="{ty}">now</text>{bars}</svg><figcaption>{label}</figcaption></figure>"##,
+        label = esc(&label),
+        n = seconds.len(),
+        ty = height - 4.0,
+        now_x = width - 30.0,
     )
 }
 

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::accounts::now;
-use crate::charts::{percentile, usage_chart};
+use crate::charts::{per_second_chart, percentile, usage_chart};
 use crate::html::{button_form, csrf_field, esc, field, money, when, Flash, Page};
 use crate::session::{self, anonymous_csrf, anonymous_csrf_ok, csrf_matches};
 
@@ -465,6 +465,36 @@ async fn overview(State(state): State<DashboardState>, headers: HeaderMap) -> Re
         rate = today_requests as f64 / elapsed as f64,
         s = if pending == 1 { "" } else { "s" },
     );
+    // The last minute, from this gateway's meter (before it is written to the store).
+    let live = state
+        .config
+        .telemetry
+        .usage
+        .live(now(), gatehouse_telemetry::usage::LIVE_SECS);
+    body.push_str("<h2>The last minute, live on this gateway</h2>");
+    body.push_str(&per_second_chart(&live.per_second));
+    let mut rows = String::new();
+    for (route, consumer, counts) in &live.by_route_and_consumer {
+        let errors = counts.client_errors + counts.server_errors;
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.1} %</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(route),
+            esc(consumer),
+            counts.requests as f64 / gatehouse_telemetry::usage::LIVE_SECS as f64,
+            errors as f64 * 100.0 / counts.requests.max(1) as f64,
+            percentile(&counts.latency_buckets, counts.requests, 50),
+            percentile(&counts.latency_buckets, counts.requests, 95),
+            percentile(&counts.latency_buckets, counts.requests, 99),
+        );
+    }
+    if rows.is_empty() {
+        rows.push_str(r#"<tr><td colspan="7" class="muted">No metered requests in the last minute.</td></tr>"#);
+    }
+    let _ = write!(
+        body,
+        r#"<div class="table"><table id="live-table"><thead><tr><th scope="col">Route</th><th scope="col">Application</th><th scope="col">Requests/s</th><th scope="col">Error rate</th><th scope="col">p50</th><th scope="col">p95</th><th scope="col">p99</th></tr></thead><tbody>{rows}</tbody></table></div><h2>The last 30 days</h2>"#
+    );
     body.push_str(&usage_chart(&billable, today - 29, today, false));
     body.push_str("<h2>By route, last 30 days</h2>");
     body.push_str(&breakdown(&billable, |r| r.route.clone(), "Route"));
@@ -474,7 +504,7 @@ async fn overview(State(state): State<DashboardState>, headers: HeaderMap) -> Re
         |r| r.consumer_id.clone(),
         "Application",
     ));
-    body.push_str(r#"<p class="muted">Metered traffic (requests under API product subscriptions), from the store. Latency percentiles are bucket bounds. Live per-second rates of all traffic are in the Prometheus metrics (<code>/metrics</code>).</p>"#);
+    body.push_str(r#"<p class="muted">Metered traffic: requests under API product subscriptions and sandbox calls (sandbox calls are left out of the 30-day view). The live minute is this gateway's; the 30 days are the fleet's, from the store. Latency percentiles are bucket bounds. All traffic, metered or not, is in the Prometheus metrics (<code>/metrics</code>).</p>"#);
     page(Some(&session), StatusCode::OK, "Traffic", None, body)
 }
 

@@ -82,6 +82,10 @@ try {
   step('traffic');
   await page.getByRole('link', { name: 'Traffic' }).click();
   await page.getByRole('heading', { name: 'By route, last 30 days' }).waitFor();
+  const live = Number(await page.locator('#live').getAttribute('data-requests'));
+  assert.ok(live >= 3, `the live minute shows the admitted requests (${live})`);
+  const liveRow = page.locator('#live-table tr', { hasText: 'partner' });
+  assert.ok((await liveRow.textContent()).includes('books'), 'by route and application');
   await shot('dashboard-traffic');
   console.log(`admin: done (approval in ${admittedAfter} ms, new limit in ${enforcedAfter} ms)`);
 } catch (error) {
