@@ -54,24 +54,10 @@ fn check_routes(
     routes: &[String],
     sandbox: Option<&gatehouse_store::catalog::Sandbox>,
 ) -> Result<(), Box<Response>> {
-    let snapshot = state.store.snapshot();
-    let mut problems = Vec::new();
-    if let Some(service) = sandbox.and_then(|s| s.service.as_ref()) {
-        if !snapshot.services.contains_key(service) {
-            problems.push(format!(
-                "no service `{service}` for the sandbox in the running configuration"
-            ));
-        }
-    }
-    for name in routes {
-        match snapshot.router.routes().iter().find(|r| &r.name == name) {
-            None => problems.push(format!("no route `{name}` in the running configuration")),
-            Some(route) if route.payload.access.is_none() => problems.push(format!(
-                "route `{name}` has no `auth`; a product's routes must identify the calling application"
-            )),
-            Some(_) => {}
-        }
-    }
+    let problems = state
+        .store
+        .snapshot()
+        .product_problems(routes, sandbox.and_then(|s| s.service.as_deref()));
     if problems.is_empty() {
         Ok(())
     } else {

@@ -423,10 +423,12 @@ async fn an_admin_approves_changes_a_plan_and_reads_the_audit_log_in_chromium() 
     let output = tokio::task::spawn_blocking({
         let dashboard = gateway.admin_url("");
         let api = gateway.url("");
+        let portal = gateway.portal_url("");
         move || {
             Command::new("node")
                 .arg(browser_dir().join("admin.mjs"))
                 .env("DASHBOARD_URL", dashboard)
+                .env("PORTAL_URL", portal)
                 .env("GATEWAY_URL", api)
                 .env("KEY", key)
                 .env("SUBSCRIPTION_ID", subscription)
@@ -455,7 +457,13 @@ async fn an_admin_approves_changes_a_plan_and_reads_the_audit_log_in_chromium() 
         .filter(|e| e["actor"] == "admin:grace@example.com")
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    for action in ["session.sign_in", "subscription.approve", "plan.update"] {
+    for action in [
+        "session.sign_in",
+        "subscription.approve",
+        "plan.update",
+        "product.create",
+        "plan.create",
+    ] {
         assert!(by_grace.contains(&action), "{action} not in {by_grace:?}");
     }
     assert!(entries

@@ -61,6 +61,9 @@ pub fn router(state: DashboardState) -> Router {
         .route("/dashboard/subscriptions", get(subscriptions))
         .route("/dashboard/subscriptions/{id}/{action}", post(decide))
         .route("/dashboard/products", get(products))
+        .route("/dashboard/products", post(create_product))
+        .route("/dashboard/products/{id}", post(update_product))
+        .route("/dashboard/products/{id}/plans", post(create_plan))
         .route("/dashboard/plans/{id}", post(update_plan))
         .route("/dashboard/developers", get(developers))
         .route("/dashboard/developers/{id}/{action}", post(set_developer))
@@ -640,6 +643,25 @@ async fn products(State(state): State<DashboardState>, headers: HeaderMap) -> Re
     };
     let editor = session.user.role >= Role::Editor;
     let mut body = String::from("<h1>Products and plans</h1>");
+    let snapshot = state.config.snapshot();
+    let routes = snapshot.product_routes();
+    let services: Vec<String> = snapshot.services.keys().cloned().collect();
+    if editor {
+        let _ = write!(
+            body,
+            r#"<details class="card" id="new-product"><summary>New product</summary><form method="post" action="/dashboard/products">{csrf}{id}{fields}<button type="submit">Create product</button></form></details>"#,
+            csrf = csrf_field(&session.csrf),
+            id = field(
+                "product-id",
+                "Id (letters, digits, - _ .)",
+                "text",
+                "",
+                r#"required maxlength="64""#
+            )
+            .replace(r#"name="product-id""#, r#"name="id""#),
+            fields = product_fields("new", None, &routes, &services),
+        );
+    }
     for product in &products {
         let _ = write!(
             body,
@@ -652,6 +674,17 @@ async fn products(State(state): State<DashboardState>, headers: HeaderMap) -> Re
             },
             routes = esc(&product.routes.join(", ")),
         );
+        if editor {
+            let _ = write!(
+                body,
+                r#"<details><summary>Edit {name}</summary><form method="post" action="/dashboard/products/{id}">{csrf}{fields}<button type="submit">Save {name}</button></form></details><details><summary>New plan of {name}</summary><form method="post" action="/dashboard/products/{id}/plans">{csrf}{plan}<button type="submit">Create plan</button></form></details>"#,
+                id = esc(&product.id),
+                name = esc(&product.name),
+                csrf = csrf_field(&session.csrf),
+                fields = product_fields(&product.id, Some(product), &routes, &services),
+                plan = new_plan_fields(&product.id),
+            );
+        }
         for plan in plans.iter().filter(|p| p.product_id == product.id) {
             let _ = write!(
                 body,
@@ -740,6 +773,286 @@ async fn products(State(state): State<DashboardState>, headers: HeaderMap) -> Re
         body.push_str(r#"<p class="muted">No products yet: create them with the admin API (<code>POST /admin/products</code>).</p>"#);
     }
     page(Some(&session), StatusCode::OK, "Products", None, body)
+}
+
+/// The fields of a product's form (`prefix` keeps ids unique on the page).
+fn product_fields(
+    prefix: &str,
+    product: Option<&gatehouse_store::catalog::Product>,
+    routes: &[String],
+    services: &[String],
+) -> String {
+    let text = |name: &str, label: &str, value: &str, extra: &str| {
+        field(&format!("{prefix}-{name}"), label, "text", value, extra).replace(
+            &format!(r#"name="{prefix}-{name}""#),
+            &format!(r#"name="{name}""#),
+        )
+    };
+    let mut out = text(
+        "name",
+        "Name",
+        product.map_or("", |p| p.name.as_str()),
+        "required",
+    );
+    out.push_str(&text(
+        "version",
+        "Version",
+        product.map_or("v1", |p| p.version.as_str()),
+        "",
+    ));
+    let _ = write!(
+        out,
+        r#"<label for="{prefix}-description">Description</label><textarea id="{prefix}-description" name="description" rows="2">{}</textarea>"#,
+        esc(product.map_or("", |p| p.description.as_str()))
+    );
+    let public =
+        product.is_none_or(|p| p.visibility == gatehouse_store::catalog::Visibility::Public);
+    let _ = write!(
+        out,
+        r#"<label for="{prefix}-visibility">Visibility</label><select id="{prefix}-visibility" name="visibility"><option value="public"{}>public: listed in the portal</option><option value="private"{}>private: admins subscribe applications</option></select>"#,
+        if public { " selected" } else { "" },
+        if public { "" } else { " selected" },
+    );
+    let _ = write!(
+        out,
+        r#"<fieldset><legend>Routes (those with <code>auth</code>)</legend>"#
+    );
+    for route in routes {
+        let checked = product.is_some_and(|p| p.routes.contains(route));
+        let _ = write!(
+            out,
+            r#"<label style="font-weight:400"><input type="checkbox" name="route" value="{route}" style="width:auto"{checked}> {route}</label>"#,
+            route = esc(route),
+            checked = if checked { " checked" } else { "" },
+        );
+    }
+    out.push_str("</fieldset>");
+    let sandbox = product.and_then(|p| p.sandbox.as_ref());
+    let mut options =
+        String::from(r#"<option value="">the mock, from the OpenAPI document</option>"#);
+    for service in services {
+        let selected = sandbox.and_then(|s| s.service.as_deref()) == Some(service.as_str());
+        let _ = write!(
+            options,
+            r#"<option value="{service}"{}>the service {service}</option>"#,
+            if selected { " selected" } else { "" },
+            service = esc(service),
+        );
+    }
+    let _ = write!(
+        out,
+        r#"<label style="font-weight:400"><input type="checkbox" name="sandbox" value="1" style="width:auto"{checked}> A sandbox for sandbox keys</label><label for="{prefix}-sandbox-service">The sandbox answers from</label><select id="{prefix}-sandbox-service" name="sandbox_service">{options}</select><label for="{prefix}-openapi">OpenAPI document (JSON)</label><textarea id="{prefix}-openapi" name="openapi" rows="4">{openapi}</textarea>"#,
+        checked = if sandbox.is_some() { " checked" } else { "" },
+        openapi = esc(&product
+            .and_then(|p| p.openapi.as_ref())
+            .map(|d| serde_json::to_string_pretty(d).unwrap_or_default())
+            .unwrap_or_default()),
+    );
+    out
+}
+
+fn new_plan_fields(product: &str) -> String {
+    let input = |name: &str, label: &str, kind: &str, extra: &str| {
+        field(&format!("{product}-plan-{name}"), label, kind, "", extra).replace(
+            &format!(r#"name="{product}-plan-{name}""#),
+            &format!(r#"name="{name}""#),
+        )
+    };
+    [
+        input("id", "Id (letters, digits, - _ .)", "text", r#"required maxlength="64""#),
+        input("name", "Name", "text", "required"),
+        input("description", "Description", "text", ""),
+        input("monthly_fee_cents", "Monthly fee in cents (USD)", "number", r#"min="0" value="0""#),
+        input("requests", "Rate limit: requests", "number", r#"min="1""#),
+        input("per_seconds", "per seconds", "number", r#"min="1""#),
+        input("quota", "Requests per month (empty: no quota)", "number", r#"min="1""#),
+        r#"<label style="font-weight:400"><input type="checkbox" name="requires_approval" value="1" style="width:auto"> Subscriptions need approval</label>"#.to_owned(),
+    ]
+    .concat()
+}
+
+/// A product from its form's fields; `id` from the path when editing.
+fn product_from_form(
+    id: &str,
+    fields: &[(String, String)],
+) -> Result<gatehouse_store::catalog::Product, String> {
+    let one = |name: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let openapi = match one("openapi") {
+        text if text.is_empty() => None,
+        text => Some(
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| format!("the OpenAPI document is not JSON: {e}"))?,
+        ),
+    };
+    let sandbox = (one("sandbox") == "1").then(|| gatehouse_store::catalog::Sandbox {
+        service: Some(one("sandbox_service")).filter(|s| !s.is_empty()),
+        limits: Vec::new(),
+    });
+    Ok(gatehouse_store::catalog::Product {
+        id: id.to_owned(),
+        name: one("name"),
+        description: one("description"),
+        openapi,
+        routes: fields
+            .iter()
+            .filter(|(key, _)| key == "route")
+            .map(|(_, value)| value.clone())
+            .collect(),
+        version: one("version"),
+        visibility: if one("visibility") == "private" {
+            gatehouse_store::catalog::Visibility::Private
+        } else {
+            gatehouse_store::catalog::Visibility::Public
+        },
+        sandbox,
+        created_at: 0,
+        updated_at: 0,
+    })
+}
+
+fn form_value(fields: &[(String, String)], name: &str) -> String {
+    fields
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default()
+}
+
+async fn create_product(
+    State(state): State<DashboardState>,
+    headers: HeaderMap,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    let session =
+        match require_change(&state, &headers, Role::Editor, &form_value(&fields, "csrf")).await {
+            Ok(session) => session,
+            Err(response) => return *response,
+        };
+    let product = match product_from_form(form_value(&fields, "id").trim(), &fields) {
+        Ok(product) => product,
+        Err(message) => return failure(&session, &StoreError::Invalid(message)),
+    };
+    let problems = state.config.snapshot().product_problems(
+        &product.routes,
+        product.sandbox.as_ref().and_then(|s| s.service.as_deref()),
+    );
+    if !problems.is_empty() {
+        return failure(&session, &StoreError::Invalid(problems.join("; ")));
+    }
+    match state.data.create_product(&product).await {
+        Ok(created) => {
+            record(&state, &session, "product.create", &format!("product:{}", created.id), json!({"name": created.name, "routes": created.routes, "visibility": created.visibility})).await;
+            redirect("/dashboard/products")
+        }
+        Err(err) => failure(&session, &err),
+    }
+}
+
+async fn update_product(
+    State(state): State<DashboardState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    let session =
+        match require_change(&state, &headers, Role::Editor, &form_value(&fields, "csrf")).await {
+            Ok(session) => session,
+            Err(response) => return *response,
+        };
+    let product = match product_from_form(&id, &fields) {
+        Ok(product) => product,
+        Err(message) => return failure(&session, &StoreError::Invalid(message)),
+    };
+    let problems = state.config.snapshot().product_problems(
+        &product.routes,
+        product.sandbox.as_ref().and_then(|s| s.service.as_deref()),
+    );
+    if !problems.is_empty() {
+        return failure(&session, &StoreError::Invalid(problems.join("; ")));
+    }
+    let change = gatehouse_store::catalog::ProductChange {
+        name: Some(product.name),
+        description: Some(product.description),
+        openapi: product.openapi,
+        routes: Some(product.routes),
+        version: Some(product.version),
+        visibility: Some(product.visibility),
+        sandbox: product.sandbox,
+    };
+    match state.data.update_product(&id, &change).await {
+        Ok(updated) => {
+            record(&state, &session, "product.update", &format!("product:{id}"), json!({"name": updated.name, "routes": updated.routes, "visibility": updated.visibility, "sandbox": updated.sandbox})).await;
+            redirect("/dashboard/products")
+        }
+        Err(err) => failure(&session, &err),
+    }
+}
+
+async fn create_plan(
+    State(state): State<DashboardState>,
+    headers: HeaderMap,
+    Path(product): Path<String>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    let session =
+        match require_change(&state, &headers, Role::Editor, &form_value(&fields, "csrf")).await {
+            Ok(session) => session,
+            Err(response) => return *response,
+        };
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        match form_value(&fields, name).trim() {
+            "" => Ok(None),
+            text => text
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("`{text}` is not a whole number")),
+        }
+    };
+    let terms = (|| -> Result<gatehouse_store::catalog::PlanTerms, String> {
+        let mut terms = gatehouse_store::catalog::PlanTerms::default();
+        match (number("requests")?, number("per_seconds")?) {
+            (Some(requests), Some(per_seconds)) => terms.limits.push(PlanLimit {
+                requests,
+                per_seconds,
+                burst: None,
+            }),
+            (None, None) => {}
+            _ => return Err("give the rate limit's requests and seconds, or neither".to_owned()),
+        }
+        terms.quota = number("quota")?.map(|requests_per_month| PlanQuota {
+            requests_per_month,
+            overage_cents_per_1000: None,
+        });
+        terms.pricing.monthly_fee_cents = number("monthly_fee_cents")?.unwrap_or(0);
+        Ok(terms)
+    })();
+    let terms = match terms {
+        Ok(terms) => terms,
+        Err(message) => return failure(&session, &StoreError::Invalid(message)),
+    };
+    let plan = gatehouse_store::catalog::Plan {
+        id: form_value(&fields, "id").trim().to_owned(),
+        product_id: product.clone(),
+        name: form_value(&fields, "name").trim().to_owned(),
+        description: form_value(&fields, "description").trim().to_owned(),
+        terms,
+        requires_approval: form_value(&fields, "requires_approval") == "1",
+        created_at: 0,
+        updated_at: 0,
+    };
+    match state.data.create_plan(&product, &plan).await {
+        Ok(created) => {
+            record(&state, &session, "plan.create", &format!("plan:{}", created.id), json!({"product_id": product, "terms": created.terms, "requires_approval": created.requires_approval})).await;
+            redirect(&format!("/dashboard/products#plan-{}", created.id))
+        }
+        Err(err) => failure(&session, &err),
+    }
 }
 
 async fn update_plan(

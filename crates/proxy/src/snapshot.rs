@@ -112,6 +112,44 @@ pub enum PathRewrite {
 }
 
 impl Snapshot {
+    /// Why an API product could not be built on these routes and sandbox service: a route
+    /// the configuration does not have or that has no `auth` (subscriptions are found
+    /// through the caller's identity), a sandbox service it does not have. Empty: fine.
+    pub fn product_problems(
+        &self,
+        routes: &[String],
+        sandbox_service: Option<&str>,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(service) = sandbox_service {
+            if !self.services.contains_key(service) {
+                problems.push(format!(
+                    "no service `{service}` for the sandbox in the running configuration"
+                ));
+            }
+        }
+        for name in routes {
+            match self.router.routes().iter().find(|r| &r.name == name) {
+                None => problems.push(format!("no route `{name}` in the running configuration")),
+                Some(route) if route.payload.access.is_none() => problems.push(format!(
+                    "route `{name}` has no `auth`; a product's routes must identify the calling application"
+                )),
+                Some(_) => {}
+            }
+        }
+        problems
+    }
+
+    /// Names of the routes an API product may expose (those with `auth`), in file order.
+    pub fn product_routes(&self) -> Vec<String> {
+        self.router
+            .routes()
+            .iter()
+            .filter(|route| route.payload.access.is_some())
+            .map(|route| route.name.clone())
+            .collect()
+    }
+
     /// Compile a validated configuration. Services whose definition did not change are taken
     /// over from `previous`, keeping their connection pools and health state.
     pub fn compile(

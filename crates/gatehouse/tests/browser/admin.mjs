@@ -59,7 +59,6 @@ try {
   await page.getByRole('link', { name: 'Products' }).click();
   await page.locator('#gold-requests-0').fill('2');
   await page.locator('#gold-per-0').fill('60');
-  await shot('dashboard-products');
   await page.getByRole('button', { name: 'Save Gold' }).click();
   await page.locator('#gold-requests-0[value="2"]').waitFor();
   const savedAt = Date.now();
@@ -87,6 +86,31 @@ try {
   const liveRow = page.locator('#live-table tr', { hasText: 'partner' });
   assert.ok((await liveRow.textContent()).includes('books'), 'by route and application');
   await shot('dashboard-traffic');
+  step('publish a product with a plan');
+  await page.getByRole('link', { name: 'Products' }).click();
+  await page.locator('#new-product summary').click();
+  await page.locator('#product-id').fill('reviews');
+  await page.locator('#new-name').fill('Reviews API');
+  await page.locator('#new-description').fill('What readers think.');
+  await page.locator('#new-product input[name="route"][value="books"]').check();
+  await page.locator('#new-product input[name="sandbox"]').check();
+  await page.locator('#new-openapi').fill(JSON.stringify({
+    openapi: '3.0.3', info: { title: 'Reviews', version: '1' },
+    paths: { '/books/{id}': { get: { responses: { 200: { description: 'Reviews', content: { 'application/json': { example: { stars: 5 } } } } } } } },
+  }));
+  await page.getByRole('button', { name: 'Create product' }).click();
+  await page.getByRole('heading', { name: /Reviews API/ }).waitFor();
+  await page.getByText('New plan of Reviews API').click();
+  const planForm = page.locator('form[action="/dashboard/products/reviews/plans"]');
+  await planForm.locator('input[name="id"]').fill('reviews-free');
+  await planForm.locator('input[name="name"]').fill('Reviews Free');
+  await planForm.locator('input[name="requests"]').fill('5');
+  await planForm.locator('input[name="per_seconds"]').fill('60');
+  await planForm.getByRole('button', { name: 'Create plan' }).click();
+  await page.locator('#plan-reviews-free').waitFor();
+  await shot('dashboard-products');
+  const catalog = await (await fetch(`${process.env.PORTAL_URL}/apis/reviews`)).text();
+  assert.ok(catalog.includes('Reviews Free') && catalog.includes('Try it in the sandbox'), 'the portal shows the new product');
   console.log(`admin: done (approval in ${admittedAfter} ms, new limit in ${enforcedAfter} ms)`);
 } catch (error) {
   await shot('admin-failure').catch(() => {});
