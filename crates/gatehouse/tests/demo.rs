@@ -198,19 +198,7 @@ async fn the_demo_serves_its_apis_the_portal_with_a_sample_product_and_the_dashb
     }
 
     // The dashboard takes the printed credentials.
-    let form = http
-        .get(format!("http://{}/dashboard/login", demo.admin))
-        .send()
-        .await
-        .unwrap();
-    let cookie = form.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let csrf = cookie.split_once('=').unwrap().1.to_owned();
+    let (cookie, csrf) = common::form_csrf(&format!("http://{}/dashboard/login", demo.admin)).await;
     let signed_in = http
         .post(format!("http://{}/dashboard/login", demo.admin))
         .header("cookie", &cookie)

@@ -476,19 +476,7 @@ async fn an_admin_approves_changes_a_plan_and_reads_the_audit_log_in_chromium() 
 /// Signs in to the dashboard over plain HTTP: the session cookie, and the page's CSRF token.
 async fn dashboard_session(gateway: &Gateway, email: &str, password: &str) -> (String, String) {
     let http = client();
-    let form = http
-        .get(gateway.admin_url("/dashboard/login"))
-        .send()
-        .await
-        .unwrap();
-    let csrf_cookie = form.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let csrf = csrf_cookie.split_once('=').unwrap().1.to_owned();
+    let (csrf_cookie, csrf) = common::form_csrf(&gateway.admin_url("/dashboard/login")).await;
     let signed_in = http
         .post(gateway.admin_url("/dashboard/login"))
         .header("cookie", &csrf_cookie)
@@ -624,19 +612,7 @@ async fn dashboard_roles_sessions_and_csrf_are_enforced() {
         .unwrap();
     assert_eq!(developers.status(), 403);
     // A wrong password signs nobody in.
-    let form = http
-        .get(gateway.admin_url("/dashboard/login"))
-        .send()
-        .await
-        .unwrap();
-    let cookie = form.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let token = cookie.split_once('=').unwrap().1.to_owned();
+    let (cookie, token) = common::form_csrf(&gateway.admin_url("/dashboard/login")).await;
     let wrong = http
         .post(gateway.admin_url("/dashboard/login"))
         .header("cookie", &cookie)
@@ -720,19 +696,7 @@ async fn the_smtp_mailer_sends_the_confirmation_through_the_server() {
     );
     let gateway = Gateway::start(&yaml);
     let http = client();
-    let form = http
-        .get(gateway.portal_url("/signup"))
-        .send()
-        .await
-        .unwrap();
-    let cookie = form.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let token = cookie.split_once('=').unwrap().1.to_owned();
+    let (cookie, token) = common::form_csrf(&gateway.portal_url("/signup")).await;
     let signup = http
         .post(gateway.portal_url("/signup"))
         .header("cookie", &cookie)
@@ -804,19 +768,7 @@ async fn a_password_reset_sets_a_new_password_ends_sessions_and_works_once() {
     let outbox = dir.path().join("outbox");
     let gateway = Gateway::start(&config(&dir.path().join("store.db"), &outbox, backend));
     let http = client();
-    let form = http
-        .get(gateway.portal_url("/signup"))
-        .send()
-        .await
-        .unwrap();
-    let cookie = form.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let csrf = cookie.split_once('=').unwrap().1.to_owned();
+    let (cookie, csrf) = common::form_csrf(&gateway.portal_url("/signup")).await;
     let post = |path: &'static str, fields: Vec<(&'static str, String)>| {
         let mut fields = fields;
         fields.push(("csrf", csrf.clone()));

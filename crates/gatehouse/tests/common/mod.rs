@@ -229,6 +229,21 @@ pub async fn upstream(router: axum::Router) -> SocketAddr {
         .expect("upstream")
 }
 
+/// The double-submit CSRF cookie a portal or dashboard form page hands out: the `Cookie`
+/// header value to send back, and the token the form must echo.
+pub async fn form_csrf(url: &str) -> (String, String) {
+    let form = client().get(url).send().await.expect("form page");
+    let cookie = form.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("cookie pair")
+        .to_owned();
+    let token = cookie.split_once('=').expect("name=value").1.to_owned();
+    (cookie, token)
+}
+
 /// A loopback port free now, for a server the test starts on it (another process may
 /// take it meanwhile; use only when the server must be told its port).
 pub fn free_port() -> u16 {
