@@ -669,9 +669,11 @@ async fn route_and_respond(
         None => None,
     };
     let mut policy_headers = Vec::new();
-    // The guard is dropped before any await: the store follower swaps the catalog.
+    // API products: most gateways sell nothing, and pay one atomic load and a check of an
+    // empty map; the admission itself is boxed off this (large) future.
     let identity = granted.as_ref().map(|g| &*g.identity);
     let access = {
+        // The guard is dropped before any await: the store follower swaps the catalog.
         let catalog = snapshot.products.load();
         (catalog.governs(&matched.route.name) || (identity.is_some() && catalog.has_sandbox_keys()))
             .then(|| {
@@ -682,45 +684,19 @@ async fn route_and_respond(
                 )
             })
     };
-    let mut sandbox = None;
+    let mut sandbox_service = None;
     if let Some(access) = access {
-        trace.plan_passed = Some(false);
-        let access = access.map_err(GatewayError::Rejected)?;
         let limit_request = LimitRequest {
             identity,
             client_ip,
             route: &matched.route.name,
             headers: request.headers(),
         };
-        match access {
-            None => trace.plan_passed = None,
-            Some(Access::Live(entitlement)) => {
-                let headers = Box::pin(entitlement.plan.admit(&limit_request))
-                    .await
-                    .map_err(GatewayError::Rejected)?;
-                policy_headers.extend(headers);
-                trace.entitlement = Some(entitlement);
-            }
-            Some(Access::Sandbox(rules)) => {
-                let headers = Box::pin(rules.rules.admit(&limit_request))
-                    .await
-                    .map_err(GatewayError::Rejected)?;
-                policy_headers.extend(headers);
-                let consumer = identity.map_or("", |i| i.consumer.id.as_str());
-                trace.entitlement = Some(Arc::new(rules.entitlement(consumer)));
-                sandbox = Some(rules);
-            }
-        }
-        if trace.plan_passed.is_some() {
-            trace.plan_passed = Some(true);
-        }
-    }
-    // A sandbox answers from its mock, or sends the request to its own service.
-    let mut sandbox_service = None;
-    let mut sandbox_answer = None;
-    if let Some(rules) = &sandbox {
-        match &rules.target {
-            SandboxTarget::Mock(Ok(document)) => {
+        let admitted = Box::pin(admit_product(access, &limit_request, trace)).await?;
+        policy_headers.extend(admitted.headers);
+        match admitted.sandbox.as_deref().map(|rules| &rules.target) {
+            Some(SandboxTarget::Mock(Ok(document))) => {
+                // The mock answers here: nothing goes upstream.
                 let answer = document
                     .mock(
                         request.method(),
@@ -729,15 +705,24 @@ async fn route_and_respond(
                         request.headers(),
                     )
                     .map_err(GatewayError::Rejected)?;
-                sandbox_answer = Some(mock_response(answer));
+                let mut response = mock_response(answer);
+                if let Some(granted) = &granted {
+                    for (name, value) in granted.response_headers() {
+                        response.headers_mut().append(name, value);
+                    }
+                }
+                for (name, value) in policy_headers {
+                    response.headers_mut().append(name, value);
+                }
+                return Ok(response);
             }
-            SandboxTarget::Mock(Err(reason)) => {
+            Some(SandboxTarget::Mock(Err(reason))) => {
                 return Err(GatewayError::Rejected(Rejection::unavailable(
                     "sandbox_unavailable",
                     format!("the sandbox cannot answer: {reason}"),
                 )))
             }
-            SandboxTarget::Service(name) => match snapshot.services.get(name) {
+            Some(SandboxTarget::Service(name)) => match snapshot.services.get(name) {
                 Some(service) => sandbox_service = Some(service.clone()),
                 None => {
                     return Err(GatewayError::Rejected(Rejection::unavailable(
@@ -746,6 +731,7 @@ async fn route_and_respond(
                     )))
                 }
             },
+            None => {}
         }
     }
     if !route.rate_limits.is_empty() || !route.quotas.is_empty() {
@@ -796,248 +782,244 @@ async fn route_and_respond(
         .map(InFlightLimit::try_acquire)
         .transpose()
         .map_err(GatewayError::Rejected)?;
-    let mut response = if let Some(answer) = sandbox_answer {
-        Ok(answer)
-    } else {
-        match &route.action {
-            RouteAction::Respond {
-                status,
-                body,
-                headers,
-            } => {
-                let mut response = Response::new(body::full(body.clone()));
-                *response.status_mut() = *status;
-                *response.headers_mut() = headers.clone();
-                Ok(response)
-            }
-            RouteAction::Redirect(redirect) => {
-                let scheme =
-                    redirect
-                        .scheme
-                        .as_deref()
-                        .unwrap_or(if conn.tls { "https" } else { "http" });
-                let target_host = redirect.host.as_deref().unwrap_or(&authority);
-                let target_path = match &redirect.path {
-                    Some(template) => fill_template(template, &matched.captures),
-                    None => path.clone().into_owned(),
-                };
-                let query = request
-                    .uri()
-                    .query()
-                    .map(|q| format!("?{q}"))
-                    .unwrap_or_default();
-                Ok(redirect_response(
-                    redirect.status,
-                    &format!("{scheme}://{target_host}{target_path}{query}"),
-                ))
-            }
-            RouteAction::Forward {
-                service,
-                host_rewrite,
-                ..
-            } if route.grpc_transcode.is_some() => {
-                let Some(transcoder) = route.grpc_transcode.as_deref() else {
-                    unreachable!("guarded by the match arm")
-                };
-                let Some(call) = transcoder.find(request.method(), &path) else {
-                    return Err(GatewayError::NoRoute {
-                        method: request.method().to_string(),
-                        host,
-                        path: path.into_owned(),
-                    });
-                };
-                trace.forwarded = true;
-                let (parts, body) = request.into_parts();
-                let bytes = Box::pin(transform::read_request(body, transcoder.max_body())).await?;
-                let message = transcoder.request_message(&call, parts.uri.query(), &bytes)?;
-                let request = transcoder.upstream_request(&call, parts, message);
-                let upstream = Upstream {
-                    path: None,
-                    host: host_rewrite.as_ref(),
-                    client_ip,
-                    security: &snapshot.security,
-                    granted: granted.as_ref(),
-                    identity_applied: false,
-                    body_limit: 0,
-                    mirror: None,
-                    validation: None,
-                };
-                let response =
-                    Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
-                Box::pin(transcoder.response(&call, response)).await
-            }
-            RouteAction::Forward {
-                service,
-                rewrite,
-                host_rewrite,
-            } if service.config.protocol == UpstreamProtocol::Http2
-                && trace.grpc.as_ref().is_some_and(|call| call.web.is_some()) =>
-            {
-                // gRPC-Web to a gRPC service: translated both ways.
-                let Some(GrpcCall {
-                    web: Some((encoding, content_type)),
-                    web_status: Some(status),
-                    ..
-                }) = trace.grpc.clone()
-                else {
-                    unreachable!("guarded by the match arm")
-                };
-                let upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
-                trace.forwarded = true;
-                let (mut parts, body) = request.into_parts();
-                let body = grpc::web::request_to_grpc(&mut parts.headers, body, encoding);
-                let upstream = Upstream {
-                    path: upstream_path,
-                    host: host_rewrite.as_ref(),
-                    client_ip,
-                    security: &snapshot.security,
-                    granted: granted.as_ref(),
-                    identity_applied: false,
-                    body_limit: route_body_limit(
-                        conn.listener.limits.max_request_body.0,
-                        route.shaping.as_ref().and_then(|s| s.max_body),
-                    ),
-                    mirror: None,
-                    validation: None,
-                };
-                let request = Request::from_parts(parts, body);
-                let response =
-                    Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
-                Ok(grpc::web::response_to_web(
-                    response,
-                    content_type,
-                    encoding,
-                    status,
-                ))
-            }
-            RouteAction::Forward {
-                service,
-                rewrite,
-                host_rewrite,
-            } => {
-                let mut upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
-                let version = match &route.api {
-                    Some(api) => {
-                        let forwarded = upstream_path.as_deref().unwrap_or(&path);
-                        let selected = api.select(
-                            forwarded,
-                            request.uri().query(),
-                            request.headers(),
-                            trace.identity.as_ref().map(|i| &*i.consumer),
-                        )?;
-                        if selected.from_path {
-                            upstream_path = Some(versioning::strip_first_segment(forwarded));
-                        }
-                        Some((&**api, selected))
-                    }
-                    None => None,
-                };
-                let service = match (
-                    &sandbox_service,
-                    version.and_then(|(api, selected)| api.service(selected)),
-                ) {
-                    (Some(own), _) | (None, Some(own)) => {
-                        trace.version_service = Some(own.clone());
-                        own
-                    }
-                    (None, None) => service,
-                };
-                let lookup = route.cache.as_ref().and_then(|cache| {
-                    let lookup = cache.lookup(&cache::CacheRequest {
-                        method: request.method(),
-                        host: &host,
-                        path: &path,
-                        query: request.uri().query(),
-                        headers: request.headers(),
-                        consumer: trace.identity.as_ref().map(|i| i.consumer.id.as_str()),
-                        // The backend's version: its answer is stored, and downgraded per request.
-                        version: version.map(|(api, selected)| api.version_name(selected.target)),
-                    });
-                    lookup.map(|lookup| (cache, lookup))
+    let mut response = match &route.action {
+        RouteAction::Respond {
+            status,
+            body,
+            headers,
+        } => {
+            let mut response = Response::new(body::full(body.clone()));
+            *response.status_mut() = *status;
+            *response.headers_mut() = headers.clone();
+            Ok(response)
+        }
+        RouteAction::Redirect(redirect) => {
+            let scheme =
+                redirect
+                    .scheme
+                    .as_deref()
+                    .unwrap_or(if conn.tls { "https" } else { "http" });
+            let target_host = redirect.host.as_deref().unwrap_or(&authority);
+            let target_path = match &redirect.path {
+                Some(template) => fill_template(template, &matched.captures),
+                None => path.clone().into_owned(),
+            };
+            let query = request
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            Ok(redirect_response(
+                redirect.status,
+                &format!("{scheme}://{target_host}{target_path}{query}"),
+            ))
+        }
+        RouteAction::Forward {
+            service,
+            host_rewrite,
+            ..
+        } if route.grpc_transcode.is_some() => {
+            let Some(transcoder) = route.grpc_transcode.as_deref() else {
+                unreachable!("guarded by the match arm")
+            };
+            let Some(call) = transcoder.find(request.method(), &path) else {
+                return Err(GatewayError::NoRoute {
+                    method: request.method().to_string(),
+                    host,
+                    path: path.into_owned(),
                 });
-                trace.forwarded = true;
-                let upstream = Upstream {
-                    path: upstream_path,
-                    host: host_rewrite.as_ref(),
-                    client_ip,
-                    security: &snapshot.security,
-                    granted: granted.as_ref(),
-                    identity_applied: false,
-                    body_limit: route_body_limit(
-                        conn.listener.limits.max_request_body.0,
-                        route.shaping.as_ref().and_then(|s| s.max_body),
-                    ),
-                    mirror: route.mirror.as_ref().filter(|m| m.sample()),
-                    validation: route.openapi.as_ref().zip(operation.as_ref()).map(
-                        |(rules, matched)| Validation {
-                            rules,
-                            operation: matched.operation,
-                        },
-                    ),
-                };
-                let head = request.method() == Method::HEAD;
-                let transform = route.transform.as_ref();
-                let mut request = request;
-                if transform.is_some() || version.is_some() {
-                    let (mut parts, body) = request.into_parts();
-                    if let Some((api, selected)) = version {
-                        api.edit_forwarded_request(selected, &mut parts);
+            };
+            trace.forwarded = true;
+            let (parts, body) = request.into_parts();
+            let bytes = Box::pin(transform::read_request(body, transcoder.max_body())).await?;
+            let message = transcoder.request_message(&call, parts.uri.query(), &bytes)?;
+            let request = transcoder.upstream_request(&call, parts, message);
+            let upstream = Upstream {
+                path: None,
+                host: host_rewrite.as_ref(),
+                client_ip,
+                security: &snapshot.security,
+                granted: granted.as_ref(),
+                identity_applied: false,
+                body_limit: 0,
+                mirror: None,
+                validation: None,
+            };
+            let response =
+                Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
+            Box::pin(transcoder.response(&call, response)).await
+        }
+        RouteAction::Forward {
+            service,
+            rewrite,
+            host_rewrite,
+        } if service.config.protocol == UpstreamProtocol::Http2
+            && trace.grpc.as_ref().is_some_and(|call| call.web.is_some()) =>
+        {
+            // gRPC-Web to a gRPC service: translated both ways.
+            let Some(GrpcCall {
+                web: Some((encoding, content_type)),
+                web_status: Some(status),
+                ..
+            }) = trace.grpc.clone()
+            else {
+                unreachable!("guarded by the match arm")
+            };
+            let upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
+            trace.forwarded = true;
+            let (mut parts, body) = request.into_parts();
+            let body = grpc::web::request_to_grpc(&mut parts.headers, body, encoding);
+            let upstream = Upstream {
+                path: upstream_path,
+                host: host_rewrite.as_ref(),
+                client_ip,
+                security: &snapshot.security,
+                granted: granted.as_ref(),
+                identity_applied: false,
+                body_limit: route_body_limit(
+                    conn.listener.limits.max_request_body.0,
+                    route.shaping.as_ref().and_then(|s| s.max_body),
+                ),
+                mirror: None,
+                validation: None,
+            };
+            let request = Request::from_parts(parts, body);
+            let response =
+                Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
+            Ok(grpc::web::response_to_web(
+                response,
+                content_type,
+                encoding,
+                status,
+            ))
+        }
+        RouteAction::Forward {
+            service,
+            rewrite,
+            host_rewrite,
+        } => {
+            let mut upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
+            let version = match &route.api {
+                Some(api) => {
+                    let forwarded = upstream_path.as_deref().unwrap_or(&path);
+                    let selected = api.select(
+                        forwarded,
+                        request.uri().query(),
+                        request.headers(),
+                        trace.identity.as_ref().map(|i| &*i.consumer),
+                    )?;
+                    if selected.from_path {
+                        upstream_path = Some(versioning::strip_first_segment(forwarded));
                     }
-                    if let Some(transform) = transform {
-                        transform.edit_request_head(&mut parts);
-                    }
-                    request = Request::from_parts(parts, body);
+                    Some((&**api, selected))
                 }
-                let has_json_body = (transform.is_some() || version.is_some())
-                    && !http_body::Body::is_end_stream(request.body())
-                    && transform::is_json(request.headers());
-                let upgrades = version
-                    .filter(|(api, selected)| has_json_body && api.upgrades_requests(*selected));
-                let rewrites = transform.filter(|t| has_json_body && t.rewrites_request_body());
-                let response = if upgrades.is_some() || rewrites.is_some() {
-                    let max = [
-                        upgrades.map(|(api, _)| api.max_body),
-                        rewrites.map(|t| t.max_body()),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .unwrap_or(usize::MAX);
-                    let (mut parts, body) = request.into_parts();
-                    let mut bytes = Box::pin(transform::read_request(body, max)).await?;
-                    if let Some((api, selected)) = upgrades {
-                        bytes = api.upgrade_request(selected, &bytes)?;
-                    }
-                    if let Some(transform) = rewrites {
-                        bytes = transform.rewrite_request(bytes)?;
-                    }
-                    transform::set_length(&mut parts.headers, bytes.len());
-                    let request = Request::from_parts(parts, http_body_util::Full::new(bytes));
-                    let response =
-                        Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await;
-                    bypass_cache(route, trace, response)
-                } else if let Some((cache, lookup)) = lookup {
-                    let context = CacheContext {
-                        cache,
-                        snapshot,
-                        route: matched.route,
-                        service,
-                        request_id,
-                    };
-                    Box::pin(cached(context, lookup, conn, request, trace, upstream)).await
-                } else {
-                    let response = proxy(service, conn, request, trace, upstream, request_id).await;
-                    bypass_cache(route, trace, response)
-                };
-                let mut response = match transform {
-                    Some(transform) => Box::pin(transform.response(response?, head)).await?,
-                    None => response?,
-                };
+                None => None,
+            };
+            let service = match (
+                &sandbox_service,
+                version.and_then(|(api, selected)| api.service(selected)),
+            ) {
+                (Some(own), _) | (None, Some(own)) => {
+                    trace.version_service = Some(own.clone());
+                    own
+                }
+                (None, None) => service,
+            };
+            let lookup = route.cache.as_ref().and_then(|cache| {
+                let lookup = cache.lookup(&cache::CacheRequest {
+                    method: request.method(),
+                    host: &host,
+                    path: &path,
+                    query: request.uri().query(),
+                    headers: request.headers(),
+                    consumer: trace.identity.as_ref().map(|i| i.consumer.id.as_str()),
+                    // The backend's version: its answer is stored, and downgraded per request.
+                    version: version.map(|(api, selected)| api.version_name(selected.target)),
+                });
+                lookup.map(|lookup| (cache, lookup))
+            });
+            trace.forwarded = true;
+            let upstream = Upstream {
+                path: upstream_path,
+                host: host_rewrite.as_ref(),
+                client_ip,
+                security: &snapshot.security,
+                granted: granted.as_ref(),
+                identity_applied: false,
+                body_limit: route_body_limit(
+                    conn.listener.limits.max_request_body.0,
+                    route.shaping.as_ref().and_then(|s| s.max_body),
+                ),
+                mirror: route.mirror.as_ref().filter(|m| m.sample()),
+                validation: route.openapi.as_ref().zip(operation.as_ref()).map(
+                    |(rules, matched)| Validation {
+                        rules,
+                        operation: matched.operation,
+                    },
+                ),
+            };
+            let head = request.method() == Method::HEAD;
+            let transform = route.transform.as_ref();
+            let mut request = request;
+            if transform.is_some() || version.is_some() {
+                let (mut parts, body) = request.into_parts();
                 if let Some((api, selected)) = version {
-                    response = Box::pin(downgrade(api, selected, response, head)).await?;
+                    api.edit_forwarded_request(selected, &mut parts);
                 }
-                Ok(response)
+                if let Some(transform) = transform {
+                    transform.edit_request_head(&mut parts);
+                }
+                request = Request::from_parts(parts, body);
             }
+            let has_json_body = (transform.is_some() || version.is_some())
+                && !http_body::Body::is_end_stream(request.body())
+                && transform::is_json(request.headers());
+            let upgrades =
+                version.filter(|(api, selected)| has_json_body && api.upgrades_requests(*selected));
+            let rewrites = transform.filter(|t| has_json_body && t.rewrites_request_body());
+            let response = if upgrades.is_some() || rewrites.is_some() {
+                let max = [
+                    upgrades.map(|(api, _)| api.max_body),
+                    rewrites.map(|t| t.max_body()),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(usize::MAX);
+                let (mut parts, body) = request.into_parts();
+                let mut bytes = Box::pin(transform::read_request(body, max)).await?;
+                if let Some((api, selected)) = upgrades {
+                    bytes = api.upgrade_request(selected, &bytes)?;
+                }
+                if let Some(transform) = rewrites {
+                    bytes = transform.rewrite_request(bytes)?;
+                }
+                transform::set_length(&mut parts.headers, bytes.len());
+                let request = Request::from_parts(parts, http_body_util::Full::new(bytes));
+                let response =
+                    Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await;
+                bypass_cache(route, trace, response)
+            } else if let Some((cache, lookup)) = lookup {
+                let context = CacheContext {
+                    cache,
+                    snapshot,
+                    route: matched.route,
+                    service,
+                    request_id,
+                };
+                Box::pin(cached(context, lookup, conn, request, trace, upstream)).await
+            } else {
+                let response = proxy(service, conn, request, trace, upstream, request_id).await;
+                bypass_cache(route, trace, response)
+            };
+            let mut response = match transform {
+                Some(transform) => Box::pin(transform.response(response?, head)).await?,
+                None => response?,
+            };
+            if let Some((api, selected)) = version {
+                response = Box::pin(downgrade(api, selected, response, head)).await?;
+            }
+            Ok(response)
         }
     }?;
     if let Some(granted) = &granted {
@@ -1052,6 +1034,56 @@ async fn route_and_respond(
         response = response.map(|body| body::with_guard(body, slot));
     }
     Ok(response)
+}
+
+/// What admitting a request on an API product's route decided.
+struct Admitted {
+    /// `RateLimit` fields of the plan's (or sandbox's) limits.
+    headers: Vec<(http::HeaderName, HeaderValue)>,
+    /// Set for a sandbox key: where its sandbox answers from.
+    sandbox: Option<Arc<gatehouse_policy::products::SandboxRules>>,
+}
+
+/// Admits a request under its subscription's plan, or its sandbox's limits; records what
+/// admitted it (what usage is metered by).
+async fn admit_product(
+    access: Result<Option<Access>, Rejection>,
+    limit_request: &LimitRequest<'_>,
+    trace: &mut RequestTrace,
+) -> Result<Admitted, GatewayError> {
+    let mut admitted = Admitted {
+        headers: Vec::new(),
+        sandbox: None,
+    };
+    trace.plan_passed = Some(false);
+    match access.map_err(GatewayError::Rejected)? {
+        None => {
+            trace.plan_passed = None;
+            return Ok(admitted);
+        }
+        Some(Access::Live(entitlement)) => {
+            admitted.headers = entitlement
+                .plan
+                .admit(limit_request)
+                .await
+                .map_err(GatewayError::Rejected)?;
+            trace.entitlement = Some(entitlement);
+        }
+        Some(Access::Sandbox(rules)) => {
+            admitted.headers = rules
+                .rules
+                .admit(limit_request)
+                .await
+                .map_err(GatewayError::Rejected)?;
+            let consumer = limit_request
+                .identity
+                .map_or("", |identity| identity.consumer.id.as_str());
+            trace.entitlement = Some(Arc::new(rules.entitlement(consumer)));
+            admitted.sandbox = Some(rules);
+        }
+    }
+    trace.plan_passed = Some(true);
+    Ok(admitted)
 }
 
 /// A sandbox's mock answer as a response.
