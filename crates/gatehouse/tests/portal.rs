@@ -191,6 +191,9 @@ async fn portal_forms_are_protected_and_say_nothing_about_accounts() {
         .unwrap()
         .to_owned();
     assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert_eq!(form.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(form.headers()["referrer-policy"], "same-origin");
+    assert_eq!(form.headers()["cache-control"], "no-store");
     let cookie = form.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
@@ -246,6 +249,30 @@ async fn portal_forms_are_protected_and_say_nothing_about_accounts() {
     assert_eq!(mails.len(), 2);
     assert!(mails.iter().any(|m| m.contains("/verify?token=")));
     assert!(mails.iter().any(|m| m.contains("already has one")));
+    // Sign-ups from one address: 10 in 5 minutes (2 above), then 429 whatever the email.
+    let mut statuses = Vec::new();
+    for n in 0..9 {
+        let email = format!("visitor{n}@example.com");
+        let response = http
+            .post(gateway.portal_url("/signup"))
+            .header("cookie", &cookie_header)
+            .form(&[
+                ("csrf", token.as_str()),
+                ("email", email.as_str()),
+                ("name", "Visitor"),
+                ("password", "long enough password"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 200, 429]);
+    assert_eq!(
+        std::fs::read_dir(&outbox).unwrap().count(),
+        10,
+        "the refused sign-up sent nothing"
+    );
 
     // Reset: the same answer for a known and an unknown address.
     let reset = |email: &'static str| {
@@ -625,6 +652,25 @@ async fn dashboard_roles_sessions_and_csrf_are_enforced() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
+    // Dashboard sign-in is limited like the portal's: 5 attempts per email in 5 minutes.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let attempt = http
+            .post(gateway.admin_url("/dashboard/login"))
+            .header("cookie", &cookie)
+            .form(&[
+                ("csrf", token.as_str()),
+                ("email", "editor@example.com"),
+                ("password", "a long editor password"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        statuses.push(attempt.status().as_u16());
+    }
+    // One sign-in and the wrong password above: 3 more pass, then even the right password
+    // waits.
+    assert_eq!(statuses, [303, 303, 303, 429, 429]);
 }
 
 /// A plain SMTP server that takes every message: what it received, by `RCPT TO`.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, Form, Query, State};
 use axum::response::{IntoResponse, Response};
 use gatehouse_policy::auth::basic::{hash_password, verify_password};
-use gatehouse_store::accounts::TokenPurpose;
+use gatehouse_store::accounts::{Developer, TokenPurpose};
 use gatehouse_store::StoreError;
 use http::header::{LOCATION, SET_COOKIE};
 use http::{HeaderMap, StatusCode};
@@ -90,7 +90,7 @@ fn anonymous_page(
     body: impl FnOnce(&str) -> String,
 ) -> Response {
     let settings = state.settings();
-    let (csrf, set_cookie) = anonymous_csrf(&settings, headers);
+    let (csrf, set_cookie) = anonymous_csrf(settings.secure_cookies(), headers);
     let mut response = Page {
         site: &settings.title,
         title,
@@ -268,39 +268,37 @@ pub(crate) async fn signup(
     let email = form.email.trim().to_lowercase();
     let mail = match state.data.create_developer(&email, &form.name, &hash).await {
         Ok(developer) => {
-            let token = match session::random_token() {
-                Ok(token) => token,
-                Err(message) => return unavailable(&state, &headers, &message),
-            };
-            let expires = now() + VERIFY_TTL_SECS;
-            if let Err(err) = state
-                .data
-                .create_developer_token(&developer.id, TokenPurpose::VerifyEmail, &session::digest_hex(&token), expires)
-                .await
-            {
-                return unavailable(&state, &headers, &err);
+            let sent = mail_link(&state, &developer, TokenPurpose::VerifyEmail, |link| {
+                format!(
+                    "Hello {},\n\nconfirm your email address to finish creating your account on {}:\n\n{link}\n\nThe link works for 24 hours. If you did not sign up, ignore this message.\n",
+                    developer.name, settings.title
+                )
+            })
+            .await;
+            if let Err(message) = sent {
+                return unavailable(&state, &headers, &message);
             }
-            format!(
-                "Hello {},\n\nconfirm your email address to finish creating your account on {}:\n\n{}/verify?token={token}\n\nThe link works for 24 hours. If you did not sign up, ignore this message.\n",
-                developer.name, settings.title, settings.public_url
-            )
+            None
         }
-        Err(StoreError::Conflict(_)) => format!(
+        Err(StoreError::Conflict(_)) => Some(format!(
             "Hello,\n\nsomeone tried to create an account on {} with this email address, which already has one. If it was you, sign in at {}/login or reset your password at {}/reset.\n",
             settings.title, settings.public_url, settings.public_url
-        ),
+        )),
         Err(err) => return unavailable(&state, &headers, &err),
     };
-    if let Err(err) = state
-        .mailer
-        .send(Message {
-            to: &email,
-            subject: &format!("Confirm your email for {}", settings.title),
-            body: &mail,
-        })
-        .await
-    {
-        return unavailable(&state, &headers, &err);
+    // The owner of a taken address hears of the attempt; the visitor sees the same page.
+    if let Some(body) = mail {
+        let sent = state
+            .mailer
+            .send(Message {
+                to: &email,
+                subject: &format!("Confirm your email for {}", settings.title),
+                body: &body,
+            })
+            .await;
+        if let Err(err) = sent {
+            return unavailable(&state, &headers, &err);
+        }
     }
     anonymous_page(
         &state,
@@ -432,33 +430,15 @@ pub(crate) async fn login(
     let settings = state.settings();
     if developer.email_verified_at.is_none() {
         // A fresh link: the first may have expired or gone astray.
-        if let Ok(token) = session::random_token() {
-            let stored = state
-                .data
-                .create_developer_token(
-                    &developer.id,
-                    TokenPurpose::VerifyEmail,
-                    &session::digest_hex(&token),
-                    now() + VERIFY_TTL_SECS,
-                )
-                .await;
-            if stored.is_ok() {
-                let body = format!(
-                    "Hello {},\n\nconfirm your email address to sign in to {}:\n\n{}/verify?token={token}\n\nThe link works for 24 hours.\n",
-                    developer.name, settings.title, settings.public_url
-                );
-                if let Err(err) = state
-                    .mailer
-                    .send(Message {
-                        to: &developer.email,
-                        subject: &format!("Confirm your email for {}", settings.title),
-                        body: &body,
-                    })
-                    .await
-                {
-                    tracing::error!(error = %err, "cannot send a confirmation email");
-                }
-            }
+        let sent = mail_link(&state, &developer, TokenPurpose::VerifyEmail, |link| {
+            format!(
+                "Hello {},\n\nconfirm your email address to sign in to {}:\n\n{link}\n\nThe link works for 24 hours.\n",
+                developer.name, settings.title
+            )
+        })
+        .await;
+        if let Err(message) = sent {
+            tracing::error!(error = %message, "cannot send a confirmation email");
         }
         return anonymous_page(
             &state,
@@ -485,7 +465,7 @@ pub(crate) async fn login(
     let mut response = redirect("/apps");
     response.headers_mut().append(
         SET_COOKIE,
-        session::set_cookie(&settings, SESSION_COOKIE, &id, ttl),
+        session::set_cookie(settings.secure_cookies(), SESSION_COOKIE, &id, ttl),
     );
     response
 }
@@ -514,7 +494,7 @@ pub(crate) async fn logout(
     let mut response = redirect("/");
     response.headers_mut().append(
         SET_COOKIE,
-        session::set_cookie(&settings, SESSION_COOKIE, "", 0),
+        session::set_cookie(settings.secure_cookies(), SESSION_COOKIE, "", 0),
     );
     response
 }
@@ -562,36 +542,15 @@ pub(crate) async fn reset_request(
     };
     if let Some(developer) = developer {
         let settings = state.settings();
-        let token = match session::random_token() {
-            Ok(token) => token,
-            Err(message) => return unavailable(&state, &headers, &message),
-        };
-        if let Err(err) = state
-            .data
-            .create_developer_token(
-                &developer.id,
-                TokenPurpose::ResetPassword,
-                &session::digest_hex(&token),
-                now() + RESET_TTL_SECS,
+        let sent = mail_link(&state, &developer, TokenPurpose::ResetPassword, |link| {
+            format!(
+                "Hello {},\n\nchoose a new password for {}:\n\n{link}\n\nThe link works for one hour. If you did not ask for it, ignore this message: your password stays as it is.\n",
+                developer.name, settings.title
             )
-            .await
-        {
-            return unavailable(&state, &headers, &err);
-        }
-        let body = format!(
-            "Hello {},\n\nchoose a new password for {}:\n\n{}/reset/confirm?token={token}\n\nThe link works for one hour. If you did not ask for it, ignore this message: your password stays as it is.\n",
-            developer.name, settings.title, settings.public_url
-        );
-        if let Err(err) = state
-            .mailer
-            .send(Message {
-                to: &developer.email,
-                subject: &format!("Reset your password for {}", settings.title),
-                body: &body,
-            })
-            .await
-        {
-            return unavailable(&state, &headers, &err);
+        })
+        .await;
+        if let Err(message) = sent {
+            return unavailable(&state, &headers, &message);
         }
     }
     anonymous_page(
@@ -701,6 +660,44 @@ pub(crate) async fn reset_confirm(
         )),
         |csrf| login_body(csrf, ""),
     )
+}
+
+/// Makes a one-time token for `purpose` and mails its link to the developer, in the body
+/// `write` makes around it; the store keeps only the token's digest.
+async fn mail_link(
+    state: &PortalState,
+    developer: &Developer,
+    purpose: TokenPurpose,
+    write: impl FnOnce(&str) -> String,
+) -> Result<(), String> {
+    let settings = state.settings();
+    let (path, ttl, subject) = match purpose {
+        TokenPurpose::VerifyEmail => ("/verify", VERIFY_TTL_SECS, "Confirm your email for"),
+        TokenPurpose::ResetPassword => {
+            ("/reset/confirm", RESET_TTL_SECS, "Reset your password for")
+        }
+    };
+    let token = session::random_token()?;
+    state
+        .data
+        .create_developer_token(
+            &developer.id,
+            purpose,
+            &session::digest_hex(&token),
+            now() + ttl,
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+    let link = format!("{}{path}?token={token}", settings.public_url);
+    state
+        .mailer
+        .send(Message {
+            to: &developer.email,
+            subject: &format!("{subject} {}", settings.title),
+            body: &write(&link),
+        })
+        .await
+        .map_err(|err| err.to_string())
 }
 
 pub(crate) fn now() -> i64 {

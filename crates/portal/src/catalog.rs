@@ -295,7 +295,7 @@ async fn product_page(
     );
     let mut set_cookie = None;
     if let (Some(_), Some(document)) = (&product.sandbox, &product.openapi) {
-        let (csrf, cookie) = session::anonymous_csrf(&settings, &headers);
+        let (csrf, cookie) = session::anonymous_csrf(settings.secure_cookies(), &headers);
         set_cookie = cookie;
         body.push_str(&console(&product.id, document, &csrf, tried.as_ref()));
     }

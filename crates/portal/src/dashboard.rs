@@ -228,15 +228,8 @@ fn login_page(
     flash: Option<Flash>,
     email: &str,
 ) -> Response {
-    // The dashboard is reached on the admin listener, usually plain http on loopback.
-    let settings = crate::Settings {
-        title: SITE.to_owned(),
-        public_url: String::new(),
-        gateway_url: String::new(),
-        session_ttl: std::time::Duration::from_secs(SESSION_SECS as u64),
-        rotation_overlaps: Vec::new(),
-    };
-    let (csrf, set_cookie) = anonymous_csrf(&settings, headers);
+    // The admin listener is plain http on loopback by default: no `Secure` flag.
+    let (csrf, set_cookie) = anonymous_csrf(false, headers);
     let body = format!(
         r#"<h1>Sign in to the dashboard</h1><div class="card"><form method="post" action="/dashboard/login">{csrf}{email}{password}<button type="submit">Sign in</button></form><p class="muted">Dashboard users are added with <code>gatehouse users add</code>.</p></div>"#,
         csrf = csrf_field(&csrf),

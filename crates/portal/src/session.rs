@@ -14,7 +14,7 @@ use gatehouse_store::accounts::Session;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
-use crate::{PortalState, Settings};
+use crate::PortalState;
 
 pub(crate) const SESSION_COOKIE: &str = "gh_portal_session";
 pub(crate) const CSRF_COOKIE: &str = "gh_portal_csrf";
@@ -49,18 +49,9 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
         .map(|(_, value)| value)
 }
 
-/// A `Set-Cookie` value.
-pub(crate) fn set_cookie(
-    settings: &Settings,
-    name: &str,
-    value: &str,
-    max_age: i64,
-) -> HeaderValue {
-    let secure = if settings.secure_cookies() {
-        "; Secure"
-    } else {
-        ""
-    };
+/// A `Set-Cookie` value (`secure`: the portal is reached over https).
+pub(crate) fn set_cookie(secure: bool, name: &str, value: &str, max_age: i64) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
         "{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
     ))
@@ -83,14 +74,14 @@ pub(crate) async fn current(state: &PortalState, headers: &HeaderMap) -> Option<
 /// The double-submit CSRF token of a visitor who is not signed in: the cookie's, or a
 /// fresh one (with the header that sets it).
 pub(crate) fn anonymous_csrf(
-    settings: &Settings,
+    secure: bool,
     headers: &HeaderMap,
 ) -> (String, Option<(http::HeaderName, HeaderValue)>) {
     if let Some(token) = cookie(headers, CSRF_COOKIE).filter(|t| t.len() >= 32) {
         return (token.to_owned(), None);
     }
     let token = random_token().unwrap_or_default();
-    let header = set_cookie(settings, CSRF_COOKIE, &token, 3600 * 24);
+    let header = set_cookie(secure, CSRF_COOKIE, &token, 3600 * 24);
     (token, Some((SET_COOKIE, header)))
 }
 

@@ -328,3 +328,44 @@ mod tests {
         assert_eq!(super::day_of("30.11.2026"), None);
     }
 }
+
+#[cfg(test)]
+mod delivery_tests {
+    use super::*;
+
+    fn row(requests: u64) -> UsageRow {
+        UsageRow {
+            day: 20_000,
+            consumer_id: "acme".into(),
+            product_id: "books".into(),
+            plan_id: "gold".into(),
+            route: "books".into(),
+            requests,
+            ..UsageRow::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn usage_adds_up_and_a_claimed_delivery_is_not_claimed_again() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let first = store.record_usage(&[row(3)], true).await.unwrap().unwrap();
+        assert_eq!(store.record_usage(&[row(4)], false).await.unwrap(), None);
+        let rows = store.usage(Some("acme"), 20_000, 20_000).await.unwrap();
+        assert_eq!((rows.len(), rows[0].requests), (1, 7));
+
+        // One gateway claims it; another, meanwhile, finds nothing due.
+        let claimed = store.claim_deliveries(10, 60).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id, first);
+        assert!(store.claim_deliveries(10, 60).await.unwrap().is_empty());
+        // A failed attempt waits its backoff; a success ends it.
+        store
+            .delivery_failed(&first, "answered 500", 3600)
+            .await
+            .unwrap();
+        assert!(store.claim_deliveries(10, 60).await.unwrap().is_empty());
+        assert_eq!(store.undelivered().await.unwrap()[0].1, 1);
+        store.delivery_succeeded(&first).await.unwrap();
+        assert!(store.undelivered().await.unwrap().is_empty());
+    }
+}
