@@ -15,7 +15,7 @@ use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use gatehouse_config::ConfigErrors;
 use gatehouse_proxy::reload::RollbackError;
-use gatehouse_proxy::snapshot::RouteAction;
+use gatehouse_proxy::snapshot::{Backends, RouteAction};
 use gatehouse_proxy::ConfigStore;
 use serde_json::{json, Value};
 
@@ -300,7 +300,8 @@ async fn post_explain(State(state): State<AdminState>, body: Bytes) -> Response 
         client_ip: request.client_ip,
         live: true,
     };
-    match gatehouse_proxy::explain::explain(&snapshot, &explain_request).await {
+    let listener = request.listener.as_deref();
+    match gatehouse_proxy::explain::explain_on(&snapshot, &explain_request, listener).await {
         Ok(mut report) => {
             report["version"] = json!(snapshot.version);
             Json(report).into_response()
@@ -508,7 +509,20 @@ async fn get_routes(State(state): State<AdminState>) -> Json<Routes> {
         .map(|route| {
             let config = &snapshot.config.routes[route.index];
             let action = match &route.payload.action {
-                RouteAction::Forward { service, .. } => ActionView::Service(service.name.clone()),
+                RouteAction::Forward {
+                    backends: Backends::One(service),
+                    ..
+                } => ActionView::Service(service.name.clone()),
+                RouteAction::Forward { backends, .. } => ActionView::Backends(
+                    backends
+                        .weighted()
+                        .into_iter()
+                        .map(|(service, weight)| BackendView {
+                            service: service.name.clone(),
+                            weight,
+                        })
+                        .collect(),
+                ),
                 RouteAction::Redirect(redirect) => ActionView::Redirect(redirect.clone()),
                 RouteAction::Respond { status, .. } => ActionView::Respond(status.as_u16()),
             };

@@ -70,9 +70,19 @@ pub struct RouteView {
 pub enum ActionView {
     /// Forward to the named service.
     Service(String),
+    /// Forward to one of these services, drawn per request by weight (a traffic split).
+    Backends(Vec<BackendView>),
     Redirect(RedirectAction),
     /// Answer with this status.
     Respond(u16),
+}
+
+/// One service of a route's traffic split.
+#[derive(Serialize, JsonSchema)]
+pub struct BackendView {
+    pub service: String,
+    /// Relative share of the route's requests.
+    pub weight: u32,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -125,6 +135,10 @@ pub struct ExplainBody {
     /// The client address IP filters see; default 127.0.0.1.
     #[serde(default)]
     pub client_ip: Option<std::net::IpAddr>,
+    /// The listener (by name) the request arrives on, for routes bound to listeners;
+    /// default: the only listener, or the one whose configured port is the URL's.
+    #[serde(default)]
+    pub listener: Option<String>,
 }
 
 fn get_method() -> String {

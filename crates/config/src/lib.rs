@@ -5,9 +5,11 @@
 //! knows what a configuration says, not how it runs.
 
 pub mod auth;
+pub mod authorization;
 pub mod caching;
 pub mod grpc;
 mod load;
+pub mod mesh;
 pub mod model;
 mod problem;
 pub mod shaping;
@@ -19,9 +21,11 @@ mod validate;
 pub mod versioning;
 
 pub use auth::*;
+pub use authorization::*;
 pub use caching::*;
 pub use grpc::*;
-pub use load::{load_file, parse_str, schema_json};
+pub use load::{load_file, parse_str, parse_value, schema_json};
+pub use mesh::*;
 pub use model::*;
 pub use problem::{ConfigErrors, Problem};
 pub use serde_saphyr::{Location, Spanned};

@@ -181,6 +181,23 @@ pub fn schema_json() -> String {
     text
 }
 
+/// The configuration text, `${ENV}` substituted, as a JSON value: for roles that build a
+/// configuration from a user's file plus generated parts (the sidecar).
+pub fn parse_value(text: &str, origin: &str) -> Result<serde_json::Value, ConfigErrors> {
+    let substituted =
+        substitute_env(text, &|name| std::env::var(name).ok()).map_err(|problems| {
+            ConfigErrors {
+                file: origin.to_owned(),
+                problems,
+            }
+        })?;
+    if substituted.trim().is_empty() {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    serde_saphyr::from_str(&substituted)
+        .map_err(|err| ConfigErrors::single(origin, yaml_problem(&err, &substituted)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

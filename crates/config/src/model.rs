@@ -10,6 +10,7 @@ use serde_saphyr::{Location, Spanned};
 use crate::auth::{
     AuthenticationConfig, ClientCertificateAuth, ConsumerConfig, IpFilterConfig, RouteAuth,
 };
+use crate::authorization::RouteAuthorization;
 use crate::caching::{CacheConfig, RouteCacheConfig};
 use crate::grpc::{GrpcTranscodeConfig, ProtoSource};
 use crate::shaping::{CorsConfig, MirrorConfig, OpenApiSpec, RequestShaping, RouteOpenApi};
@@ -87,6 +88,17 @@ pub struct Config {
     /// Distributed tracing with OTLP export; absent: trace context passes through untouched.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
+    /// Join the service mesh: this workload's identity and its control plane
+    /// (docs/mesh.md). Needed by `gatehouse sidecar`; a gateway with it can call mesh
+    /// services over mTLS with its own identity.
+    #[serde(default)]
+    pub mesh: Option<crate::mesh::MeshMembership>,
+    /// The sidecar role's listeners (`gatehouse sidecar`).
+    #[serde(default)]
+    pub sidecar: Option<crate::mesh::SidecarConfig>,
+    /// The control-plane role (`gatehouse control`).
+    #[serde(default)]
+    pub control: Option<crate::mesh::ControlConfig>,
     /// Where relative file paths (certificates, keys) are resolved: the configuration
     /// file's directory. Not part of the file.
     #[serde(skip)]
@@ -158,6 +170,11 @@ pub struct ListenerConfig {
     /// Terminate TLS on this listener.
     #[serde(default)]
     pub tls: Option<ListenerTls>,
+    /// Terminate mesh mTLS with this workload's identity (needs `mesh`): callers must present
+    /// a certificate from the mesh's CA, and its SPIFFE ID is the peer identity that route
+    /// `authorization` checks. Not with `tls`.
+    #[serde(default)]
+    pub mesh: bool,
     /// Answer every request with a redirect to HTTPS instead of routing it.
     #[serde(default)]
     pub redirect_to_https: Option<HttpsRedirect>,
@@ -304,8 +321,14 @@ pub struct ServiceConfig {
     #[schemars(with = "String")]
     pub name: Spanned<String>,
     /// Upstream endpoints: `IP:PORT` or `HOSTNAME:PORT` (re-resolved every `dns_refresh`).
+    /// Not with `mesh`, whose endpoints come from the registry.
+    #[serde(default = "no_endpoints")]
     #[schemars(with = "Vec<EndpointConfig>")]
     pub endpoints: Spanned<Vec<EndpointConfig>>,
+    /// A mesh service: endpoints from the control plane's registry, reached over mTLS with
+    /// this workload's identity, the peer's certificate checked for the service's identity.
+    #[serde(default)]
+    pub mesh: Option<ServiceMesh>,
     /// How an endpoint is chosen for each request.
     #[serde(default)]
     pub load_balancing: LoadBalancing,
@@ -332,6 +355,23 @@ pub struct ServiceConfig {
     /// `Retry-After` (load shedding).
     #[serde(default)]
     pub max_in_flight: Option<u32>,
+}
+
+fn no_endpoints() -> Spanned<Vec<EndpointConfig>> {
+    Spanned::new(Vec::new(), Location::UNKNOWN, Location::UNKNOWN)
+}
+
+/// Which mesh service (and which of its instances) a service stands for.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceMesh {
+    /// The mesh service's name.
+    pub service: String,
+    #[serde(default = "crate::mesh::default_namespace")]
+    pub namespace: String,
+    /// Only instances with all these labels (a subset, e.g. `version: v2`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 fn default_dns_refresh() -> HumanDuration {
@@ -762,6 +802,11 @@ pub struct RouteConfig {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub service: Option<Spanned<String>>,
+    /// Forward to one of several services, drawn per request by weight (traffic splits,
+    /// canaries), instead of `service`.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<WeightedBackend>>")]
+    pub backends: Option<Spanned<Vec<WeightedBackend>>>,
     /// Answer with a redirect instead of forwarding.
     #[serde(default)]
     pub redirect: Option<RedirectAction>,
@@ -780,6 +825,10 @@ pub struct RouteConfig {
     /// Client IP allow and deny lists.
     #[serde(default)]
     pub ip_filter: Option<IpFilterConfig>,
+    /// Which peers (by the SPIFFE ID of their verified client certificate), methods and
+    /// paths may use this route; checked right after routing.
+    #[serde(default)]
+    pub authorization: Option<RouteAuthorization>,
     /// Rate-limit policies (names under the top-level `rate_limits`), all applied.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
@@ -821,6 +870,12 @@ pub struct RouteConfig {
 }
 
 impl RouteConfig {
+    /// Whether the route forwards upstream (`service` or `backends`) rather than answering
+    /// by itself.
+    pub fn forwards(&self) -> bool {
+        self.service.is_some() || self.backends.is_some()
+    }
+
     /// The route's name, or `route-N` (N: its position in the file, from 0) when unnamed:
     /// how logs, metrics and the admin API refer to it.
     pub fn name_or_default(&self, index: usize) -> String {
@@ -828,6 +883,19 @@ impl RouteConfig {
             .clone()
             .unwrap_or_else(|| format!("route-{index}"))
     }
+}
+
+/// One service of a route's traffic split.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedBackend {
+    /// The service (a name under `services`).
+    #[schemars(with = "String")]
+    pub service: Spanned<String>,
+    /// Relative share of the route's requests, 0 to 1000 (0: none, to drain a backend
+    /// without removing it). At least one backend of a route needs a weight above 0.
+    #[serde(default = "one")]
+    pub weight: u32,
 }
 
 fn match_everything() -> Spanned<RouteMatch> {
@@ -852,6 +920,10 @@ pub struct RouteMatch {
     /// Query parameters that must be present or match.
     #[serde(default)]
     pub query: Vec<ValueMatch>,
+    /// Listeners (by name) the request must have arrived on. Empty: any listener.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub listeners: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]

@@ -18,6 +18,11 @@ impl HumanDuration {
     pub const fn millis(ms: u64) -> Self {
         Self(Duration::from_millis(ms))
     }
+
+    /// `250ms`, `30s`, `5m`, `24h`: the configuration's duration syntax (command lines).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        parse_duration(text).map(Self)
+    }
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -6,6 +6,8 @@
 //!
 //! Every response carries `x-demo-instance` so load balancing is visible.
 
+pub mod mesh;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

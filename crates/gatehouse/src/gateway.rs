@@ -20,7 +20,14 @@ pub fn check(path: &Path) -> ExitCode {
                 config.services.len(),
                 config.routes.len(),
             );
-            match Snapshot::compile(config, 0, None) {
+            let member = match crate::mesh::offline_member(&config) {
+                Ok(member) => member,
+                Err(problem) => {
+                    println!("{}:{problem}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            match Snapshot::compile_in_mesh(config, 0, None, member.as_ref()) {
                 Ok(_) => {
                     println!(
                         "{}: ok ({} listeners, {} services, {} routes)",
@@ -142,7 +149,22 @@ pub async fn run_demo(
 }
 
 /// Serve until SIGTERM or SIGINT, then drain.
+/// Moments of a role's life another part of the process acts on (the sidecar registers
+/// once its listeners are bound, and deregisters when draining starts).
+#[derive(Default)]
+pub struct Lifecycle {
+    pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+    pub stopping: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
+    run_with(store, Lifecycle::default()).await
+}
+
+pub async fn run_with(
+    store: Arc<ConfigStore>,
+    mut lifecycle: Lifecycle,
+) -> Result<ExitCode, ExitCode> {
     let failed = |message: String| {
         eprintln!("gatehouse: {message}");
         ExitCode::FAILURE
@@ -257,6 +279,9 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
         "gatehouse: ready (configuration version {})",
         store.snapshot().version
     );
+    if let Some(ready) = lifecycle.ready.take() {
+        let _ = ready.send(());
+    }
 
     loop {
         tokio::select! {
@@ -282,6 +307,9 @@ pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
         "shutting down: no new connections, draining"
     );
     ready.store(false, Ordering::Relaxed);
+    if let Some(stopping) = lifecycle.stopping.take() {
+        let _ = stopping.send(());
+    }
     let _ = stop_tx.send(true);
     while serving.join_next().await.is_some() {}
     if let Some((opened, _, meter)) = &data {

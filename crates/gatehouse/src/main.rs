@@ -1,9 +1,10 @@
-//! `gatehouse`: one binary for the gateway role (and, later, sidecar and control).
+//! `gatehouse`: one binary for the gateway, sidecar and control-plane roles.
 //! This crate parses the command line and starts roles; the logic lives in the library crates.
 
 mod directory;
 mod gateway;
 mod keys;
+mod mesh;
 mod metering;
 mod users;
 
@@ -74,6 +75,23 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Run the mesh sidecar next to one application (`mesh` and `sidecar` sections).
+    Sidecar {
+        /// Configuration file (YAML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+    },
+    /// Run the mesh control plane (`control` section, state in `store`), or manage it.
+    Control {
+        /// Configuration file (YAML).
+        #[arg(short, long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<ControlCommand>,
+    },
     /// Run a self-contained demo: the gateway in front of demo services started in-process.
     Demo {
         /// Address of the gateway listener.
@@ -85,6 +103,28 @@ enum Command {
         /// Address of the developer portal.
         #[arg(long, default_value = "127.0.0.1:8081")]
         portal: SocketAddr,
+        /// Run the service-mesh demo instead: a control plane, the gateway and five
+        /// workloads with sidecars (docs/mesh.md).
+        #[arg(long)]
+        mesh: bool,
+        /// First of the loopback ports the mesh demo uses (it takes the next 60).
+        #[arg(long, default_value = "7400")]
+        mesh_base_port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum ControlCommand {
+    /// Create a join token for a service; prints it once (it is stored hashed).
+    Token {
+        /// The service (service account) the token's holder becomes.
+        #[arg(long)]
+        service: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Lifetime, e.g. `1h` (default: does not expire).
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
     },
 }
 
@@ -176,12 +216,57 @@ fn main() -> ExitCode {
         }),
         Command::Gateway { config, threads } => {
             init_logging();
-            runtime(threads).and_then(|rt| rt.block_on(gateway::run_file(&config)))
+            runtime(threads).and_then(|rt| rt.block_on(mesh::run_gateway_in_mesh(&config)))
+        }
+        Command::Sidecar { config, threads } => {
+            init_logging();
+            runtime(threads).and_then(|rt| rt.block_on(mesh::run_sidecar(&config)))
+        }
+        Command::Control { config, command } => match config {
+            None => {
+                eprintln!("gatehouse control: --config FILE is required");
+                Ok(ExitCode::FAILURE)
+            }
+            Some(config) => match command {
+                None => {
+                    init_logging();
+                    runtime(None).and_then(|rt| rt.block_on(mesh::run_control(&config)))
+                }
+                Some(ControlCommand::Token {
+                    service,
+                    namespace,
+                    ttl,
+                }) => runtime(Some(1)).and_then(|rt| {
+                    rt.block_on(mesh::create_token(
+                        &config,
+                        &namespace,
+                        &service,
+                        ttl.as_deref(),
+                    ))
+                }),
+            },
+        },
+        Command::Demo {
+            listen,
+            admin,
+            portal: _,
+            mesh: true,
+            mesh_base_port,
+        } => {
+            init_logging();
+            let ports = gatehouse_demo::mesh::MeshPorts {
+                base: mesh_base_port,
+                gateway: listen,
+                admin,
+            };
+            runtime(None).and_then(|rt| rt.block_on(mesh::run_mesh_demo(ports)))
         }
         Command::Demo {
             listen,
             admin,
             portal,
+            mesh: false,
+            ..
         } => {
             init_logging();
             runtime(None).and_then(|rt| rt.block_on(gateway::run_demo(listen, admin, portal)))

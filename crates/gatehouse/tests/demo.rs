@@ -212,3 +212,88 @@ async fn the_demo_serves_its_apis_the_portal_with_a_sample_product_and_the_dashb
         .unwrap();
     assert_eq!(signed_in.status(), 303);
 }
+
+/// `gatehouse demo --mesh`: the control plane, the edge gateway and five workloads with
+/// sidecars; a product page crosses three mTLS hops, each with the caller's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_demo_serves_a_page_across_the_mesh() {
+    let gateway = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let mut child = Command::new(common::binary())
+        .args(["demo", "--mesh", "--mesh-base-port", "7400"])
+        .args([
+            "--listen",
+            &gateway.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the mesh demo");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the mesh demo did not become ready"
+        );
+        match lines.next() {
+            Some(Ok(line)) if line == "gatehouse: ready" => break,
+            Some(Ok(_)) => {}
+            _ => panic!("the mesh demo exited before it was ready"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    // Stops the demo (and so its child processes) however the test ends.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+    let _stop = Stop(child);
+
+    let http = client();
+    let page: Value = http
+        .get(format!("http://{gateway}/products/7"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["caller"], "spiffe://mesh.local/ns/edge/sa/gateway",
+        "{page}"
+    );
+    for dependency in ["catalog", "reviews"] {
+        assert_eq!(page[dependency]["status"], 200, "{page}");
+        assert_eq!(
+            page[dependency]["seen_caller"], "spiffe://mesh.local/ns/shop/sa/storefront",
+            "{page}"
+        );
+    }
+    let mut catalog_instances = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let page: Value = http
+            .get(format!("http://{gateway}/products/7"))
+            .header("x-canary", "1")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["reviews"]["instance"], "reviews-v2", "{page}");
+        catalog_instances.insert(page["catalog"]["instance"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        catalog_instances.len(),
+        2,
+        "both catalog instances serve: {catalog_instances:?}"
+    );
+}

@@ -4,6 +4,8 @@
 //! runs a route's policies in phase order:
 //!
 //! - **preflight** ([`Cors`]): CORS preflights are answered before anything else;
+//! - **authorization** ([`Authorization`]): which mesh peers (by the SPIFFE ID of their
+//!   client certificate), methods and paths may use the route; runs right after routing;
 //! - **shaping** ([`IpFilter`], [`Shaping`]): client address, method, head and body size,
 //!   content type;
 //! - **access** ([`AccessPolicy`]): may refuse the request with a [`Rejection`], answer it
@@ -20,6 +22,7 @@
 //! policies pays nothing but an `Option` check.
 
 pub mod auth;
+pub mod authorization;
 pub mod concurrency;
 pub mod consumer;
 pub mod cors;
@@ -37,6 +40,7 @@ pub mod request;
 pub mod shaping;
 
 pub use auth::{AccessOutcome, AccessPolicy, Granted, Security};
+pub use authorization::Authorization;
 pub use concurrency::{InFlightGuard, InFlightLimit};
 pub use consumer::{ApiKeyRecord, Consumer, ConsumerDirectory, StaticDirectory};
 pub use cors::Cors;

@@ -34,6 +34,17 @@ pub struct ClientCertificate {
     pub emails: Vec<String>,
 }
 
+impl ClientCertificate {
+    /// The peer's SPIFFE ID: the first `spiffe://` URI SAN (an X.509 SVID carries exactly
+    /// one).
+    pub fn spiffe_id(&self) -> Option<&str> {
+        self.uris
+            .iter()
+            .map(String::as_str)
+            .find(|uri| uri.starts_with("spiffe://"))
+    }
+}
+
 /// The media type of the body (`Content-Type` without parameters, lowercase; empty if none).
 pub fn media_type(headers: &HeaderMap) -> String {
     headers

@@ -36,6 +36,7 @@ fn bench(c: &mut Criterion) {
             path,
             query: None,
             headers: &headers,
+            listener: Some("public"),
         };
         assert_eq!(router.find(&view).map(|m| m.route.payload), Some(7777));
         c.bench_function(&format!("match 10k {kind} routes"), |b| {

@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 
 use crate::pipeline::normalize_path;
 use crate::router::RequestView;
-use crate::snapshot::{RouteAction, Snapshot};
+use crate::snapshot::{Backends, RouteAction, Snapshot};
+use crate::upstream::Service;
+use gatehouse_policy::authorization::Decision;
 use gatehouse_policy::{AccessOutcome, LimitRequest, RequestInfo};
 
 /// The request to explain.
@@ -26,7 +28,28 @@ pub struct ExplainRequest {
 }
 
 /// Explain `request` against `snapshot`; the report is JSON (`render_text` for people).
+/// The request arrives on the only listener, or on the one whose port is the URL's.
 pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Value, String> {
+    explain_on(snapshot, request, None).await
+}
+
+/// [`explain`] for a request that arrives on listener `listener` (by name; `None`: found
+/// from the URL as [`explain`] does).
+pub async fn explain_on(
+    snapshot: &Snapshot,
+    request: &ExplainRequest,
+    listener: Option<&str>,
+) -> Result<Value, String> {
+    if let Some(name) = listener {
+        if !snapshot
+            .config
+            .listeners
+            .iter()
+            .any(|l| l.name.value == name)
+        {
+            return Err(format!("no listener `{name}` in the configuration"));
+        }
+    }
     let uri: http::Uri = request
         .url
         .parse()
@@ -46,12 +69,14 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
         headers.append(name, value);
     }
     let path = normalize_path(uri.path()).ok_or("the path climbs above the root")?;
+    let listener = listener.or_else(|| listener_for(snapshot, &uri));
     let view = RequestView {
         host: &host,
         method: &request.method,
         path: &path,
         query: uri.query(),
         headers: &headers,
+        listener,
     };
     let (matched, considered) = snapshot.router.explain(&view);
     let routes = snapshot.router.routes();
@@ -81,6 +106,7 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
             "host": host,
             "path": path,
             "query": uri.query(),
+            "listener": listener,
         },
         "considered": trail,
     });
@@ -101,6 +127,20 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
     let client_ip = request.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let mut policies = Vec::new();
     let mut outcome: Option<String> = None;
+    if let Some(authorization) = &route.authorization {
+        // Explain has no TLS connection: it decides as for a peer without a certificate.
+        let decision = match authorization.decide(None, &request.method, &path) {
+            Decision::Allow => "allowed (for a peer without a client certificate)".to_owned(),
+            Decision::AuditDeny(denial) => {
+                format!("would refuse ({denial}); audit mode lets it through")
+            }
+            Decision::Deny(denial) => {
+                outcome.get_or_insert(format!("403 peer_not_authorized: {denial}"));
+                format!("refused (for a peer without a client certificate): {denial}")
+            }
+        };
+        policies.push(json!({ "policy": "authorization", "decision": decision }));
+    }
     if let Some(filter) = &route.ip_filter {
         let decision = match filter.check(client_ip) {
             Ok(()) => format!("client {client_ip} allowed"),
@@ -360,26 +400,47 @@ pub async fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Va
         RouteAction::Respond { status, .. } => json!({ "respond": status.as_u16() }),
         RouteAction::Redirect(redirect) => json!({ "redirect": redirect }),
         RouteAction::Forward {
-            service, rewrite, ..
+            backends, rewrite, ..
         } => {
             let upstream_path = match rewrite {
                 Some(rewrite) => rewrite.apply(&path, &matched.captures),
                 None => path.to_string(),
             };
             let now = crate::upstream::endpoint::now_ms();
-            let endpoints: Vec<Value> = service
-                .endpoints()
-                .endpoints
-                .iter()
-                .map(|e| json!({ "address": e.addr.to_string(), "weight": e.weight, "available": e.is_available(now) }))
-                .collect();
-            json!({ "forward": {
-                "service": service.name,
-                "load_balancing": service.config.load_balancing,
+            let endpoints = |service: &Service| -> Vec<Value> {
+                service
+                    .endpoints()
+                    .endpoints
+                    .iter()
+                    .map(|e| json!({ "address": e.addr.to_string(), "weight": e.weight, "available": e.is_available(now) }))
+                    .collect()
+            };
+            let mut forward = json!({
                 "upstream_path": upstream_path,
-                "endpoints": endpoints,
                 "mirror": route_config.mirror.as_ref().map(|m| m.service.value.clone()),
-            }})
+            });
+            match backends {
+                Backends::One(service) => {
+                    forward["service"] = json!(service.name);
+                    forward["load_balancing"] = json!(service.config.load_balancing);
+                    forward["endpoints"] = json!(endpoints(service));
+                }
+                split => {
+                    forward["backends"] = split
+                        .weighted()
+                        .into_iter()
+                        .map(|(service, weight)| {
+                            json!({
+                                "service": service.name,
+                                "weight": weight,
+                                "load_balancing": service.config.load_balancing,
+                                "endpoints": endpoints(service),
+                            })
+                        })
+                        .collect();
+                }
+            }
+            json!({ "forward": forward })
         }
     };
     report["outcome"] = json!(outcome.unwrap_or_else(|| "the action runs".to_owned()));
@@ -464,28 +525,52 @@ pub fn render_text(report: &Value) -> String {
 
 fn describe_action(action: &Value) -> String {
     if let Some(forward) = action.get("forward") {
-        let endpoints: Vec<String> = forward["endpoints"]
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .map(|e| {
-                        let state = if e["available"] == Value::Bool(true) {
-                            "available"
-                        } else {
-                            "unavailable"
-                        };
-                        format!("{} ({state})", e["address"].as_str().unwrap_or(""))
+        let endpoints = |backend: &Value| -> String {
+            let list: Vec<String> = backend["endpoints"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .map(|e| {
+                            let state = if e["available"] == Value::Bool(true) {
+                                "available"
+                            } else {
+                                "unavailable"
+                            };
+                            format!("{} ({state})", e["address"].as_str().unwrap_or(""))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            list.join(", ")
+        };
+        let mut text = match forward["backends"].as_array() {
+            Some(backends) => {
+                let split: Vec<String> = backends
+                    .iter()
+                    .map(|b| {
+                        format!(
+                            "`{}` weight {} ({}; endpoints: {})",
+                            b["service"].as_str().unwrap_or(""),
+                            b["weight"],
+                            b["load_balancing"],
+                            endpoints(b)
+                        )
                     })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut text = format!(
-            "forward to service `{}` ({}) as {}; endpoints: {}",
-            forward["service"].as_str().unwrap_or(""),
-            forward["load_balancing"],
-            forward["upstream_path"].as_str().unwrap_or(""),
-            endpoints.join(", ")
-        );
+                    .collect();
+                format!(
+                    "forward as {} to one service drawn by weight: {}",
+                    forward["upstream_path"].as_str().unwrap_or(""),
+                    split.join("; ")
+                )
+            }
+            None => format!(
+                "forward to service `{}` ({}) as {}; endpoints: {}",
+                forward["service"].as_str().unwrap_or(""),
+                forward["load_balancing"],
+                forward["upstream_path"].as_str().unwrap_or(""),
+                endpoints(forward)
+            ),
+        };
         if let Some(mirror) = forward["mirror"].as_str() {
             text.push_str(&format!("; mirrored to `{mirror}`"));
         }
@@ -498,6 +583,33 @@ fn describe_action(action: &Value) -> String {
         return format!("redirect {redirect}");
     }
     action.to_string()
+}
+
+/// The listener a request for `uri` would arrive on: the only one, or the one whose port is
+/// the URL's (`None` when that does not single one out).
+fn listener_for<'s>(snapshot: &'s Snapshot, uri: &http::Uri) -> Option<&'s str> {
+    let listeners = &snapshot.config.listeners;
+    if let [only] = listeners.as_slice() {
+        return Some(&only.name.value);
+    }
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let mut on_port = listeners.iter().filter(|listener| {
+        listener
+            .listen
+            .value
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|addr| addr.port() == port)
+    });
+    match (on_port.next(), on_port.next()) {
+        (Some(listener), None) => Some(&listener.name.value),
+        _ => None,
+    }
 }
 
 /// What the client would get for a refusal: `401 credentials_missing: <detail>`.

@@ -11,6 +11,9 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The SPIFFE ID of the peer's verified client certificate, asserted by the gateway to the
+/// upstream; a client-sent copy is always removed.
+pub const X_PEER_IDENTITY: HeaderName = HeaderName::from_static("x-gatehouse-peer-identity");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 

@@ -17,6 +17,7 @@ pub mod mirror;
 pub mod pipeline;
 pub mod reload;
 pub mod router;
+pub mod sidecar;
 pub mod snapshot;
 pub mod tls;
 pub mod transform;

@@ -17,10 +17,12 @@ use hyper_util::rt::TokioIo;
 use crate::body::{self, BoxError, ProxyBody};
 use crate::cache;
 use crate::error::GatewayError;
-use crate::forward::{self, X_REQUEST_ID};
+use crate::forward::{self, X_PEER_IDENTITY, X_REQUEST_ID};
 use crate::grpc;
 use crate::router::{CompiledRoute, RequestView};
-use crate::snapshot::{fill_template, ListenerRuntime, RouteAction, RouteRuntime, Snapshot};
+use crate::snapshot::{
+    fill_template, Backends, ListenerRuntime, RouteAction, RouteRuntime, Snapshot,
+};
 use crate::transform;
 use crate::upstream::{hash_of, OutgoingBody, Service, UpstreamInfo, UpstreamRequest};
 use crate::versioning::{self, ApiRuntime};
@@ -32,7 +34,7 @@ use gatehouse_telemetry::trace::{incoming_trace_id, AttributeValue, SpanKind, Sp
 use gatehouse_telemetry::{AccessRecord, Telemetry, TraceContext};
 
 use crate::mirror::Mirror;
-use gatehouse_config::{ResponseValidation, UpstreamProtocol};
+use gatehouse_config::ResponseValidation;
 use gatehouse_policy::openapi::{Operation, RouteValidation};
 use gatehouse_policy::products::{Access, SandboxTarget};
 use gatehouse_policy::Rejection;
@@ -84,13 +86,15 @@ pub struct RequestTrace {
     quotas_passed: Option<bool>,
     /// Whether an API product's subscription and plan admitted the request.
     plan_passed: Option<bool>,
+    /// The route authorization's decision (`allow`, `deny`, `audit_deny`), when it has one.
+    authorization: Option<&'static str>,
     /// The subscription a request on an API product's route was admitted under (what
     /// usage is metered by).
     entitlement: Option<Arc<gatehouse_policy::products::Entitlement>>,
     /// How the response cache took part.
     cache: Option<cache::Outcome>,
-    /// The service that took the request instead of the route's: its API version's, or
-    /// its product sandbox's.
+    /// The service that took the request instead of the route's: its API version's, its
+    /// product sandbox's, or the backend its traffic split drew.
     version_service: Option<Arc<Service>>,
     /// Bytes of a request body sent without `Content-Length` (chunked), counted as it is
     /// read.
@@ -392,9 +396,13 @@ impl Finish {
         };
         let service = match (&route.payload.action, &self.trace.version_service) {
             (_, Some(service)) => service.name.as_str(),
-            (RouteAction::Forward { service, .. }, None) if self.trace.forwarded => {
-                service.name.as_str()
-            }
+            (
+                RouteAction::Forward {
+                    backends: Backends::One(service),
+                    ..
+                },
+                None,
+            ) if self.trace.forwarded => service.name.as_str(),
             _ => "",
         };
         (&route.name, service)
@@ -466,8 +474,8 @@ impl Finish {
 
     fn record_metrics(&self, total: std::time::Duration, gateway_time: std::time::Duration) {
         use gatehouse_telemetry::metrics::{
-            status_class, CacheLabels, CodeLabels, ConsumerLabels, DecisionLabels, GrpcLabels,
-            RequestLabels, RouteLabels, ServiceLabels,
+            status_class, AuthorizationLabels, CacheLabels, CodeLabels, ConsumerLabels,
+            DecisionLabels, GrpcLabels, RequestLabels, RouteLabels, ServiceLabels,
         };
         let metrics = &self.telemetry.metrics;
         let (route, service) = self.names();
@@ -512,6 +520,15 @@ impl Finish {
                     })
                     .inc();
             }
+        }
+        if let Some(decision) = self.trace.authorization {
+            metrics
+                .authorization_decisions
+                .get_or_create(&AuthorizationLabels {
+                    route: route.clone(),
+                    decision,
+                })
+                .inc();
         }
         if let Some(outcome) = self.trace.cache {
             metrics
@@ -565,12 +582,15 @@ impl Finish {
 async fn route_and_respond(
     snapshot: &Arc<Snapshot>,
     conn: &ConnInfo,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     request_id: &HeaderValue,
     client_ip: std::net::IpAddr,
     trace: &mut RequestTrace,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     reject_ambiguous_framing(&request)?;
+    // Only the gateway asserts a peer identity (set in `proxy` from the verified
+    // certificate); a client's copy never reaches routing or the upstream.
+    request.headers_mut().remove(X_PEER_IDENTITY);
     let (host, authority) = request_host(&request)?;
     if let Some(redirect) = &conn.listener.redirect_to_https {
         let port = if redirect.port == 443 {
@@ -589,6 +609,7 @@ async fn route_and_respond(
         path: &path,
         query: request.uri().query(),
         headers: request.headers(),
+        listener: Some(&conn.listener.name),
     };
     // A CORS preflight is routed as the request it announces and answered here.
     if cors::is_preflight(request.method(), request.headers()) {
@@ -599,6 +620,11 @@ async fn route_and_respond(
             };
             if let Some(matched) = snapshot.router.find(&announced) {
                 if let Some(policy) = &matched.route.payload.cors {
+                    if let Some(authorization) = &matched.route.payload.authorization {
+                        authorization
+                            .check(conn.client_certificate.as_deref(), &method, &path)
+                            .map_err(GatewayError::Rejected)?;
+                    }
                     if let Some(filter) = &matched.route.payload.ip_filter {
                         filter.check(client_ip).map_err(GatewayError::Rejected)?;
                     }
@@ -623,6 +649,15 @@ async fn route_and_respond(
         trace
             .response_headers
             .extend(policy.response_headers(request.headers()));
+    }
+    if let Some(authorization) = &route.authorization {
+        let decided =
+            authorization.check(conn.client_certificate.as_deref(), request.method(), &path);
+        trace.authorization = Some(match &decided {
+            Ok(decision) => decision.label(),
+            Err(_) => "deny",
+        });
+        decided.map_err(GatewayError::Rejected)?;
     }
     if let Some(filter) = &route.ip_filter {
         filter.check(client_ip).map_err(GatewayError::Rejected)?;
@@ -815,13 +850,14 @@ async fn route_and_respond(
             ))
         }
         RouteAction::Forward {
-            service,
+            backends,
             host_rewrite,
             ..
         } if route.grpc_transcode.is_some() => {
             let Some(transcoder) = route.grpc_transcode.as_deref() else {
                 unreachable!("guarded by the match arm")
             };
+            let service = pick_backend(backends, trace);
             let Some(call) = transcoder.find(request.method(), &path) else {
                 return Err(GatewayError::NoRoute {
                     method: request.method().to_string(),
@@ -850,12 +886,11 @@ async fn route_and_respond(
             Box::pin(transcoder.response(&call, response)).await
         }
         RouteAction::Forward {
-            service,
+            backends,
             rewrite,
             host_rewrite,
-        } if service.config.protocol == UpstreamProtocol::Http2
-            && trace.grpc.as_ref().is_some_and(|call| call.web.is_some()) =>
-        {
+        } if trace.grpc.as_ref().is_some_and(|call| call.web.is_some()) && backends.all_http2() => {
+            let service = pick_backend(backends, trace);
             // gRPC-Web to a gRPC service: translated both ways.
             let Some(GrpcCall {
                 web: Some((encoding, content_type)),
@@ -894,7 +929,7 @@ async fn route_and_respond(
             ))
         }
         RouteAction::Forward {
-            service,
+            backends,
             rewrite,
             host_rewrite,
         } => {
@@ -923,7 +958,7 @@ async fn route_and_respond(
                     trace.version_service = Some(own.clone());
                     own
                 }
-                (None, None) => service,
+                (None, None) => pick_backend(backends, trace),
             };
             let lookup = route.cache.as_ref().and_then(|cache| {
                 let lookup = cache.lookup(&cache::CacheRequest {
@@ -1034,6 +1069,19 @@ async fn route_and_respond(
         response = response.map(|body| body::with_guard(body, slot));
     }
     Ok(response)
+}
+
+/// The service that takes this request: a plain route's own, or the one its traffic split
+/// draws (recorded for the log phase, which otherwise names the route's single service).
+fn pick_backend<'a>(backends: &'a Backends, trace: &mut RequestTrace) -> &'a Arc<Service> {
+    match backends {
+        Backends::One(service) => service,
+        split => {
+            let picked = split.pick();
+            trace.version_service = Some(picked.clone());
+            picked
+        }
+    }
 }
 
 /// What admitting a request on an API product's route decided.
@@ -1492,6 +1540,17 @@ where
     let peer_trusted = forward::is_trusted(conn.peer.ip(), &conn.listener.trusted_proxies);
     forward::strip_hop_by_hop(&mut headers, upgrade);
     headers.remove(header::EXPECT); // 100-continue is answered here, when the body is read
+
+    // The verified peer identity, set after the hop-by-hop removal so that a client cannot
+    // drop it by naming it in `Connection`.
+    if let Some(id) = conn
+        .client_certificate
+        .as_deref()
+        .and_then(ClientCertificate::spiffe_id)
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        headers.insert(X_PEER_IDENTITY, id);
+    }
     forward::set_forwarded(
         &mut headers,
         &conn.peer_ip,

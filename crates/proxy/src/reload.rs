@@ -54,22 +54,41 @@ pub struct ConfigStore {
     next_version: AtomicU64,
     /// Serializes reloads: compile + swap + record happen as one step.
     applying: Mutex<()>,
+    /// The mesh membership mesh listeners and services take their mTLS and endpoints from.
+    member: Option<Arc<gatehouse_mesh::Member>>,
 }
 
 impl ConfigStore {
     pub fn from_file(path: &Path) -> Result<Arc<Self>, ConfigErrors> {
+        Self::from_file_in_mesh(path, None)
+    }
+
+    /// A configuration whose mesh listeners and services use `member`'s identity.
+    pub fn from_file_in_mesh(
+        path: &Path,
+        member: Option<Arc<gatehouse_mesh::Member>>,
+    ) -> Result<Arc<Self>, ConfigErrors> {
         let (config, text) = gatehouse_config::load_file(path)?;
         Self::start(
             config,
             text,
             Some(path.to_owned()),
             &path.display().to_string(),
+            member,
         )
     }
 
     pub fn from_text(text: &str, origin: &str) -> Result<Arc<Self>, ConfigErrors> {
+        Self::from_text_in_mesh(text, origin, None)
+    }
+
+    pub fn from_text_in_mesh(
+        text: &str,
+        origin: &str,
+        member: Option<Arc<gatehouse_mesh::Member>>,
+    ) -> Result<Arc<Self>, ConfigErrors> {
         let config = gatehouse_config::parse_str(text, origin)?;
-        Self::start(config, text.to_owned(), None, origin)
+        Self::start(config, text.to_owned(), None, origin, member)
     }
 
     fn start(
@@ -77,11 +96,15 @@ impl ConfigStore {
         text: String,
         path: Option<PathBuf>,
         origin: &str,
+        member: Option<Arc<gatehouse_mesh::Member>>,
     ) -> Result<Arc<Self>, ConfigErrors> {
-        let snapshot = Snapshot::compile(config, 1, None).map_err(|problems| ConfigErrors {
-            file: origin.to_owned(),
-            problems,
-        })?;
+        let snapshot =
+            Snapshot::compile_in_mesh(config, 1, None, member.as_ref()).map_err(|problems| {
+                ConfigErrors {
+                    file: origin.to_owned(),
+                    problems,
+                }
+            })?;
         let snapshot = Arc::new(snapshot);
         let current = Arc::new(ArcSwap::new(snapshot.clone()));
         let mut metrics = Metrics::new();
@@ -131,6 +154,7 @@ impl ConfigStore {
             history: Mutex::new(VecDeque::new()),
             next_version: AtomicU64::new(2),
             applying: Mutex::new(()),
+            member,
         };
         store.record(1, "initial".to_owned(), text);
         Ok(Arc::new(store))
@@ -143,6 +167,21 @@ impl ConfigStore {
 
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    pub fn member(&self) -> Option<&Arc<gatehouse_mesh::Member>> {
+        self.member.as_ref()
+    }
+
+    /// Mesh services take the endpoints of the member's latest snapshot (called when the
+    /// control plane pushes one; configuration and versions stay as they are).
+    pub fn refresh_mesh_endpoints(&self) {
+        let Some(member) = &self.member else {
+            return;
+        };
+        for service in self.snapshot().services.values() {
+            service.refresh_mesh_endpoints(member);
+        }
     }
 
     /// Re-read the configuration file. `force` recompiles even when the text is unchanged,
@@ -211,7 +250,9 @@ impl ConfigStore {
         };
         check_restart_only_changes(&current.config, &config).map_err(errors)?;
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        let snapshot = Snapshot::compile(config, version, Some(&current)).map_err(errors)?;
+        let snapshot =
+            Snapshot::compile_in_mesh(config, version, Some(&current), self.member.as_ref())
+                .map_err(errors)?;
         self.current.store(Arc::new(snapshot));
         self.record(version, reason.to_owned(), text.to_owned());
         tracing::info!(version, reason, "configuration applied");

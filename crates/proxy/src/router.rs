@@ -6,8 +6,8 @@
 //! 2. Within a host group, higher `priority` first.
 //! 3. Within one priority: exact path, then template (static segments beat captures), then
 //!    prefix (longest first), then regex (in file order), then routes without a path.
-//! 4. Routes sharing a path are tried in file order; the first whose method, header and query
-//!    conditions hold wins.
+//! 4. Routes sharing a path are tried in file order; the first whose listener, method, header
+//!    and query conditions hold wins.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +25,9 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// Name of the listener the request arrived on; `None` when unknown (`gatehouse
+    /// explain` without a listener), which fails every route bound to listeners.
+    pub listener: Option<&'a str>,
 }
 
 /// A compiled route with its payload (what to do when it matches).
@@ -32,6 +35,8 @@ pub struct CompiledRoute<A> {
     pub name: String,
     pub index: usize,
     pub path: Option<PathMatch>,
+    /// `match.listeners`; empty: every listener.
+    listeners: Box<[Box<str>]>,
     methods: Vec<Method>,
     headers: Vec<CompiledValueMatch>,
     query: Vec<CompiledValueMatch>,
@@ -122,6 +127,11 @@ impl<A> Router<A> {
                 name: config.name_or_default(index),
                 index,
                 path: matches.path.clone(),
+                listeners: matches
+                    .listeners
+                    .iter()
+                    .map(|l| l.value.as_str().into())
+                    .collect(),
                 methods: matches
                     .methods
                     .iter()
@@ -322,6 +332,8 @@ impl<A> Router<A> {
 /// Why a route whose host and path fit did not take the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mismatch {
+    /// The route is bound to other listeners (`None`: the request's listener is unknown).
+    Listener(Option<String>),
     Method,
     Header(String),
     Query(String),
@@ -330,6 +342,12 @@ pub enum Mismatch {
 impl std::fmt::Display for Mismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Listener(Some(name)) => {
+                write!(f, "listener `{name}` is not among the route's listeners")
+            }
+            Self::Listener(None) => {
+                f.write_str("the route is bound to listeners and the request's listener is unknown")
+            }
             Self::Method => f.write_str("method not accepted"),
             Self::Header(name) => write!(f, "header condition on `{name}` does not hold"),
             Self::Query(name) => write!(f, "query condition on `{name}` does not hold"),
@@ -342,8 +360,15 @@ impl<A> CompiledRoute<A> {
         self.first_mismatch(request).is_none()
     }
 
-    /// The first method, header or query condition that fails (`None`: all hold).
-    fn first_mismatch(&self, request: &RequestView<'_>) -> Option<MismatchAt<'_>> {
+    /// The first listener, method, header or query condition that fails (`None`: all hold).
+    fn first_mismatch<'v>(&self, request: &RequestView<'v>) -> Option<MismatchAt<'_, 'v>> {
+        if !self.listeners.is_empty()
+            && !request
+                .listener
+                .is_some_and(|name| self.listeners.iter().any(|l| **l == *name))
+        {
+            return Some(MismatchAt::Listener(request.listener));
+        }
         if !self.methods.is_empty() && !self.methods.contains(request.method) {
             return Some(MismatchAt::Method);
         }
@@ -369,15 +394,17 @@ impl<A> CompiledRoute<A> {
 }
 
 /// [`Mismatch`] without allocating, for the request path.
-enum MismatchAt<'r> {
+enum MismatchAt<'r, 'v> {
+    Listener(Option<&'v str>),
     Method,
     Header(&'r str),
     Query(&'r str),
 }
 
-impl MismatchAt<'_> {
+impl MismatchAt<'_, '_> {
     fn owned(&self) -> Mismatch {
         match self {
+            Self::Listener(name) => Mismatch::Listener(name.map(str::to_owned)),
             Self::Method => Mismatch::Method,
             Self::Header(name) => Mismatch::Header((*name).to_owned()),
             Self::Query(name) => Mismatch::Query((*name).to_owned()),
@@ -501,4 +528,62 @@ fn compile_value_matches(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(yaml: &str) -> Router<usize> {
+        let config = gatehouse_config::parse_str(yaml, "test.yaml").expect("valid config");
+        Router::compile(&config.routes, |index, _| Ok(index)).expect("router")
+    }
+
+    fn view<'a>(headers: &'a HeaderMap, listener: Option<&'a str>) -> RequestView<'a> {
+        RequestView {
+            host: "api.test",
+            method: &Method::GET,
+            path: "/orders",
+            query: None,
+            headers,
+            listener,
+        }
+    }
+
+    #[test]
+    fn routes_bound_to_listeners_take_only_their_listeners_requests() {
+        let router = router(
+            r#"
+listeners:
+  - { name: public, listen: "127.0.0.1:0" }
+  - { name: internal, listen: "127.0.0.1:0" }
+routes:
+  - name: internal-orders
+    match: { path: { prefix: /orders }, listeners: [internal] }
+    respond: { body: internal }
+  - name: orders
+    match: { path: { prefix: /orders } }
+    respond: { body: any }
+"#,
+        );
+        let headers = HeaderMap::new();
+        let taken = |listener| {
+            router
+                .find(&view(&headers, listener))
+                .map(|m| m.route.name.clone())
+        };
+        assert_eq!(taken(Some("internal")).as_deref(), Some("internal-orders"));
+        assert_eq!(taken(Some("public")).as_deref(), Some("orders"));
+        assert_eq!(taken(None).as_deref(), Some("orders"));
+        let (found, considered) = router.explain(&view(&headers, Some("public")));
+        assert_eq!(found.map(|m| m.route.index), Some(1));
+        assert_eq!(
+            considered[0].mismatch,
+            Some(Mismatch::Listener(Some("public".to_owned())))
+        );
+        assert_eq!(
+            considered[0].mismatch.as_ref().map(ToString::to_string),
+            Some("listener `public` is not among the route's listeners".to_owned())
+        );
+    }
 }

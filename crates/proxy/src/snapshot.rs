@@ -7,15 +7,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gatehouse_config::{
-    Config, HttpsRedirect, ListenerLimits, Problem, RedirectAction, RouteConfig,
+    Config, HttpsRedirect, ListenerLimits, Problem, RedirectAction, RouteConfig, UpstreamProtocol,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
 use tokio_rustls::TlsAcceptor;
 
 use gatehouse_policy::{
-    AccessPolicy, Cors, InFlightLimit, IpFilter, Quota, Quotas, RateLimiter, RateLimits, Security,
-    Shaping,
+    AccessPolicy, Authorization, Cors, InFlightLimit, IpFilter, Quota, Quotas, RateLimiter,
+    RateLimits, Security, Shaping,
 };
 
 use crate::mirror::Mirror;
@@ -61,6 +61,8 @@ pub struct ListenerRuntime {
 
 /// A route's compiled payload: its policies, then its action.
 pub struct RouteRuntime {
+    /// Which peers, methods and paths may use the route; checked right after routing.
+    pub authorization: Option<Authorization>,
     /// Client IP rules, checked first.
     pub ip_filter: Option<IpFilter>,
     /// Authentication and authorization.
@@ -92,7 +94,8 @@ pub struct RouteRuntime {
 
 pub enum RouteAction {
     Forward {
-        service: Arc<Service>,
+        /// The route's service, or its traffic split: [`Backends::pick`] per request.
+        backends: Backends,
         rewrite: Option<PathRewrite>,
         host_rewrite: Option<HeaderValue>,
     },
@@ -102,6 +105,68 @@ pub enum RouteAction {
         body: Bytes,
         headers: HeaderMap,
     },
+}
+
+/// Where a forwarding route sends its requests.
+pub enum Backends {
+    /// `service`: taken as is, without a draw.
+    One(Arc<Service>),
+    /// `backends`: each service with the running total of the weights up to and including
+    /// its own, and the total (above 0; validation refuses splits without weight).
+    Split {
+        backends: Box<[(Arc<Service>, u32)]>,
+        total: u32,
+    },
+}
+
+impl Backends {
+    /// The service that takes this request: the route's only one, or one drawn by weight.
+    pub fn pick(&self) -> &Arc<Service> {
+        match self {
+            Self::One(service) => service,
+            Self::Split { backends, total } => {
+                let draw = fastrand::u32(..*total);
+                // The first backend whose running total is above the draw; zero weights
+                // add nothing to the total and are never drawn.
+                let at = backends.partition_point(|(_, running)| *running <= draw);
+                // `draw < total`, the last running total: `at` is always in bounds.
+                &backends[at].0
+            }
+        }
+    }
+
+    /// Whether requests are split over several services.
+    pub fn is_split(&self) -> bool {
+        matches!(self, Self::Split { .. })
+    }
+
+    /// The services with their configured weights (1 for a plain `service`).
+    pub fn weighted(&self) -> Vec<(&Arc<Service>, u32)> {
+        match self {
+            Self::One(service) => vec![(service, 1)],
+            Self::Split { backends, .. } => {
+                let mut previous = 0;
+                backends
+                    .iter()
+                    .map(|(service, running)| {
+                        let weight = running - previous;
+                        previous = *running;
+                        (service, weight)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Whether every backend speaks HTTP/2 (gRPC-Web is translated only for those).
+    pub fn all_http2(&self) -> bool {
+        match self {
+            Self::One(service) => service.config.protocol == UpstreamProtocol::Http2,
+            Self::Split { backends, .. } => backends
+                .iter()
+                .all(|(service, _)| service.config.protocol == UpstreamProtocol::Http2),
+        }
+    }
 }
 
 pub enum PathRewrite {
@@ -157,6 +222,17 @@ impl Snapshot {
         version: u64,
         previous: Option<&Snapshot>,
     ) -> Result<Self, Vec<Problem>> {
+        Self::compile_in_mesh(config, version, previous, None)
+    }
+
+    /// [`Snapshot::compile`] for a process that joined the mesh: mesh listeners and services
+    /// get their mTLS and endpoints from `member`.
+    pub fn compile_in_mesh(
+        config: Config,
+        version: u64,
+        previous: Option<&Snapshot>,
+        member: Option<&Arc<gatehouse_mesh::Member>>,
+    ) -> Result<Self, Vec<Problem>> {
         let mut problems = Vec::new();
         let mut services = HashMap::new();
         for service_config in &config.services {
@@ -166,8 +242,13 @@ impl Snapshot {
                 .filter(|s| s.fingerprint() == crate::upstream::fingerprint(service_config))
                 .cloned();
             let service = match reused {
-                Some(service) => service,
-                None => match Service::new(service_config, &config) {
+                Some(service) => {
+                    if let Some(member) = member {
+                        service.refresh_mesh_endpoints(member);
+                    }
+                    service
+                }
+                None => match Service::new(service_config, &config, member) {
                     Ok(service) => {
                         if tokio::runtime::Handle::try_current().is_ok() {
                             service.start_background_tasks();
@@ -191,23 +272,52 @@ impl Snapshot {
             let Ok(addr) = listener.listen.value.parse::<SocketAddr>() else {
                 continue; // validation already reported it
             };
-            let tls = match &listener.tls {
-                Some(tls_config) => match tls::server_config(tls_config, listener.http2, &config) {
-                    Ok(server) => Some(TlsAcceptor::from(server)),
-                    Err(err) => {
-                        let at = tls_config
-                            .certificates
-                            .first()
-                            .map(|c| c.cert.referenced)
-                            .unwrap_or(listener.name.referenced);
-                        problems.push(Problem::at(
-                            &at,
-                            format!("listener `{}`: {err}", listener.name.value),
-                        ));
-                        continue;
+            let tls = match (&listener.tls, listener.mesh) {
+                (_, true) => {
+                    let alpn: &[&[u8]] = if listener.http2 {
+                        &[b"h2", b"http/1.1"]
+                    } else {
+                        &[b"http/1.1"]
+                    };
+                    match member.map(|m| m.server_config(alpn)) {
+                        Some(Ok(server)) => Some(TlsAcceptor::from(server)),
+                        Some(Err(err)) => {
+                            problems.push(Problem::at(
+                                &listener.name.referenced,
+                                format!("listener `{}`: mesh mTLS: {err}", listener.name.value),
+                            ));
+                            continue;
+                        }
+                        None => {
+                            problems.push(Problem::at(
+                                &listener.name.referenced,
+                                format!(
+                                    "listener `{}` terminates mesh mTLS, but this process has not joined a mesh (add `mesh:`)",
+                                    listener.name.value
+                                ),
+                            ));
+                            continue;
+                        }
                     }
-                },
-                None => None,
+                }
+                (Some(tls_config), false) => {
+                    match tls::server_config(tls_config, listener.http2, &config) {
+                        Ok(server) => Some(TlsAcceptor::from(server)),
+                        Err(err) => {
+                            let at = tls_config
+                                .certificates
+                                .first()
+                                .map(|c| c.cert.referenced)
+                                .unwrap_or(listener.name.referenced);
+                            problems.push(Problem::at(
+                                &at,
+                                format!("listener `{}`: {err}", listener.name.value),
+                            ));
+                            continue;
+                        }
+                    }
+                }
+                (None, false) => None,
             };
             let trusted_proxies = listener
                 .trusted_proxies
@@ -391,6 +501,11 @@ impl Snapshot {
                     })
                     .collect::<Result<_, _>>()?,
                 ip_filter: route.ip_filter.as_ref().map(IpFilter::new),
+                authorization: route
+                    .authorization
+                    .as_ref()
+                    .map(|rules| Authorization::new(rules, &route.name_or_default(index)))
+                    .transpose()?,
                 per_consumer_metrics: {
                     let name = route.name_or_default(index);
                     config
@@ -493,15 +608,31 @@ fn route_action(
             headers,
         });
     }
-    let service_name = route
-        .service
-        .as_ref()
-        .map(|s| s.value.as_str())
-        .ok_or("route has no action")?;
-    let service = services
-        .get(service_name)
-        .cloned()
-        .ok_or_else(|| format!("undefined service `{service_name}`"))?;
+    let service = |name: &str| {
+        services
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("undefined service `{name}`"))
+    };
+    let backends = match (&route.service, &route.backends) {
+        (Some(name), _) => Backends::One(service(&name.value)?),
+        (None, Some(split)) => {
+            let mut total = 0u32;
+            let backends = split
+                .value
+                .iter()
+                .map(|backend| {
+                    total = total.saturating_add(backend.weight);
+                    Ok((service(&backend.service.value)?, total))
+                })
+                .collect::<Result<Box<[_]>, String>>()?;
+            if total == 0 {
+                return Err("`backends` has no backend with a weight above 0".to_owned());
+            }
+            Backends::Split { backends, total }
+        }
+        (None, None) => return Err("route has no action".to_owned()),
+    };
     let prefix = match &route.matches.value.path {
         Some(gatehouse_config::PathMatch::Prefix(p)) => Some(p.trim_end_matches('/').to_owned()),
         _ => None,
@@ -529,7 +660,7 @@ fn route_action(
         .map(|h| HeaderValue::from_str(h).map_err(|_| format!("invalid host `{h}`")))
         .transpose()?;
     Ok(RouteAction::Forward {
-        service,
+        backends,
         rewrite,
         host_rewrite,
     })

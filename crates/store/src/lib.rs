@@ -148,6 +148,21 @@ impl Store {
                 Backend::Postgres => 4,
             })
             .acquire_timeout(Duration::from_secs(3))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // Write-ahead log, synced at checkpoints: a commit no longer waits
+                        // for an fsync (heartbeats and usage flushes are frequent small
+                        // writes), and readers never block the writer.
+                        sqlx::Executor::execute(
+                            &mut *connection,
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&connect_url)
             .await
             .map_err(|source| StoreError::Connect {
@@ -495,4 +510,5 @@ pub mod admins;
 pub mod billing;
 pub mod catalog;
 pub mod follow;
+pub mod mesh;
 pub mod usage;

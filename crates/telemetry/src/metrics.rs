@@ -35,6 +35,13 @@ pub struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthorizationLabels {
+    pub route: String,
+    /// `allow`, `deny` or `audit_deny` (refused by the rules, let through in audit mode).
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     pub route: String,
     /// `hit`, `miss`, `revalidated`, `refresh` or `bypass`.
@@ -92,6 +99,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub consumer_requests: Family<ConsumerLabels, Counter>,
     pub policy_decisions: Family<DecisionLabels, Counter>,
+    pub authorization_decisions: Family<AuthorizationLabels, Counter>,
     pub cache_lookups: Family<CacheLabels, Counter>,
     pub request_duration: HistogramFamily<RouteLabels>,
     pub upstream_duration: HistogramFamily<ServiceLabels>,
@@ -133,6 +141,12 @@ impl Metrics {
             "policy_decisions",
             "Decisions of route policies, by route, policy (auth, rate_limit, quota) and result (allowed, refused)",
             policy_decisions.clone(),
+        );
+        let authorization_decisions = Family::<AuthorizationLabels, Counter>::default();
+        registry.register(
+            "authorization_decisions",
+            "Decisions of route authorization policies (peer identity, method, path), by route and decision (allow, deny, audit_deny)",
+            authorization_decisions.clone(),
         );
         let cache_lookups = Family::<CacheLabels, Counter>::default();
         registry.register(
@@ -233,6 +247,7 @@ impl Metrics {
             requests,
             consumer_requests,
             policy_decisions,
+            authorization_decisions,
             cache_lookups,
             request_duration,
             upstream_duration,

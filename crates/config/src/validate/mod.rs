@@ -4,12 +4,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use serde_saphyr::Location;
+use serde_saphyr::{Location, Spanned};
 
 use crate::model::*;
 use crate::problem::Problem;
 
 mod auth;
+mod authorization;
+mod mesh;
 mod telemetry;
 mod traffic;
 mod versioning;
@@ -60,6 +62,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     validate_protos(config, &mut problems);
     validate_store(config, &mut problems);
     validate_routes(config, &services, &auth_names, &mut problems);
+    mesh::validate_mesh(config, &mut problems);
     problems.sort_by_key(|p| (p.line, p.column));
     problems
 }
@@ -84,6 +87,15 @@ fn validate_listeners(listeners: &[ListenerConfig], problems: &mut Vec<Problem>)
     let mut names: HashMap<&str, &Location> = HashMap::new();
     let mut addresses: HashMap<SocketAddr, &Location> = HashMap::new();
     for listener in listeners {
+        if listener.mesh && listener.tls.is_some() {
+            problems.push(Problem::at(
+                &listener.name.referenced,
+                format!(
+                    "listener `{}` has both `mesh` and `tls`: mesh mTLS is its TLS",
+                    listener.name.value
+                ),
+            ));
+        }
         if let Some(first) = names.insert(&listener.name.value, &listener.name.referenced) {
             problems.push(Problem::at(
                 &listener.name.referenced,
@@ -176,11 +188,31 @@ fn validate_services<'a>(
                 ),
             ));
         }
-        if service.endpoints.value.is_empty() {
-            problems.push(Problem::at(
-                &service.endpoints.referenced,
+        match (&service.mesh, service.endpoints.value.is_empty()) {
+            (None, true) => problems.push(Problem::at(
+                // An absent `endpoints` has no location of its own.
+                if service.endpoints.referenced.line() == 0 {
+                    &name.referenced
+                } else {
+                    &service.endpoints.referenced
+                },
                 format!("service `{}` needs at least one endpoint", name.value),
-            ));
+            )),
+            (Some(_), false) => problems.push(Problem::at(
+                &service.endpoints.referenced,
+                format!(
+                    "service `{}` is a mesh service: its endpoints come from the registry",
+                    name.value
+                ),
+            )),
+            (Some(_), true) if service.tls.is_some() => problems.push(Problem::at(
+                &name.referenced,
+                format!(
+                    "service `{}` is a mesh service: it speaks mesh mTLS, not `tls`",
+                    name.value
+                ),
+            )),
+            _ => {}
         }
         for endpoint in &service.endpoints.value {
             if let Err(message) = check_host_port(&endpoint.address.value) {
@@ -303,7 +335,13 @@ fn validate_routes(
     let routes = &config.routes;
     let service_names: Vec<&str> = services.keys().copied().collect();
     let spec_names: Vec<&str> = config.openapi.keys().map(String::as_str).collect();
-    let mut seen: HashMap<String, u64> = HashMap::new();
+    let listener_names: Vec<&str> = config
+        .listeners
+        .iter()
+        .map(|l| l.name.value.as_str())
+        .collect();
+    // Routes by everything they match but listeners, with their line and listener set.
+    let mut seen: HashMap<String, Vec<(u64, BTreeSet<&str>)>> = HashMap::new();
     let mut template_router = matchit::Router::new();
     let mut templates_seen = BTreeSet::new();
     for (index, route) in routes.iter().enumerate() {
@@ -314,6 +352,7 @@ fn validate_routes(
             .unwrap_or_else(|| format!("routes[{index}]"));
         let actions = [
             route.service.is_some(),
+            route.backends.is_some(),
             route.redirect.is_some(),
             route.respond.is_some(),
         ];
@@ -321,12 +360,31 @@ fn validate_routes(
             1 => {}
             0 => problems.push(Problem::at(
                 at,
-                format!("route `{label}` needs one of `service`, `redirect` or `respond`"),
+                format!(
+                    "route `{label}` needs one of `service`, `backends`, `redirect` or `respond`"
+                ),
             )),
             _ => problems.push(Problem::at(
                 at,
-                format!("route `{label}` has more than one of `service`, `redirect`, `respond`"),
+                format!(
+                    "route `{label}` has more than one of `service`, `backends`, `redirect`, `respond`"
+                ),
             )),
+        }
+        if let Some(backends) = &route.backends {
+            check_backends(backends, &label, services, problems);
+        }
+        for listener in &route.matches.value.listeners {
+            if !listener_names.contains(&listener.value.as_str()) {
+                let mut message = format!(
+                    "route `{label}` is bound to undefined listener `{}`",
+                    listener.value
+                );
+                if let Some(best) = did_you_mean(&listener.value, listener_names.iter().copied()) {
+                    message.push_str(&format!(", did you mean `{best}`?"));
+                }
+                problems.push(Problem::at(&listener.referenced, message));
+            }
         }
         if let Some(transcode) = &route.grpc_transcode {
             check_transcode(config, route, transcode, &label, services, problems);
@@ -411,6 +469,7 @@ fn validate_routes(
             _ => {}
         }
         auth::validate_route_access(route, &label, &captures, auth_names, problems);
+        authorization::validate_route_authorization(route, &label, problems);
         traffic::validate_route_traffic(
             route,
             &label,
@@ -465,8 +524,16 @@ fn validate_routes(
                 ));
             }
         }
-        let key = conflict_key(matches, route.priority);
-        if let Some(first_line) = seen.insert(key, at.line()) {
+        // An earlier route with the same match takes every request of this one when it
+        // is on all of this route's listeners (no `listeners`: on every listener).
+        let bound: BTreeSet<&str> = matches.listeners.iter().map(|l| l.value.as_str()).collect();
+        let earlier = seen
+            .entry(conflict_key(matches, route.priority))
+            .or_default();
+        let shadowing = earlier.iter().find(|(_, theirs)| {
+            theirs.is_empty() || (!bound.is_empty() && bound.is_subset(theirs))
+        });
+        if let Some((first_line, _)) = shadowing {
             problems.push(Problem::at(
                 at,
                 format!(
@@ -474,6 +541,61 @@ fn validate_routes(
                 ),
             ));
         }
+        earlier.push((at.line(), bound));
+    }
+}
+
+/// A traffic split: known, distinct services with weights in 0..=1000, some above 0.
+fn check_backends(
+    backends: &Spanned<Vec<WeightedBackend>>,
+    label: &str,
+    services: &HashMap<&str, &ServiceConfig>,
+    problems: &mut Vec<Problem>,
+) {
+    if backends.value.is_empty() {
+        problems.push(Problem::at(
+            &backends.referenced,
+            format!("route `{label}`: `backends` needs at least one service"),
+        ));
+        return;
+    }
+    let mut listed = BTreeSet::new();
+    for backend in &backends.value {
+        let name = &backend.service;
+        if !services.contains_key(name.value.as_str()) {
+            let mut message = format!(
+                "route `{label}` references undefined service `{}`",
+                name.value
+            );
+            if let Some(best) = did_you_mean(&name.value, services.keys().copied()) {
+                message.push_str(&format!(", did you mean `{best}`?"));
+            }
+            problems.push(Problem::at(&name.referenced, message));
+        }
+        if !listed.insert(name.value.as_str()) {
+            problems.push(Problem::at(
+                &name.referenced,
+                format!(
+                    "route `{label}`: service `{}` is listed twice in `backends`",
+                    name.value
+                ),
+            ));
+        }
+        if backend.weight > 1000 {
+            problems.push(Problem::at(
+                &name.referenced,
+                format!(
+                    "route `{label}`: weight {} of backend `{}` is outside 0..=1000",
+                    backend.weight, name.value
+                ),
+            ));
+        }
+    }
+    if backends.value.iter().all(|b| b.weight == 0) {
+        problems.push(Problem::at(
+            &backends.referenced,
+            format!("route `{label}`: at least one backend needs a weight above 0"),
+        ));
     }
 }
 
@@ -503,24 +625,33 @@ fn check_transcode(
         }
         problems.push(Problem::at(at, message));
     }
-    match route
+    let split = route
+        .backends
+        .iter()
+        .flat_map(|b| &b.value)
+        .map(|b| &b.service);
+    // An undefined service is reported on its own.
+    let called = route
         .service
-        .as_ref()
-        .and_then(|s| services.get(s.value.as_str()))
-    {
-        Some(service) if service.protocol != UpstreamProtocol::Http2 => problems.push(Problem::at(
-            at,
-            format!(
-                "route `{label}`: `grpc_transcode` needs service `{}` to use `protocol: http2`",
-                service.name.value
-            ),
-        )),
-        Some(_) => {}
-        None if route.service.is_none() => problems.push(Problem::at(
+        .iter()
+        .chain(split)
+        .filter_map(|s| services.get(s.value.as_str()));
+    for service in called {
+        if service.protocol != UpstreamProtocol::Http2 {
+            problems.push(Problem::at(
+                at,
+                format!(
+                    "route `{label}`: `grpc_transcode` needs service `{}` to use `protocol: http2`",
+                    service.name.value
+                ),
+            ));
+        }
+    }
+    if !route.forwards() {
+        problems.push(Problem::at(
             at,
             format!("route `{label}`: `grpc_transcode` needs a `service` to call"),
-        )),
-        None => {} // an undefined service is reported on its own
+        ));
     }
     let combined = [
         ("transform", route.transform.is_some()),

@@ -331,7 +331,7 @@ pub(crate) fn validate_route_traffic(
         }
     }
     if let Some(cache) = &route.cache {
-        if route.service.is_none() {
+        if !route.forwards() {
             problems.push(Problem::at(
                 at,
                 format!("route `{label}`: `cache` needs a `service` to forward to"),
@@ -359,7 +359,7 @@ pub(crate) fn validate_route_traffic(
         }
     }
     if let Some(transform) = &route.transform {
-        check_transform(transform, label, at, route.service.is_none(), problems);
+        check_transform(transform, label, at, !route.forwards(), problems);
     }
     if let Some(mirror) = &route.mirror {
         if !services.contains(&mirror.service.value.as_str()) {

@@ -126,7 +126,7 @@ pub(crate) fn validate_apis(config: &Config, problems: &mut Vec<Problem>) {
             }
             problems.push(Problem::at(&api.referenced, message));
         }
-        if route.service.is_none() {
+        if !route.forwards() {
             problems.push(Problem::at(
                 &api.referenced,
                 format!(

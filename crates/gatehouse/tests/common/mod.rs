@@ -32,16 +32,23 @@ impl Gateway {
     }
 
     pub fn start_with_args(yaml: &str, extra: &[&str]) -> Gateway {
+        Self::start_role("gateway", yaml, extra, &[])
+    }
+
+    /// Start `gatehouse <role> -c` (gateway, sidecar, control) with extra arguments and
+    /// environment; waits until it says it is ready.
+    pub fn start_role(role: &str, yaml: &str, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("gatehouse.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
         let stderr_log = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
         let mut child = Command::new(binary())
-            .arg("gateway")
+            .arg(role)
             .arg("-c")
             .arg(&config_path)
             .args(extra)
+            .envs(env.iter().copied())
             .env(
                 "GATEHOUSE_LOG",
                 std::env::var("GATEHOUSE_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),

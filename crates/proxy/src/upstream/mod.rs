@@ -61,6 +61,10 @@ impl Drop for Service {
 pub enum ServiceError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("mesh service, but this process has not joined a mesh (add `mesh:`)")]
+    NotInMesh,
+    #[error("mesh mTLS: {0}")]
+    MeshTls(#[from] gatehouse_mesh::tls::MeshTlsError),
 }
 
 /// Which endpoint answered and how long the upstream took (retries included), attached to
@@ -122,10 +126,31 @@ impl Service {
     pub fn new(
         config: &ServiceConfig,
         root: &gatehouse_config::Config,
+        member: Option<&Arc<gatehouse_mesh::Member>>,
     ) -> Result<Arc<Self>, ServiceError> {
         let http2 = config.protocol == UpstreamProtocol::Http2;
-        let tls = match &config.tls {
-            Some(upstream_tls) => {
+        let alpn: &[&[u8]] = if http2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let tls = match (&config.mesh, &config.tls) {
+            (Some(mesh), _) => {
+                let member = member.ok_or(ServiceError::NotInMesh)?;
+                let peer = gatehouse_mesh::SpiffeId::new(
+                    &member.identity().trust_domain,
+                    &mesh.namespace,
+                    &mesh.service,
+                );
+                let client_config = member.client_config(peer, alpn)?;
+                // SNI only; the peer is verified by its SPIFFE ID.
+                let server_name = rustls_pki_types::ServerName::try_from(format!(
+                    "{}.{}.mesh",
+                    mesh.service, mesh.namespace
+                ))
+                .ok();
+                Some((
+                    tokio_rustls::TlsConnector::from(Arc::new(client_config)),
+                    server_name,
+                ))
+            }
+            (None, Some(upstream_tls)) => {
                 let mut client_config = tls::client_config(Some(upstream_tls), root)?;
                 client_config.alpn_protocols = if http2 {
                     vec![b"h2".to_vec()]
@@ -145,7 +170,7 @@ impl Service {
                     server_name,
                 ))
             }
-            None => None,
+            (None, None) => None,
         };
         let connector = Connector {
             tls,
@@ -153,7 +178,14 @@ impl Service {
             connect_timeout: config.timeouts.connect.0,
             idle_timeout: config.timeouts.idle.0,
         };
-        let endpoints = resolve_blocking(config);
+        let endpoints = match (&config.mesh, member) {
+            (Some(mesh), Some(member)) => member
+                .endpoints(&mesh.namespace, &mesh.service, &mesh.labels)
+                .into_iter()
+                .map(|addr| Arc::new(Endpoint::new(addr, 1)))
+                .collect(),
+            _ => resolve_blocking(config),
+        };
         let service = Arc::new(Self {
             name: config.name.value.clone(),
             fingerprint: fingerprint(config),
@@ -161,7 +193,7 @@ impl Service {
             endpoints: ArcSwap::from_pointee(EndpointSet::new(endpoints, &config.load_balancing)),
             balancer: Balancer::new(config.load_balancing.clone()),
             connector,
-            scheme: if config.tls.is_some() {
+            scheme: if config.tls.is_some() || config.mesh.is_some() {
                 http::uri::Scheme::HTTPS
             } else {
                 http::uri::Scheme::HTTP
@@ -184,6 +216,38 @@ impl Service {
 
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// A mesh service's endpoints from the member's latest snapshot; endpoints that stay keep
+    /// their state (latency estimate, ejections, pooled connections are per address).
+    pub fn refresh_mesh_endpoints(&self, member: &gatehouse_mesh::Member) {
+        let Some(mesh) = &self.config.mesh else {
+            return;
+        };
+        let addrs = member.endpoints(&mesh.namespace, &mesh.service, &mesh.labels);
+        let current = self.endpoints.load_full();
+        let unchanged = addrs.len() == current.endpoints.len()
+            && addrs
+                .iter()
+                .zip(current.endpoints.iter())
+                .all(|(a, b)| *a == b.addr);
+        if unchanged {
+            return;
+        }
+        let next = addrs
+            .into_iter()
+            .map(|addr| {
+                current
+                    .endpoints
+                    .iter()
+                    .find(|e| e.addr == addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(addr, 1)))
+            })
+            .collect();
+        tracing::info!(service = %self.name, "mesh endpoints changed");
+        self.endpoints
+            .store(Arc::new(EndpointSet::new(next, self.balancer.policy())));
     }
 
     /// Start health checking and DNS refresh. Needs a Tokio runtime; the tasks end with the

@@ -1,0 +1,254 @@
+//! The mesh control plane (`gatehouse control`): the certificate authority, the registry of
+//! service instances, and the push of snapshots to data planes over gRPC.
+//!
+//! Start-up reads the top to bottom of [`ControlPlane::start`]: CA (from the store, or the
+//! operator's intermediate), the control plane's own certificate, the registry follower, the
+//! TLS listener, the gRPC service.
+
+mod api;
+mod registry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_config::ControlConfig;
+use gatehouse_mesh::ca::Authority;
+use gatehouse_mesh::tls::Credentials;
+use gatehouse_mesh::{proto, SpiffeId};
+use gatehouse_store::mesh::StoredAuthority;
+use gatehouse_store::Store;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use registry::Registry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("store: {0}")]
+    Store(#[from] gatehouse_store::StoreError),
+    #[error("certificate authority: {0}")]
+    Authority(#[from] gatehouse_mesh::ca::CaError),
+    #[error("{0}")]
+    Tls(#[from] gatehouse_mesh::tls::MeshTlsError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// State shared by the gRPC service and the background loops.
+pub(crate) struct Shared {
+    pub config: ControlConfig,
+    pub store: Store,
+    pub authority: Authority,
+    pub registry: watch::Sender<Arc<Registry>>,
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    pub local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    pub async fn start(
+        config: &ControlConfig,
+        store: Store,
+        base_dir: Option<&std::path::Path>,
+    ) -> Result<Self, ControlError> {
+        let resolve = |path: &str| match base_dir {
+            Some(base) if std::path::Path::new(path).is_relative() => base.join(path),
+            _ => std::path::PathBuf::from(path),
+        };
+        // The CA: the operator's intermediate, or the root kept in the store (the first
+        // control plane of a pair to start generates it; the other one reads it).
+        let authority = match &config.ca {
+            Some(files) => {
+                let read = |path: &str| {
+                    std::fs::read_to_string(resolve(path))
+                        .map_err(|err| ControlError::Setup(format!("cannot read `{path}`: {err}")))
+                };
+                Authority::from_pem(
+                    &config.trust_domain,
+                    &read(&files.cert.value)?,
+                    &read(&files.key.value)?,
+                )?
+            }
+            None => {
+                let stored = match store.mesh_authority().await? {
+                    Some(stored) => stored,
+                    None => {
+                        let (_, cert_pem, key_pem) = Authority::generate(&config.trust_domain)?;
+                        store
+                            .init_mesh_authority(&StoredAuthority {
+                                trust_domain: config.trust_domain.clone(),
+                                cert_pem,
+                                key_pem,
+                            })
+                            .await?
+                    }
+                };
+                if stored.trust_domain != config.trust_domain {
+                    return Err(ControlError::Setup(format!(
+                        "the store's CA is for trust domain `{}`, not `{}`",
+                        stored.trust_domain, config.trust_domain
+                    )));
+                }
+                Authority::from_pem(&stored.trust_domain, &stored.cert_pem, &stored.key_pem)?
+            }
+        };
+        if let Some(out) = &config.trust_anchors_out {
+            let path = resolve(out);
+            std::fs::write(&path, authority.trust_bundle_pem()).map_err(|err| {
+                ControlError::Setup(format!("cannot write `{}`: {err}", path.display()))
+            })?;
+        }
+
+        let listen: SocketAddr = config.listen.value.parse().map_err(|_| {
+            ControlError::Setup(format!("`{}` is not IP:PORT", config.listen.value))
+        })?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| ControlError::Bind {
+                addr: listen.to_string(),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ControlError::Bind {
+            addr: listen.to_string(),
+            source,
+        })?;
+
+        let credentials = Arc::new(Credentials::with_bundle(authority.trust_bundle().to_vec()));
+        let mut names = config.server_names.clone();
+        names.push(local_addr.ip().to_string());
+        let shared = Arc::new(Shared {
+            registry: watch::Sender::new(Arc::new(Registry::default())),
+            config: config.clone(),
+            store,
+            authority,
+        });
+        let lifetime = shared.config.certificate_lifetime.0;
+        install_server_certificate(&shared, &credentials, &names, lifetime)?;
+        // Join calls come without a client certificate; every other call is checked in
+        // the service for one.
+        let tls = gatehouse_mesh::tls::server_config(&credentials, &[b"h2"], false)?;
+
+        registry::refresh(&shared).await?;
+        let mut tasks = vec![
+            tokio::spawn(registry::follow(shared.clone())),
+            tokio::spawn(rotate_server_certificate(
+                shared.clone(),
+                credentials,
+                names,
+                lifetime,
+            )),
+        ];
+        tasks.push(tokio::spawn(api::serve(shared.clone(), listener, tls)));
+        tracing::info!(
+            address = %local_addr,
+            trust_domain = %shared.config.trust_domain,
+            "control plane listening"
+        );
+        Ok(Self {
+            local_addr,
+            shared,
+            tasks,
+        })
+    }
+
+    /// The registry as the data planes see it now.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.shared.registry.borrow().clone()
+    }
+
+    pub fn trust_bundle_pem(&self) -> String {
+        self.shared.authority.trust_bundle_pem()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn install_server_certificate(
+    shared: &Shared,
+    credentials: &Credentials,
+    names: &[String],
+    lifetime: Duration,
+) -> Result<i64, ControlError> {
+    let identity = SpiffeId::control(&shared.config.trust_domain);
+    let (issued, key) = shared.authority.issue_server(&identity, names, lifetime)?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let certified = CertifiedKey::from_der(issued.chain, key, &gatehouse_mesh::tls::provider())
+        .map_err(|err| ControlError::Setup(err.to_string()))?;
+    credentials.install(Arc::new(certified));
+    Ok(issued.not_before + (issued.not_after - issued.not_before) * 2 / 3)
+}
+
+/// The control plane's own certificate follows the workloads' rule: a new one at two thirds
+/// of the lifetime.
+async fn rotate_server_certificate(
+    shared: Arc<Shared>,
+    credentials: Arc<Credentials>,
+    names: Vec<String>,
+    lifetime: Duration,
+) {
+    let mut wait = lifetime * 2 / 3;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = match install_server_certificate(&shared, &credentials, &names, lifetime) {
+            Ok(_) => lifetime * 2 / 3,
+            Err(err) => {
+                tracing::error!(error = %err, "control plane: cannot renew its certificate");
+                Duration::from_secs(10)
+            }
+        };
+    }
+}
+
+/// A new join token for a service: 256 random bits, printed once, kept hashed.
+pub async fn create_join_token(
+    store: &Store,
+    namespace: &str,
+    service: &str,
+    ttl: Option<Duration>,
+) -> Result<String, ControlError> {
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| ControlError::Setup("the system random generator failed".to_owned()))?;
+    let token = format!("ghjoin_{}", hex(&bytes));
+    let expires_at = ttl.map(|ttl| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|now| (now + ttl).as_secs() as i64)
+            .unwrap_or(0)
+    });
+    store
+        .create_join_token(&token_hash(&token), namespace, service, expires_at)
+        .await?;
+    Ok(token)
+}
+
+pub(crate) fn token_hash(token: &str) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The snapshot a watcher with this identity gets from `registry` (tests, the admin API).
+pub fn snapshot_for(plane: &ControlPlane, identity: &SpiffeId) -> proto::Snapshot {
+    registry::snapshot_for(&plane.shared, &plane.registry(), identity)
+}

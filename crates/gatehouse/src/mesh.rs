@@ -1,0 +1,434 @@
+//! Start-up of the mesh roles: the control plane, the sidecar, and the gateway joining the
+//! mesh. Identity comes before bind: a data plane gets its certificate and first snapshot,
+//! then binds its listeners, then registers.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use gatehouse_config::{Config, MeshMembership};
+use gatehouse_mesh::{Apply, ControlClient, Member, Registration, SpiffeId};
+use gatehouse_proxy::ConfigStore;
+
+use crate::gateway::{self, Lifecycle};
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("gatehouse: {message}");
+    ExitCode::FAILURE
+}
+
+fn load(path: &Path) -> Result<(Config, String), ExitCode> {
+    gatehouse_config::load_file(path).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::FAILURE
+    })
+}
+
+/// `gatehouse control`: the control plane of `control:` with its state in `store:`.
+pub async fn run_control(path: &Path) -> Result<ExitCode, ExitCode> {
+    let (config, _) = load(path)?;
+    let control = config
+        .control
+        .as_ref()
+        .ok_or_else(|| fail(format!("{}: no `control` section", path.display())))?;
+    let store = open_store(&config).await?;
+    let plane = gatehouse_control::ControlPlane::start(control, store, config.base_dir.as_deref())
+        .await
+        .map_err(fail)?;
+    println!("gatehouse: listener control on {}", plane.local_addr);
+    println!("gatehouse: ready");
+    wait_for_signal().await;
+    tracing::info!("control plane stopping");
+    drop(plane);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gatehouse control token`: a join token for a service, printed once.
+pub async fn create_token(
+    path: &Path,
+    namespace: &str,
+    service: &str,
+    ttl: Option<&str>,
+) -> Result<ExitCode, ExitCode> {
+    let (config, _) = load(path)?;
+    let ttl = ttl
+        .map(|text| {
+            gatehouse_config::units::HumanDuration::parse(text)
+                .map(|d| d.0)
+                .map_err(fail)
+        })
+        .transpose()?;
+    let store = open_store(&config).await?;
+    let token = gatehouse_control::create_join_token(&store, namespace, service, ttl)
+        .await
+        .map_err(fail)?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open_store(config: &Config) -> Result<gatehouse_store::Store, ExitCode> {
+    let url = config
+        .store
+        .as_ref()
+        .map(|store| store.url.value.0.clone())
+        .unwrap_or_else(|| "sqlite:gatehouse-control.db".to_owned());
+    gatehouse_store::Store::open(&url).await.map_err(fail)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut terminate), Ok(mut interrupt)) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// The member a configuration describes, without joining (for `check`): mesh listeners and
+/// services compile against its trust anchors. The error is `LINE:COLUMN: message`.
+pub fn offline_member(config: &Config) -> Result<Option<Arc<Member>>, String> {
+    let Some(membership) = &config.mesh else {
+        return Ok(None);
+    };
+    let path = config.resolve_path(&membership.trust_anchors.value);
+    let anchors = gatehouse_proxy::tls::load_certs(&path).map_err(|err| {
+        let at = &membership.trust_anchors.referenced;
+        format!("{}:{}: trust anchors: {err}", at.line(), at.column())
+    })?;
+    Ok(Some(Member::new(
+        SpiffeId::new(
+            &membership.trust_domain,
+            &membership.namespace,
+            &membership.service.value,
+        ),
+        anchors,
+    )))
+}
+
+/// A member of the mesh with its first certificate: the control plane verified against the
+/// trust anchors, the join token exchanged for a certificate.
+async fn join(
+    config: &Config,
+    membership: &MeshMembership,
+) -> Result<(Arc<Member>, ControlClient), ExitCode> {
+    let anchors_path = config.resolve_path(&membership.trust_anchors.value);
+    let anchors = gatehouse_proxy::tls::load_certs(&anchors_path).map_err(fail)?;
+    let identity = SpiffeId::new(
+        &membership.trust_domain,
+        &membership.namespace,
+        &membership.service.value,
+    );
+    let member = Member::new(identity, anchors);
+    let bootstrap = ControlClient::new(&member, &membership.control.value).map_err(fail)?;
+    member
+        .join(&bootstrap, &membership.join_token.0)
+        .await
+        .map_err(|err| fail(format!("cannot join the mesh: {err}")))?;
+    println!("gatehouse: joined the mesh as {}", member.identity());
+    // A new connection: the bootstrap one was made without a certificate, and every
+    // other call is authenticated by it.
+    let client = ControlClient::new(&member, &membership.control.value).map_err(fail)?;
+    Ok((member, client))
+}
+
+/// Follows the control plane's snapshots with `apply`, and waits (a bounded time) for the
+/// first one, so listeners start with endpoints and policy.
+async fn follow_first(member: &Arc<Member>, client: &ControlClient, node: &str, apply: Apply) {
+    let mut applied = member.applied_versions();
+    tokio::spawn(
+        member
+            .clone()
+            .follow(client.clone(), node.to_owned(), apply),
+    );
+    let first = tokio::time::timeout(
+        Duration::from_secs(10),
+        applied.wait_for(|version| !version.is_empty()),
+    )
+    .await;
+    if first.is_err() {
+        tracing::warn!("no snapshot from the control plane yet; starting with none");
+    }
+}
+
+/// `gatehouse sidecar`: the mesh data plane for one local application.
+pub async fn run_sidecar(path: &Path) -> Result<ExitCode, ExitCode> {
+    let (config, text) = load(path)?;
+    let origin = path.display().to_string();
+    let (Some(membership), Some(sidecar)) = (config.mesh.clone(), config.sidecar.clone()) else {
+        return Err(fail(format!(
+            "{origin}: a sidecar needs `mesh` and `sidecar` sections"
+        )));
+    };
+    let base = gatehouse_config::parse_value(&text, &origin).map_err(fail)?;
+    let (member, client) = join(&config, &membership).await?;
+
+    // The store exists only once the first snapshot arrived; until then snapshots are
+    // kept by the member and used when the store is made.
+    let store_cell: Arc<OnceLock<Arc<ConfigStore>>> = Arc::new(OnceLock::new());
+    let generate = {
+        let (base, sidecar, membership) = (base.clone(), sidecar.clone(), membership.clone());
+        move |snapshot: &gatehouse_mesh::proto::Snapshot| {
+            gatehouse_proxy::sidecar::gateway_config(&base, &sidecar, &membership, snapshot)
+        }
+    };
+    let apply: Apply = {
+        let (store_cell, generate, origin) = (store_cell.clone(), generate.clone(), origin.clone());
+        Arc::new(move |snapshot| {
+            let Some(store) = store_cell.get() else {
+                return Ok(());
+            };
+            store
+                .apply_text(
+                    &generate(snapshot),
+                    &format!("{origin} (mesh snapshot {})", snapshot.version),
+                    &format!("mesh snapshot {}", snapshot.version),
+                )
+                .map(|_| ())
+                .map_err(|errors| errors.to_string())
+        })
+    };
+    let instance_id = format!(
+        "{}-{}-{}",
+        membership.service.value,
+        std::process::id(),
+        fastrand::u32(..)
+    );
+    follow_first(&member, &client, &instance_id, apply).await;
+    let snapshot = member.snapshot().unwrap_or_default();
+    let store = ConfigStore::from_text_in_mesh(
+        &generate(&snapshot),
+        &format!("{origin} (mesh snapshot {})", snapshot.version),
+        Some(member.clone()),
+    )
+    .map_err(|errors| fail(format!("the sidecar's configuration is invalid:\n{errors}")))?;
+    let _ = store_cell.set(store.clone());
+    tokio::spawn(member.clone().rotate(client.clone()));
+
+    let advertise = sidecar
+        .inbound
+        .advertise
+        .clone()
+        .unwrap_or_else(|| sidecar.inbound.listen.value.clone());
+    let registration = Registration {
+        instance_id,
+        address: advertise
+            .parse()
+            .map_err(|_| fail(format!("`{advertise}` is not IP:PORT")))?,
+        labels: sidecar.labels.clone(),
+    };
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel();
+    let registering = {
+        let (member, client, registration) = (member.clone(), client.clone(), registration.clone());
+        tokio::spawn(async move {
+            if ready_rx.await.is_ok() {
+                member.keep_registered(client, registration).await;
+            }
+        })
+    };
+    let deregistering = {
+        let client = client.clone();
+        let id = registration.instance_id.clone();
+        tokio::spawn(async move {
+            if stopping_rx.await.is_ok() {
+                registering.abort();
+                if let Err(status) = client.deregister(&id).await {
+                    tracing::warn!(error = %status.message(), "could not deregister; the lease will expire");
+                }
+            }
+        })
+    };
+    let outcome = gateway::run_with(
+        store,
+        Lifecycle {
+            ready: Some(ready_tx),
+            stopping: Some(stopping_tx),
+        },
+    )
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), deregistering).await;
+    outcome
+}
+
+/// `gatehouse gateway` with `mesh:`: mesh services get endpoints and mTLS from the mesh,
+/// with the gateway's own identity.
+pub async fn run_gateway_in_mesh(path: &Path) -> Result<ExitCode, ExitCode> {
+    let (config, _) = load(path)?;
+    let Some(membership) = config.mesh.clone() else {
+        return gateway::run_file(path).await;
+    };
+    let (member, client) = join(&config, &membership).await?;
+    let store_cell: Arc<OnceLock<Arc<ConfigStore>>> = Arc::new(OnceLock::new());
+    let apply: Apply = {
+        let store_cell = store_cell.clone();
+        Arc::new(move |_snapshot| {
+            if let Some(store) = store_cell.get() {
+                store.refresh_mesh_endpoints();
+            }
+            Ok(())
+        })
+    };
+    let node = format!("{}-{}", membership.service.value, std::process::id());
+    follow_first(&member, &client, &node, apply).await;
+    let store = ConfigStore::from_file_in_mesh(path, Some(member.clone())).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::FAILURE
+    })?;
+    let _ = store_cell.set(store.clone());
+    tokio::spawn(member.clone().rotate(client));
+    gateway::run(store).await
+}
+
+/// A child process of the mesh demo; killed when dropped.
+struct DemoProcess {
+    name: String,
+    child: std::process::Child,
+}
+
+impl Drop for DemoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `gatehouse <role> -c <config>` and waits until it prints that it is ready; its
+/// log goes to `<dir>/<name>.log`.
+fn spawn_role(
+    dir: &Path,
+    name: &str,
+    role: &str,
+    config: &str,
+    env: &[(&str, &str)],
+) -> Result<DemoProcess, String> {
+    use std::io::BufRead;
+    let config_path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(exe)
+        .arg(role)
+        .arg("-c")
+        .arg(&config_path)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    let stdout = child.stdout.take();
+    let process = DemoProcess {
+        name: name.to_owned(),
+        child,
+    };
+    let mut lines = std::io::BufReader::new(stdout.ok_or("no stdout")?).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("gatehouse: ready") => break,
+            Some(Ok(_)) => {}
+            _ => {
+                return Err(format!(
+                    "{} stopped before it was ready; see {}",
+                    process.name,
+                    dir.join(format!("{name}.log")).display()
+                ))
+            }
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok(process)
+}
+
+/// `gatehouse demo --mesh`: a control plane, the edge gateway and five workloads (the
+/// storefront; the catalog twice; reviews v1 and v2) each behind a sidecar, on loopback.
+pub async fn run_mesh_demo(ports: gatehouse_demo::mesh::MeshPorts) -> Result<ExitCode, ExitCode> {
+    let dir = std::env::temp_dir().join(format!("gatehouse-mesh-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(fail)?;
+    let anchors = dir.join("trust-anchors.pem");
+    let store_path = dir.join("control.db");
+    let admin_token = format!("demo-{:016x}", fastrand::u64(..));
+    let mut processes = Vec::new();
+    let control = gatehouse_demo::mesh::control_config(&ports, &store_path, &anchors);
+    processes.push(spawn_role(&dir, "control", "control", &control, &[]).map_err(fail)?);
+    let store = gatehouse_store::Store::open(&format!("sqlite:{}", store_path.display()))
+        .await
+        .map_err(fail)?;
+    let token = |namespace: &'static str, service: &'static str| {
+        let store = &store;
+        async move {
+            gatehouse_control::create_join_token(store, namespace, service, None)
+                .await
+                .map_err(fail)
+        }
+    };
+    let (catalog, reviews) = ports.storefront_outbound();
+    for workload in ports.workloads() {
+        let router = match workload.service {
+            "storefront" => gatehouse_demo::mesh::storefront_router(catalog, reviews),
+            _ => gatehouse_demo::echo_router(workload.instance),
+        };
+        gatehouse_demo::spawn(router, workload.application)
+            .await
+            .map_err(|e| fail(format!("cannot start {}: {e}", workload.instance)))?;
+        let config = gatehouse_demo::mesh::sidecar_config(&ports, &anchors, &workload);
+        let join_token = token("shop", workload.service).await?;
+        processes.push(
+            spawn_role(
+                &dir,
+                &format!("sidecar-{}", workload.instance),
+                "sidecar",
+                &config,
+                &[
+                    ("GATEHOUSE_JOIN_TOKEN", join_token.as_str()),
+                    ("GATEHOUSE_ADMIN_TOKEN", admin_token.as_str()),
+                ],
+            )
+            .map_err(fail)?,
+        );
+    }
+    let join_token = token("edge", "gateway").await?;
+    processes.push(
+        spawn_role(
+            &dir,
+            "gateway",
+            "gateway",
+            &gatehouse_demo::mesh::gateway_config(&ports, &anchors),
+            &[
+                ("GATEHOUSE_JOIN_TOKEN", join_token.as_str()),
+                ("GATEHOUSE_ADMIN_TOKEN", admin_token.as_str()),
+            ],
+        )
+        .map_err(fail)?,
+    );
+    println!("gatehouse: listener public on {}", ports.gateway);
+    println!(
+        "gatehouse: mesh demo ready (logs and configurations in {})",
+        dir.display()
+    );
+    println!();
+    println!(
+        "  curl http://{}/products/7                     # storefront -> catalog + reviews",
+        ports.gateway
+    );
+    println!(
+        "  curl -H 'x-canary: 1' http://{}/products/7    # reviews v2 only",
+        ports.gateway
+    );
+    println!(
+        "  curl -H 'authorization: Bearer {admin_token}' http://{}/metrics   # the gateway's metrics",
+        ports.admin
+    );
+    println!("  docs/mesh.md explains the topology; Ctrl-C stops everything.");
+    println!("gatehouse: ready");
+    wait_for_signal().await;
+    drop(processes);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ExitCode::SUCCESS)
+}

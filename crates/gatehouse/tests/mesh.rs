@@ -1,0 +1,554 @@
+//! The service mesh end to end: a real control plane, real sidecars in front of real
+//! applications, mTLS between them, on loopback.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{binary, client, echo, free_port, Gateway};
+use gatehouse_mesh::{ControlClient, Member, SpiffeId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A control plane with its store and trust anchors in one directory.
+struct Mesh {
+    control: Option<Gateway>,
+    dir: tempfile::TempDir,
+    port: u16,
+    control_yaml: String,
+}
+
+impl Mesh {
+    /// `services`: the control plane's `services:` block (YAML, indented by four).
+    fn start(settings: &str) -> Mesh {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let control_yaml = format!(
+            "store:\n  url: sqlite:{store}\ncontrol:\n  listen: 127.0.0.1:{port}\n  trust_anchors_out: {anchors}\n{settings}",
+            store = dir.path().join("control.db").display(),
+            anchors = dir.path().join("ca.pem").display(),
+        );
+        let mut mesh = Mesh {
+            control: None,
+            dir,
+            port,
+            control_yaml,
+        };
+        mesh.start_control();
+        mesh
+    }
+
+    fn start_control(&mut self) {
+        self.control = Some(Gateway::start_role("control", &self.control_yaml, &[], &[]));
+    }
+
+    fn stop_control(&mut self) {
+        self.control = None;
+    }
+
+    fn control_config(&self) -> PathBuf {
+        self.control
+            .as_ref()
+            .expect("control plane running")
+            .config_path
+            .clone()
+    }
+
+    fn anchors(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn token(&self, namespace: &str, service: &str) -> String {
+        let output = Command::new(binary())
+            .args(["control", "-c"])
+            .arg(self.control_config())
+            .args(["token", "--namespace", namespace, "--service", service])
+            .output()
+            .expect("gatehouse control token");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    fn membership(&self, namespace: &str, service: &str) -> String {
+        format!(
+            "mesh:\n  control: 127.0.0.1:{port}\n  trust_anchors: {anchors}\n  namespace: {namespace}\n  service: {service}\n  join_token: {token}\n",
+            port = self.port,
+            anchors = self.anchors().display(),
+            token = self.token(namespace, service),
+        )
+    }
+
+    /// A sidecar for `service` in front of `application`, with outbound ports to `calls`.
+    fn sidecar(
+        &self,
+        namespace: &str,
+        service: &str,
+        application: SocketAddr,
+        calls: &[&str],
+        labels: &str,
+    ) -> Sidecar {
+        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut yaml = self.membership(namespace, service);
+        yaml.push_str(&format!(
+            "sidecar:\n  inbound:\n    listen: {inbound}\n    application: {application}\n  labels: {{{labels}}}\n"
+        ));
+        if !calls.is_empty() {
+            yaml.push_str("  outbound:\n");
+            for call in calls {
+                yaml.push_str(&format!(
+                    "    - {{ listen: 127.0.0.1:0, service: {call} }}\n"
+                ));
+            }
+        }
+        yaml.push_str(&common::admin_block());
+        Sidecar {
+            process: Gateway::start_role("sidecar", &yaml, &[], &[]),
+            inbound,
+        }
+    }
+
+    /// An in-process member of the mesh with `service`'s identity (a test's own client).
+    async fn member(&self, namespace: &str, service: &str) -> Arc<Member> {
+        let anchors = gatehouse_proxy::tls::load_certs(&self.anchors()).expect("anchors");
+        let member = Member::new(SpiffeId::new("mesh.local", namespace, service), anchors);
+        let control = ControlClient::new(&member, &format!("127.0.0.1:{}", self.port)).unwrap();
+        member
+            .join(&control, &self.token(namespace, service))
+            .await
+            .expect("join");
+        member
+    }
+}
+
+struct Sidecar {
+    process: Gateway,
+    inbound: SocketAddr,
+}
+
+impl Sidecar {
+    fn outbound(&self, service: &str) -> String {
+        format!(
+            "http://{}",
+            self.process.listener(&format!("outbound-{service}"))
+        )
+    }
+}
+
+/// Sends one HTTP/1.1 request over `tls` to `addr` and returns the status (or the error
+/// that stopped it) and the response text.
+async fn request_over_tls(
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+    request: &str,
+) -> Result<(u16, String), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("orders.shop.mesh").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no HTTP response: {text:?}"))?;
+    Ok((status, text))
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n")
+}
+
+const ORDERS_POLICY: &str = "  services:
+    - name: orders
+      namespace: shop
+      authorization:
+        default: deny
+        rules:
+          - sources: [spiffe://mesh.local/ns/shop/sa/web]
+          - sources: [\"spiffe://mesh.local/ns/shop/*\"]
+            methods: [GET]
+            paths: [/public/]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_listeners_admit_mesh_identities_by_policy_only() {
+    let mesh = Mesh::start(ORDERS_POLICY);
+    let orders_app = echo("orders-1").await;
+    let orders = mesh.sidecar("shop", "orders", orders_app, &[], "");
+    let web = mesh.sidecar("shop", "web", echo("web-1").await, &["orders"], "");
+
+    // The allowed caller, through its sidecar: the application sees the caller's identity,
+    // not one the caller's application claimed.
+    let http = client();
+    let response = http
+        .get(format!("{}/orders/7", web.outbound("orders")))
+        .header(
+            "x-gatehouse-peer-identity",
+            "spiffe://mesh.local/ns/shop/sa/admin",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-demo-instance"], "orders-1");
+    let echoed: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        echoed["headers"]["x-gatehouse-peer-identity"],
+        "spiffe://mesh.local/ns/shop/sa/web"
+    );
+
+    // Another workload of the namespace: only what its rule allows.
+    let reports = mesh.member("shop", "reports").await;
+    let orders_id = SpiffeId::new("mesh.local", "shop", "orders");
+    let tls = || {
+        reports
+            .client_config(orders_id.clone(), &[b"http/1.1"])
+            .unwrap()
+    };
+    let (status, _) = request_over_tls(orders.inbound, tls(), &get("/public/catalog"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, text) = request_over_tls(orders.inbound, tls(), &get("/orders/7"))
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("peer_not_authorized"), "{text}");
+
+    // Plaintext is not spoken on the inbound listener.
+    let mut tcp = tokio::net::TcpStream::connect(orders.inbound)
+        .await
+        .unwrap();
+    tcp.write_all(get("/public/catalog").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HTTP/1.1 200"),
+        "plaintext was served: {answer:?}"
+    );
+
+    // No client certificate: refused.
+    let anonymous = Arc::new(gatehouse_mesh::tls::Credentials::with_bundle(
+        gatehouse_proxy::tls::load_certs(&mesh.anchors()).unwrap(),
+    ));
+    let tls =
+        gatehouse_mesh::tls::client_config(&anonymous, orders_id.clone(), &[b"http/1.1"]).unwrap();
+    let outcome = request_over_tls(orders.inbound, tls, &get("/public/catalog")).await;
+    assert!(
+        outcome.is_err(),
+        "served without a certificate: {outcome:?}"
+    );
+
+    // A certificate naming the allowed caller, from another CA: refused.
+    let forged = forged_credentials(&mesh, "spiffe://mesh.local/ns/shop/sa/web");
+    let tls =
+        gatehouse_mesh::tls::client_config(&forged, orders_id.clone(), &[b"http/1.1"]).unwrap();
+    let outcome = request_over_tls(orders.inbound, tls, &get("/orders/7")).await;
+    assert!(outcome.is_err(), "served a forged identity: {outcome:?}");
+
+    // And a sidecar calling out checks the peer: a server with the wrong identity is
+    // refused by the client side too.
+    let web_member = mesh.member("shop", "web").await;
+    let wrong_peer = web_member
+        .client_config(
+            SpiffeId::new("mesh.local", "shop", "payments"),
+            &[b"http/1.1"],
+        )
+        .unwrap();
+    let outcome = request_over_tls(orders.inbound, wrong_peer, &get("/orders/7")).await;
+    assert!(
+        matches!(&outcome, Err(e) if e.contains("expected spiffe://mesh.local/ns/shop/sa/payments")),
+        "{outcome:?}"
+    );
+    drop(web);
+}
+
+/// Credentials whose certificate names `uri` but comes from a CA the mesh does not know.
+fn forged_credentials(mesh: &Mesh, uri: &str) -> Arc<gatehouse_mesh::tls::Credentials> {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::default();
+    leaf.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    drop(ca_cert);
+    let certified = rustls::sign::CertifiedKey::from_der(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        &gatehouse_mesh::tls::provider(),
+    )
+    .unwrap();
+    let credentials = Arc::new(gatehouse_mesh::tls::Credentials::with_bundle(
+        gatehouse_proxy::tls::load_certs(&mesh.anchors()).unwrap(),
+    ));
+    credentials.install(Arc::new(certified));
+    credentials
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_mode_logs_what_it_would_deny_and_denies_nothing() {
+    let mesh = Mesh::start(
+        "  services:
+    - name: orders
+      namespace: shop
+      authorization:
+        default: deny
+        audit: true
+        rules:
+          - sources: [spiffe://mesh.local/ns/shop/sa/web]
+",
+    );
+    let orders = mesh.sidecar("shop", "orders", echo("orders-1").await, &[], "");
+    let reports = mesh.sidecar("shop", "reports", echo("reports-1").await, &["orders"], "");
+    let response = client()
+        .get(format!("{}/orders/7", reports.outbound("orders")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = orders.process.stderr();
+        if log.contains("audit") && log.contains("spiffe://mesh.local/ns/shop/sa/reports") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no audit line:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = orders.process.metrics().await;
+    assert!(
+        metrics.contains("decision=\"audit_deny\""),
+        "audit decisions are counted:\n{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_gets_its_weight_and_a_header_picks_it() {
+    let mesh = Mesh::start(
+        "  services:
+    - name: reviews
+      namespace: shop
+      subsets:
+        v1: { version: v1 }
+        v2: { version: v2 }
+      routes:
+        - headers: [{ name: x-canary, exact: \"1\" }]
+          backends: [{ subset: v2, weight: 100 }]
+        - backends: [{ subset: v1, weight: 90 }, { subset: v2, weight: 10 }]
+",
+    );
+    let _v1 = mesh.sidecar(
+        "shop",
+        "reviews",
+        echo("reviews-v1").await,
+        &[],
+        "version: v1",
+    );
+    let _v2 = mesh.sidecar(
+        "shop",
+        "reviews",
+        echo("reviews-v2").await,
+        &[],
+        "version: v2",
+    );
+    let web = mesh.sidecar("shop", "web", echo("web-1").await, &["reviews"], "");
+    let url = format!("{}/reviews", web.outbound("reviews"));
+    wait_for_endpoints(&url, &["reviews-v1", "reviews-v2"]).await;
+
+    let seen = common::distribution(&client(), &url, 1000).await;
+    let v2 = seen.get("reviews-v2").copied().unwrap_or(0);
+    let v1 = seen.get("reviews-v1").copied().unwrap_or(0);
+    assert_eq!(v1 + v2, 1000, "{seen:?}");
+    // 10% of 1000: a binomial standard deviation of ~9.5; ±30 is beyond three of them.
+    assert!((70..=130).contains(&v2), "v2 got {v2} of 1000: {seen:?}");
+
+    let http = client();
+    for _ in 0..20 {
+        let response = http.get(&url).header("x-canary", "1").send().await.unwrap();
+        assert_eq!(response.headers()["x-demo-instance"], "reviews-v2");
+    }
+}
+
+/// Waits until requests to `url` have reached every one of `instances` (registrations
+/// reach the caller's sidecar with the next snapshot).
+async fn wait_for_endpoints(url: &str, instances: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = common::distribution(&client(), url, 40).await;
+        if instances.iter().all(|i| seen.contains_key(*i)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached all of {instances:?}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn assert_no_failures(sent: usize, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed; the first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+}
+
+/// Sends requests until `until` resolves; returns (sent, failed) with the failures' text.
+async fn traffic_during<F: std::future::Future>(url: &str, until: F) -> (usize, Vec<String>) {
+    let http = client();
+    let mut sent = 0;
+    let mut failures = Vec::new();
+    tokio::pin!(until);
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut until => return (sent, failures),
+            response = http.get(url).send() => {
+                sent += 1;
+                match response {
+                    Ok(r) if r.status() == 200 => {}
+                    Ok(r) => failures.push(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "traffic loop ran away"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_die_and_the_control_plane_restarts_without_a_failed_request() {
+    let mut mesh = Mesh::start("  lease: 3s\n");
+    let first = mesh.sidecar("shop", "orders", echo("orders-1").await, &[], "");
+    let _second = mesh.sidecar("shop", "orders", echo("orders-2").await, &[], "");
+    let web = mesh.sidecar("shop", "web", echo("web-1").await, &["orders"], "");
+    let url = format!("{}/orders", web.outbound("orders"));
+    wait_for_endpoints(&url, &["orders-1", "orders-2"]).await;
+
+    // One instance's sidecar is killed: retries move its requests to the survivor, and
+    // the lease takes it out of the registry.
+    let (sent, failures) = traffic_during(&url, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(first);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    })
+    .await;
+    assert_no_failures(sent, &failures);
+    assert!(sent > 50, "only {sent} requests");
+    let seen = common::distribution(&client(), &url, 20).await;
+    assert_eq!(seen.get("orders-2"), Some(&20), "{seen:?}");
+
+    // The control plane goes away and comes back: data planes keep their last snapshot,
+    // then resynchronise.
+    let (sent, failures) = traffic_during(&url, async {
+        mesh.stop_control();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        mesh.start_control();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    })
+    .await;
+    assert_no_failures(sent, &failures);
+    let control_log = mesh.control.as_ref().unwrap().stderr();
+    assert!(
+        control_log.contains("data plane watching"),
+        "data planes came back:\n{control_log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_traffic_without_a_failed_request() {
+    let mesh = Mesh::start("  certificate_lifetime: 6s\n");
+    let orders = mesh.sidecar("shop", "orders", echo("orders-1").await, &[], "");
+    let web = mesh.sidecar("shop", "web", echo("web-1").await, &["orders"], "");
+    let url = format!("{}/orders", web.outbound("orders"));
+    wait_for_endpoints(&url, &["orders-1"]).await;
+    let (sent, failures) = traffic_during(&url, tokio::time::sleep(Duration::from_secs(10))).await;
+    assert_no_failures(sent, &failures);
+    for sidecar in [&orders.process, &web.process] {
+        let renewals = sidecar.stderr().matches("certificate renewed").count();
+        assert!(renewals >= 2, "{renewals} renewals:\n{}", sidecar.stderr());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_calls_into_the_mesh_with_its_own_identity() {
+    let mesh = Mesh::start(
+        "  services:
+    - name: orders
+      namespace: shop
+      authorization:
+        default: deny
+        rules:
+          - sources: [spiffe://mesh.local/ns/edge/sa/gateway]
+",
+    );
+    let _orders = mesh.sidecar("shop", "orders", echo("orders-1").await, &[], "");
+    let gateway_yaml = format!(
+        "{membership}listeners:\n  - name: public\n    listen: 127.0.0.1:0\nservices:\n  - name: orders\n    mesh: {{ service: orders, namespace: shop }}\nroutes:\n  - match: {{ path: {{ prefix: /orders }} }}\n    service: orders\n",
+        membership = mesh.membership("edge", "gateway"),
+    );
+    let gateway = Gateway::start(&gateway_yaml);
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        let response = http
+            .get(gateway.url("/orders/7"))
+            .header(
+                "x-gatehouse-peer-identity",
+                "spiffe://mesh.local/ns/shop/sa/web",
+            )
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 || Instant::now() > deadline {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(response.status(), 200);
+    let echoed: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        echoed["headers"]["x-gatehouse-peer-identity"],
+        "spiffe://mesh.local/ns/edge/sa/gateway"
+    );
+
+    // Another workload is not the gateway: the public-facing service refuses it.
+    let reports = mesh.member("shop", "reports").await;
+    let tls = reports
+        .client_config(
+            SpiffeId::new("mesh.local", "shop", "orders"),
+            &[b"http/1.1"],
+        )
+        .unwrap();
+    let (status, _) = request_over_tls(_orders.inbound, tls, &get("/orders/7"))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+}

@@ -1,0 +1,235 @@
+//! mTLS for the mesh: server and client configurations that present the workload's current
+//! certificate (swapped in place on rotation) and verify peers against the trust bundle by
+//! SPIFFE identity rather than by DNS name.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::identity::SpiffeId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshTlsError {
+    #[error("no mesh certificate yet")]
+    NoCertificate,
+    #[error("trust bundle: {0}")]
+    Bundle(String),
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(aws_lc_rs::default_provider())
+}
+
+/// The workload's certificate and the trust bundle, both replaced in place: connections
+/// made after a rotation present the new certificate without rebuilding any configuration.
+#[derive(Default)]
+pub struct Credentials {
+    key: ArcSwapOption<CertifiedKey>,
+    bundle: ArcSwap<Vec<CertificateDer<'static>>>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("certificate", &self.key.load().is_some())
+            .field("bundle", &self.bundle.load().len())
+            .finish()
+    }
+}
+
+impl Credentials {
+    pub fn with_bundle(bundle: Vec<CertificateDer<'static>>) -> Self {
+        let credentials = Self::default();
+        credentials.bundle.store(Arc::new(bundle));
+        credentials
+    }
+
+    pub fn install(&self, key: Arc<CertifiedKey>) {
+        self.key.store(Some(key));
+    }
+
+    pub fn set_bundle(&self, bundle: Vec<CertificateDer<'static>>) {
+        self.bundle.store(Arc::new(bundle));
+    }
+
+    pub fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
+        self.key.load_full()
+    }
+
+    pub fn bundle(&self) -> Arc<Vec<CertificateDer<'static>>> {
+        self.bundle.load_full()
+    }
+
+    fn roots(&self) -> Result<RootCertStore, MeshTlsError> {
+        let mut roots = RootCertStore::empty();
+        for cert in self.bundle.load().iter() {
+            roots
+                .add(cert.clone())
+                .map_err(|err| MeshTlsError::Bundle(err.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(MeshTlsError::Bundle("empty".to_owned()));
+        }
+        Ok(roots)
+    }
+}
+
+/// Presents the current certificate (servers and clients alike).
+#[derive(Debug)]
+struct CurrentCertificate(Arc<Credentials>);
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.certified_key()
+    }
+}
+
+impl ResolvesClientCert for CurrentCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.certified_key()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.key.load().is_some()
+    }
+}
+
+/// Server side of mesh mTLS: a client certificate from the mesh's CA is required (or, for the
+/// control plane, whose join call comes before any certificate, optional).
+pub fn server_config(
+    credentials: &Arc<Credentials>,
+    alpn: &[&[u8]],
+    client_certificate_required: bool,
+) -> Result<Arc<rustls::ServerConfig>, MeshTlsError> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(credentials.roots()?),
+        provider(),
+    );
+    let verifier = if client_certificate_required {
+        verifier.build()
+    } else {
+        verifier.allow_unauthenticated().build()
+    }
+    .map_err(|err| MeshTlsError::Bundle(err.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(CurrentCertificate(credentials.clone())));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Client side of mesh mTLS: presents the workload's certificate (none before the first
+/// one is issued: the join call) and accepts only a server whose certificate chains to the
+/// bundle and names `peer`.
+pub fn client_config(
+    credentials: &Arc<Credentials>,
+    peer: SpiffeId,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, MeshTlsError> {
+    let verifier = SpiffeVerifier {
+        roots: Arc::new(credentials.roots()?),
+        peer,
+        provider: provider(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(CurrentCertificate(credentials.clone())));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// Chain to the mesh's roots (webpki, as for any server), then the SPIFFE ID in the URI SAN
+/// instead of the DNS name check: mesh certificates name workloads, not hosts.
+#[derive(Debug)]
+struct SpiffeVerifier {
+    roots: Arc<RootCertStore>,
+    peer: SpiffeId,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for SpiffeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        match SpiffeId::from_certificate(end_entity) {
+            Some(id) if id == self.peer => Ok(ServerCertVerified::assertion()),
+            Some(id) => Err(rustls::Error::General(format!(
+                "peer is {id}, expected {}",
+                self.peer
+            ))),
+            None => Err(rustls::Error::General(format!(
+                "peer certificate has no SPIFFE ID, expected {}",
+                self.peer
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The verified peer of an accepted mesh connection.
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> {
+    certs?.first().and_then(SpiffeId::from_certificate)
+}
