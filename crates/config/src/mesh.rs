@@ -76,7 +76,8 @@ pub struct SidecarInbound {
     /// The local application, `IP:PORT`.
     #[schemars(with = "String")]
     pub application: Spanned<String>,
-    /// What the application speaks.
+    /// What the application speaks: `http1`, `http2` (gRPC included) or `tcp` (opaque
+    /// bytes; authorization by caller identity only).
     #[serde(default)]
     pub protocol: MeshProtocol,
 }
@@ -90,6 +91,19 @@ pub struct SidecarOutbound {
     /// The mesh service behind it (in the sidecar's namespace, or `service.namespace`).
     #[schemars(with = "String")]
     pub service: Spanned<String>,
+    /// `http` (routes, retries, canaries) or `tcp` (opaque bytes over mTLS).
+    #[serde(default)]
+    pub protocol: PortProtocol,
+}
+
+/// What an application speaks to a sidecar port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PortProtocol {
+    #[default]
+    Http,
+    /// Opaque TCP: passed through the mTLS tunnel untouched.
+    Tcp,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

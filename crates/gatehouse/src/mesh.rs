@@ -179,12 +179,21 @@ pub async fn run_sidecar(path: &Path) -> Result<ExitCode, ExitCode> {
             gatehouse_proxy::sidecar::gateway_config(&base, &sidecar, &membership, snapshot)
         }
     };
+    // Opaque TCP inbound: the caller's identity against the service's authorization.
+    let tcp_policy = Arc::new(arc_swap::ArcSwap::from_pointee(
+        gatehouse_proxy::sidecar::tcp::authorization(None).map_err(fail)?,
+    ));
     let apply: Apply = {
         let (store_cell, generate, origin) = (store_cell.clone(), generate.clone(), origin.clone());
+        let tcp_policy = tcp_policy.clone();
         Arc::new(move |snapshot| {
+            let policy =
+                gatehouse_proxy::sidecar::tcp::authorization(snapshot.authorization.as_ref())?;
             let Some(store) = store_cell.get() else {
+                tcp_policy.store(Arc::new(policy));
                 return Ok(());
             };
+            tcp_policy.store(Arc::new(policy));
             store
                 .apply_text(
                     &generate(snapshot),
@@ -211,6 +220,7 @@ pub async fn run_sidecar(path: &Path) -> Result<ExitCode, ExitCode> {
     .map_err(|errors| fail(format!("the sidecar's configuration is invalid:\n{errors}")))?;
     let _ = store_cell.set(store.clone());
     tokio::spawn(member.clone().rotate(client.clone()));
+    serve_tcp_ports(&sidecar, &membership, &member, &tcp_policy).await?;
 
     let advertise = sidecar
         .inbound
@@ -256,6 +266,63 @@ pub async fn run_sidecar(path: &Path) -> Result<ExitCode, ExitCode> {
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(3), deregistering).await;
     outcome
+}
+
+/// The sidecar's opaque TCP ports: the inbound listener when the application speaks TCP,
+/// and outbound ports marked `protocol: tcp`.
+async fn serve_tcp_ports(
+    sidecar: &gatehouse_config::SidecarConfig,
+    membership: &MeshMembership,
+    member: &Arc<Member>,
+    policy: &Arc<arc_swap::ArcSwap<gatehouse_policy::authorization::Authorization>>,
+) -> Result<(), ExitCode> {
+    use gatehouse_proxy::sidecar::tcp;
+    let bind = |address: String| async move {
+        tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(|err| fail(format!("cannot bind {address}: {err}")))
+    };
+    if sidecar.inbound.protocol == gatehouse_config::MeshProtocol::Tcp {
+        let listener = bind(sidecar.inbound.listen.value.clone()).await?;
+        let application = sidecar
+            .inbound
+            .application
+            .value
+            .parse()
+            .map_err(|_| fail("`inbound.application` is not IP:PORT"))?;
+        println!(
+            "gatehouse: listener inbound on {}",
+            listener.local_addr().map_err(fail)?
+        );
+        tokio::spawn(tcp::serve_inbound(
+            listener,
+            member.clone(),
+            application,
+            policy.clone(),
+        ));
+    }
+    for outbound in &sidecar.outbound {
+        if outbound.protocol != gatehouse_config::PortProtocol::Tcp {
+            continue;
+        }
+        let listener = bind(outbound.listen.value.clone()).await?;
+        let (service, namespace) = match outbound.service.value.split_once('.') {
+            Some((name, namespace)) => (name.to_owned(), namespace.to_owned()),
+            None => (outbound.service.value.clone(), membership.namespace.clone()),
+        };
+        println!(
+            "gatehouse: listener outbound-{} on {}",
+            outbound.service.value,
+            listener.local_addr().map_err(fail)?
+        );
+        tokio::spawn(tcp::serve_outbound(
+            listener,
+            member.clone(),
+            namespace,
+            service,
+        ));
+    }
+    Ok(())
 }
 
 /// `gatehouse gateway` with `mesh:`: mesh services get endpoints and mTLS from the mesh,

@@ -122,11 +122,27 @@ impl Authorization {
     /// Decide a request from `peer` (its SPIFFE ID, if it has one) for `method` on the
     /// normalized `path`.
     pub fn decide(&self, peer: Option<&str>, method: &Method, path: &str) -> Decision {
-        if self
+        let allowed = self
             .rules
             .iter()
-            .any(|rule| rule.allows(peer, method, path))
-        {
+            .any(|rule| rule.allows(peer, method, path));
+        self.decide_rest(allowed, peer)
+    }
+
+    /// Decide an opaque connection (TCP through the mesh) from `peer`: only rules without
+    /// `methods` and `paths` can allow it, since there is no request to match them on.
+    pub fn decide_connection(&self, peer: Option<&str>) -> Decision {
+        let allowed = self.rules.iter().any(|rule| {
+            rule.methods.is_empty()
+                && rule.paths.is_empty()
+                && (rule.sources.is_empty()
+                    || peer.is_some_and(|peer| rule.sources.iter().any(|s| s.matches(peer))))
+        });
+        self.decide_rest(allowed, peer)
+    }
+
+    fn decide_rest(&self, allowed_by_a_rule: bool, peer: Option<&str>) -> Decision {
+        if allowed_by_a_rule {
             return Decision::Allow;
         }
         let denial = match (self.default, peer) {

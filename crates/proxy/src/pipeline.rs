@@ -101,6 +101,8 @@ pub struct RequestTrace {
     chunked_bytes_in: Option<Arc<AtomicU64>>,
     /// Set when the request is a gRPC call.
     grpc: Option<GrpcCall>,
+    /// The caller's SPIFFE ID, on a mesh listener.
+    mesh_caller: Option<String>,
 }
 
 #[derive(Clone)]
@@ -177,9 +179,18 @@ pub async fn handle(
         }),
         web_status: web.map(|_| Arc::new(std::sync::atomic::AtomicU8::new(NO_STATUS))),
     });
+    let mesh_caller = if conn.listener.mesh {
+        conn.client_certificate
+            .as_ref()
+            .and_then(|c| c.spiffe_id())
+            .map(str::to_owned)
+    } else {
+        None
+    };
     let mut trace = RequestTrace {
         context,
         grpc,
+        mesh_caller,
         ..RequestTrace::default()
     };
     let result =
@@ -472,6 +483,44 @@ impl Finish {
         }
     }
 
+    /// Golden metrics of mesh calls: by direction and peer identity.
+    fn record_mesh_metrics(&self, service: &str, total: std::time::Duration) {
+        use gatehouse_telemetry::metrics::{status_class, MeshLabels, MeshPeerLabels};
+        let callee = || {
+            self.snapshot
+                .services
+                .get(service)
+                .and_then(|s| s.mesh_peer.clone())
+        };
+        let peers = [
+            ("inbound", self.trace.mesh_caller.clone()),
+            (
+                "outbound",
+                (self.snapshot.has_mesh_services && self.trace.forwarded)
+                    .then(callee)
+                    .flatten(),
+            ),
+        ];
+        let metrics = &self.telemetry.metrics;
+        for (direction, peer) in peers {
+            let Some(peer) = peer else {
+                continue;
+            };
+            metrics
+                .mesh_requests
+                .get_or_create(&MeshLabels {
+                    direction,
+                    peer: peer.clone(),
+                    status_class: status_class(self.status),
+                })
+                .inc();
+            metrics
+                .mesh_request_duration
+                .get_or_create(&MeshPeerLabels { direction, peer })
+                .observe(total.as_secs_f64());
+        }
+    }
+
     fn record_metrics(&self, total: std::time::Duration, gateway_time: std::time::Duration) {
         use gatehouse_telemetry::metrics::{
             status_class, AuthorizationLabels, CacheLabels, CodeLabels, ConsumerLabels,
@@ -539,6 +588,7 @@ impl Finish {
                 })
                 .inc();
         }
+        self.record_mesh_metrics(&service, total);
         let route_labels = RouteLabels { route };
         metrics
             .request_duration

@@ -46,6 +46,8 @@ pub struct Snapshot {
     /// API products from the store: which routes need a subscription, and the plans'
     /// limits. Kept across reloads (the store follower replaces its contents).
     pub products: gatehouse_policy::products::StoredCatalog,
+    /// Some service is a mesh service: calls to it count in the mesh metrics by callee.
+    pub has_mesh_services: bool,
 }
 
 /// Per-listener settings read at each accepted connection.
@@ -57,6 +59,8 @@ pub struct ListenerRuntime {
     pub redirect_to_https: Option<HttpsRedirect>,
     pub tls: Option<TlsAcceptor>,
     pub http2: bool,
+    /// Terminates mesh mTLS: its calls count in the mesh metrics by caller.
+    pub mesh: bool,
 }
 
 /// A route's compiled payload: its policies, then its action.
@@ -340,6 +344,7 @@ impl Snapshot {
                     redirect_to_https: listener.redirect_to_https.clone(),
                     tls,
                     http2: listener.http2,
+                    mesh: listener.mesh,
                 }),
             );
         }
@@ -561,7 +566,9 @@ impl Snapshot {
                     rate_limits.start_background_tasks();
                     quotas.start_background_tasks();
                 }
+                let has_mesh_services = services.values().any(|s| s.mesh_peer.is_some());
                 Ok(Self {
+                    has_mesh_services,
                     version,
                     config: Arc::new(config),
                     router,

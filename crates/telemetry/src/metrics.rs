@@ -41,6 +41,21 @@ pub struct AuthorizationLabels {
     pub decision: &'static str,
 }
 
+/// A mesh call seen by a sidecar or a gateway in the mesh: `inbound` (the peer is the
+/// caller) or `outbound` (the peer is the called service), by the peer's SPIFFE ID.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MeshLabels {
+    pub direction: &'static str,
+    pub peer: String,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MeshPeerLabels {
+    pub direction: &'static str,
+    pub peer: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     pub route: String,
@@ -101,6 +116,8 @@ pub struct Metrics {
     pub policy_decisions: Family<DecisionLabels, Counter>,
     pub authorization_decisions: Family<AuthorizationLabels, Counter>,
     pub cache_lookups: Family<CacheLabels, Counter>,
+    pub mesh_requests: Family<MeshLabels, Counter>,
+    pub mesh_request_duration: HistogramFamily<MeshPeerLabels>,
     pub request_duration: HistogramFamily<RouteLabels>,
     pub upstream_duration: HistogramFamily<ServiceLabels>,
     pub gateway_duration: Histogram,
@@ -153,6 +170,20 @@ impl Metrics {
             "cache_lookups",
             "Requests on caching routes, by route and result (hit, miss, revalidated, refresh, bypass)",
             cache_lookups.clone(),
+        );
+        let mesh_requests = Family::<MeshLabels, Counter>::default();
+        registry.register(
+            "mesh_requests",
+            "Mesh calls answered, by direction (inbound: peer is the caller; outbound: peer is the called service), peer SPIFFE ID and status class",
+            mesh_requests.clone(),
+        );
+        let mesh_request_duration: HistogramFamily<MeshPeerLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "mesh_request_duration",
+            "Time from the request head to the end of the response of mesh calls, by direction and peer SPIFFE ID",
+            Unit::Seconds,
+            mesh_request_duration.clone(),
         );
         let request_duration: HistogramFamily<RouteLabels> =
             Family::new_with_constructor(latency_histogram);
@@ -249,6 +280,8 @@ impl Metrics {
             policy_decisions,
             authorization_decisions,
             cache_lookups,
+            mesh_requests,
+            mesh_request_duration,
             request_duration,
             upstream_duration,
             gateway_duration,

@@ -33,6 +33,8 @@ use gatehouse_telemetry::trace::{
 
 pub struct Service {
     pub name: String,
+    /// The SPIFFE ID a mesh service's endpoints must present (the mesh metrics' peer).
+    pub mesh_peer: Option<String>,
     /// The service's configuration as JSON; equal fingerprints let a reload keep the service
     /// (its pools, health and outlier state).
     fingerprint: String,
@@ -186,7 +188,19 @@ impl Service {
                 .collect(),
             _ => resolve_blocking(config),
         };
+        let mesh_peer = match (&config.mesh, member) {
+            (Some(mesh), Some(member)) => Some(
+                gatehouse_mesh::SpiffeId::new(
+                    &member.identity().trust_domain,
+                    &mesh.namespace,
+                    &mesh.service,
+                )
+                .to_string(),
+            ),
+            _ => None,
+        };
         let service = Arc::new(Self {
+            mesh_peer,
             name: config.name.value.clone(),
             fingerprint: fingerprint(config),
             config: config.clone(),

@@ -8,8 +8,11 @@
 //!
 //! Each mesh service becomes a gateway service with `mesh:` (endpoints from the registry,
 //! mTLS checked for the service's SPIFFE ID), one more per subset a canary route names.
+//! Opaque TCP ports are not HTTP and are served by [`tcp`] instead.
 
-use gatehouse_config::{MeshMembership, SidecarConfig};
+pub mod tcp;
+
+use gatehouse_config::{MeshMembership, MeshProtocol, PortProtocol, SidecarConfig};
 use gatehouse_mesh::proto;
 use serde_json::{json, Map, Value};
 
@@ -53,30 +56,37 @@ pub fn gateway_config(
         .filter(|d| d.protocol != "tcp")
         .collect();
 
-    let mut listeners = vec![json!({
-        "name": INBOUND_LISTENER,
-        "listen": sidecar.inbound.listen.value,
-        "mesh": true,
-    })];
-    let mut services = vec![json!({
-        "name": LOCAL_SERVICE,
-        "endpoints": [{ "address": sidecar.inbound.application.value }],
-        "protocol": if sidecar.inbound.protocol == gatehouse_config::MeshProtocol::Http2 { "http2" } else { "http1" },
-        // The caller's sidecar retries (within its budget); retrying here too would
-        // multiply attempts.
-        "retries": { "attempts": 0 },
-    })];
-    let mut routes = vec![json!({
-        "name": INBOUND_LISTENER,
-        "match": { "listeners": [INBOUND_LISTENER], "path": { "prefix": "/" } },
-        "service": LOCAL_SERVICE,
-        "authorization": authorization(snapshot.authorization.as_ref()),
-    })];
+    let (mut listeners, mut services, mut routes) = (Vec::new(), Vec::new(), Vec::new());
+    if sidecar.inbound.protocol != MeshProtocol::Tcp {
+        listeners.push(json!({
+            "name": INBOUND_LISTENER,
+            "listen": sidecar.inbound.listen.value,
+            "mesh": true,
+        }));
+        services.push(json!({
+            "name": LOCAL_SERVICE,
+            "endpoints": [{ "address": sidecar.inbound.application.value }],
+            "protocol": if sidecar.inbound.protocol == MeshProtocol::Http2 { "http2" } else { "http1" },
+            // The caller's sidecar retries (within its budget); retrying here too would
+            // multiply attempts.
+            "retries": { "attempts": 0 },
+        }));
+        routes.push(json!({
+            "name": INBOUND_LISTENER,
+            "match": { "listeners": [INBOUND_LISTENER], "path": { "prefix": "/" } },
+            "service": LOCAL_SERVICE,
+            "authorization": authorization(snapshot.authorization.as_ref()),
+        }));
+    }
 
     for destination in &http_destinations {
         services.extend(destination_services(destination));
     }
-    for outbound in &sidecar.outbound {
+    for outbound in sidecar
+        .outbound
+        .iter()
+        .filter(|o| o.protocol == PortProtocol::Http)
+    {
         let listener = format!("outbound-{}", outbound.service.value);
         listeners.push(json!({ "name": listener, "listen": outbound.listen.value }));
         // The sidecar's namespace, unless written as `service.namespace`.
