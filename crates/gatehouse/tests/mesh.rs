@@ -22,13 +22,21 @@ struct Mesh {
 }
 
 impl Mesh {
-    /// `services`: the control plane's `services:` block (YAML, indented by four).
+    /// `settings`: more of the `control:` section (YAML, indented by two).
     fn start(settings: &str) -> Mesh {
+        Self::start_on(None, settings)
+    }
+
+    /// A control plane on the store at `store_url` (default: a SQLite file of its own).
+    fn start_on(store_url: Option<&str>, settings: &str) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let store = store_url.map_or_else(
+            || format!("sqlite:{}", dir.path().join("control.db").display()),
+            str::to_owned,
+        );
         let control_yaml = format!(
-            "store:\n  url: sqlite:{store}\ncontrol:\n  listen: 127.0.0.1:{port}\n  trust_anchors_out: {anchors}\n{settings}",
-            store = dir.path().join("control.db").display(),
+            "store:\n  url: {store}\ncontrol:\n  listen: 127.0.0.1:{port}\n  trust_anchors_out: {anchors}\n{settings}",
             anchors = dir.path().join("ca.pem").display(),
         );
         let mut mesh = Mesh {
@@ -90,10 +98,28 @@ impl Mesh {
         calls: &[&str],
         labels: &str,
     ) -> Sidecar {
+        self.sidecar_with(
+            namespace,
+            service,
+            application,
+            calls,
+            &format!("  labels: {{{labels}}}\n"),
+        )
+    }
+
+    /// [`Mesh::sidecar`] with more lines under `sidecar:` (`extra`, indented by two).
+    fn sidecar_with(
+        &self,
+        namespace: &str,
+        service: &str,
+        application: SocketAddr,
+        calls: &[&str],
+        extra: &str,
+    ) -> Sidecar {
         let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut yaml = self.membership(namespace, service);
         yaml.push_str(&format!(
-            "sidecar:\n  inbound:\n    listen: {inbound}\n    application: {application}\n  labels: {{{labels}}}\n"
+            "sidecar:\n  inbound:\n    listen: {inbound}\n    application: {application}\n{extra}"
         ));
         if !calls.is_empty() {
             yaml.push_str("  outbound:\n");
@@ -191,7 +217,13 @@ async fn inbound_listeners_admit_mesh_identities_by_policy_only() {
     let mesh = Mesh::start(ORDERS_POLICY);
     let orders_app = echo("orders-1").await;
     let orders = mesh.sidecar("shop", "orders", orders_app, &[], "");
-    let web = mesh.sidecar("shop", "web", echo("web-1").await, &["orders"], "");
+    let web = mesh.sidecar_with(
+        "shop",
+        "web",
+        echo("web-1").await,
+        &["orders"],
+        "  http_proxy: { listen: 127.0.0.1:0 }\n",
+    );
 
     // The allowed caller, through its sidecar: the application sees the caller's identity,
     // not one the caller's application claimed.
@@ -212,19 +244,39 @@ async fn inbound_listeners_admit_mesh_identities_by_policy_only() {
         echoed["headers"]["x-gatehouse-peer-identity"],
         "spiffe://mesh.local/ns/shop/sa/web"
     );
+    // The HTTP-proxy port picks the service by Host: its name, or name.namespace.
+    let proxy = web.process.listener("http-proxy");
+    for host in ["orders", "orders.shop"] {
+        let response = http
+            .get(format!("http://{proxy}/orders/8"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "Host: {host}");
+        assert_eq!(response.headers()["x-demo-instance"], "orders-1");
+    }
+    let response = http
+        .get(format!("http://{proxy}/orders/8"))
+        .header("host", "payments")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404, "an unknown service is no route");
+
     // Golden metrics on both sides, by direction and peer identity.
     let inbound = orders.process.metrics().await;
     assert!(
-        inbound.contains(r#"gatehouse_mesh_requests_total{direction="inbound",peer="spiffe://mesh.local/ns/shop/sa/web",status_class="2xx"} 1"#),
+        inbound.contains(r#"gatehouse_mesh_requests_total{direction="inbound",peer="spiffe://mesh.local/ns/shop/sa/web",status_class="2xx"} 3"#),
         "{inbound}"
     );
     assert!(
-        inbound.contains(r#"gatehouse_mesh_request_duration_seconds_count{direction="inbound",peer="spiffe://mesh.local/ns/shop/sa/web"} 1"#),
+        inbound.contains(r#"gatehouse_mesh_request_duration_seconds_count{direction="inbound",peer="spiffe://mesh.local/ns/shop/sa/web"} 3"#),
         "{inbound}"
     );
     let outbound = web.process.metrics().await;
     assert!(
-        outbound.contains(r#"gatehouse_mesh_requests_total{direction="outbound",peer="spiffe://mesh.local/ns/shop/sa/orders",status_class="2xx"} 1"#),
+        outbound.contains(r#"gatehouse_mesh_requests_total{direction="outbound",peer="spiffe://mesh.local/ns/shop/sa/orders",status_class="2xx"} 3"#),
         "{outbound}"
     );
 
@@ -659,4 +711,75 @@ async fn opaque_tcp_crosses_the_mesh_for_allowed_callers_only() {
     // Plaintext to the inbound port reaches nothing either.
     let echoed = tcp_round_trip(inbound, b"ping").await;
     assert_ne!(echoed, b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_http2_crosses_two_sidecars() {
+    use gatehouse_grpc_fixture::library::library_service_client::LibraryServiceClient;
+    use gatehouse_grpc_fixture::library::{GetBookRequest, WatchShelfRequest};
+    let mesh = Mesh::start(
+        "  services:\n    - name: library\n      namespace: shop\n      protocol: http2\n",
+    );
+    let server = gatehouse_grpc_fixture::serve().await.unwrap();
+    let _library = mesh.sidecar_with("shop", "library", server.addr, &[], "    protocol: http2\n");
+    let reader = mesh.sidecar("shop", "reader", echo("reader-1").await, &["library"], "");
+    let channel = tonic::transport::Channel::from_shared(reader.outbound("library"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the outbound port");
+    let mut client = LibraryServiceClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let book = loop {
+        let request = tonic::Request::new(GetBookRequest {
+            name: "shelves/1/books/1".into(),
+            book_id: String::new(),
+        });
+        match client.get_book(request).await {
+            Ok(book) => break book.into_inner(),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(status) => panic!("GetBook: {status:?}"),
+        }
+    };
+    assert_eq!(book.title, "Dune");
+    let seen = server.observed.last_metadata("GetBook").unwrap();
+    assert_eq!(
+        seen.get("x-gatehouse-peer-identity").unwrap(),
+        "spiffe://mesh.local/ns/shop/sa/reader"
+    );
+    // A server stream crosses too.
+    let mut stream = client
+        .watch_shelf(WatchShelfRequest {
+            shelf: "shelves/1".into(),
+            limit: 0,
+        })
+        .await
+        .expect("WatchShelf")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("an event in time")
+        .expect("stream ok");
+    assert!(first.is_some(), "the stream sent an event");
+}
+
+/// Two control planes on one PostgreSQL database are one control plane to their members:
+/// the same CA, join tokens and registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_of_control_planes_shares_the_ca_and_the_registry_in_postgresql() {
+    let database = common::TestDatabase::create("mesh_pair");
+    let url = database.url_via("127.0.0.1:5432");
+    let first = Mesh::start_on(Some(&url), "");
+    let second = Mesh::start_on(Some(&url), "");
+    assert_eq!(
+        std::fs::read_to_string(first.anchors()).unwrap(),
+        std::fs::read_to_string(second.anchors()).unwrap(),
+        "one CA for the pair"
+    );
+    // Registered through the first, called by a member of the second.
+    let _orders = first.sidecar("shop", "orders", echo("orders-1").await, &[], "");
+    let web = second.sidecar("shop", "web", echo("web-1").await, &["orders"], "");
+    wait_for_endpoints(&format!("{}/orders", web.outbound("orders")), &["orders-1"]).await;
 }
