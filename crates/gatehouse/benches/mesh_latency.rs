@@ -117,8 +117,15 @@ async fn backend() -> SocketAddr {
 }
 
 /// Open-loop load at `rate` over `connections` keep-alive connections for `seconds`:
-/// latencies in microseconds, each from the moment its request was due.
-async fn measure(target: SocketAddr, rate: u64, connections: u64, seconds: u64) -> Vec<u64> {
+/// latencies in microseconds, each from the moment its request was due (which includes
+/// the timer's lateness, up to a millisecond, alike for both paths), and from the moment it
+/// was sent.
+async fn measure(
+    target: SocketAddr,
+    rate: u64,
+    connections: u64,
+    seconds: u64,
+) -> (Vec<u64>, Vec<u64>) {
     let interval = Duration::from_secs_f64(connections as f64 / rate as f64);
     let per_connection = rate * seconds / connections;
     let start = Instant::now() + Duration::from_millis(50);
@@ -136,6 +143,7 @@ async fn measure(target: SocketAddr, rate: u64, connections: u64, seconds: u64) 
                 .expect("handshake");
             tokio::spawn(connection);
             let mut latencies = Vec::with_capacity(per_connection as usize);
+            let mut service_times = Vec::with_capacity(per_connection as usize);
             for n in 0..per_connection {
                 let due = start + offset + interval * n as u32;
                 tokio::time::sleep_until(due.into()).await;
@@ -143,20 +151,25 @@ async fn measure(target: SocketAddr, rate: u64, connections: u64, seconds: u64) 
                     .header("host", "backend")
                     .body(Empty::<Bytes>::new())
                     .expect("request");
+                let sent = Instant::now();
                 let response = sender.send_request(request).await.expect("response");
                 assert!(response.status().is_success(), "{}", response.status());
                 response.into_body().collect().await.expect("body");
                 latencies.push(due.elapsed().as_micros() as u64);
+                service_times.push(sent.elapsed().as_micros() as u64);
             }
-            latencies
+            (latencies, service_times)
         }));
     }
-    let mut all = Vec::new();
+    let (mut all, mut service) = (Vec::new(), Vec::new());
     for task in tasks {
-        all.extend(task.await.expect("load task"));
+        let (latencies, service_times) = task.await.expect("load task");
+        all.extend(latencies);
+        service.extend(service_times);
     }
     all.sort_unstable();
-    all
+    service.sort_unstable();
+    (all, service)
 }
 
 async fn status_of(target: SocketAddr) -> Option<u16> {
@@ -244,48 +257,52 @@ async fn main() {
     println!(
         "mesh_latency: {rate} req/s, {connections} connections, {seconds} s per run, {rounds} rounds (interleaved)"
     );
-    println!("| round | path | p50 µs | p99 µs | p99.9 µs | max µs |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    let (mut direct_runs, mut mesh_runs) = (Vec::new(), Vec::new());
+    println!(
+        "| round | path | p50 µs | p99 µs | p99.9 µs | max µs | sent→answered p50 µs | p99 µs |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    // Per path: (p50, p99) from due, and from sent.
+    let mut runs: [Vec<[u64; 4]>; 2] = [Vec::new(), Vec::new()];
     for round in 1..=rounds {
-        for (name, target) in [("direct", backend), ("two sidecars", via_mesh)] {
-            let latencies = measure(target, rate, connections, seconds).await;
-            let row = (
+        for (index, (name, target)) in [("direct", backend), ("two sidecars", via_mesh)]
+            .into_iter()
+            .enumerate()
+        {
+            let (latencies, service) = measure(target, rate, connections, seconds).await;
+            let row = [
                 percentile(&latencies, 0.50),
                 percentile(&latencies, 0.99),
-                percentile(&latencies, 0.999),
-                *latencies.last().unwrap_or(&0),
-            );
+                percentile(&service, 0.50),
+                percentile(&service, 0.99),
+            ];
             println!(
-                "| {round} | {name} | {} | {} | {} | {} |",
-                row.0, row.1, row.2, row.3
+                "| {round} | {name} | {} | {} | {} | {} | {} | {} |",
+                row[0],
+                row[1],
+                percentile(&latencies, 0.999),
+                latencies.last().copied().unwrap_or(0),
+                row[2],
+                row[3]
             );
-            if name == "direct" {
-                direct_runs.push(row);
-            } else {
-                mesh_runs.push(row);
-            }
+            runs[index].push(row);
         }
     }
-    let median = |mut values: Vec<i64>| {
-        values.sort_unstable();
-        values[values.len() / 2]
+    let added = |column: usize| {
+        let mut differences: Vec<i64> = runs[0]
+            .iter()
+            .zip(&runs[1])
+            .map(|(direct, mesh)| mesh[column] as i64 - direct[column] as i64)
+            .collect();
+        differences.sort_unstable();
+        differences[differences.len() / 2]
     };
-    let added_p50 = median(
-        direct_runs
-            .iter()
-            .zip(&mesh_runs)
-            .map(|(d, m)| m.0 as i64 - d.0 as i64)
-            .collect(),
+    println!(
+        "added by the two sidecars (median of per-round differences): from due p50 {} µs, p99 {} µs; from sent p50 {} µs, p99 {} µs",
+        added(0),
+        added(1),
+        added(2),
+        added(3)
     );
-    let added_p99 = median(
-        direct_runs
-            .iter()
-            .zip(&mesh_runs)
-            .map(|(d, m)| m.1 as i64 - d.1 as i64)
-            .collect(),
-    );
-    println!("added by the two sidecars (median of per-round differences): p50 {added_p50} µs, p99 {added_p99} µs");
     println!(
         "server sidecar RSS: idle {} KiB, after load {} KiB, peak {} KiB; client sidecar peak {} KiB",
         idle_rss,
