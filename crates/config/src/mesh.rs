@@ -133,15 +133,6 @@ impl MeshProtocol {
             MeshProtocol::Tcp => "tcp",
         }
     }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "http1" => Some(MeshProtocol::Http1),
-            "http2" => Some(MeshProtocol::Http2),
-            "tcp" => Some(MeshProtocol::Tcp),
-            _ => None,
-        }
-    }
 }
 
 /// The control-plane role (`gatehouse control`). Its state (CA, join tokens, registry)

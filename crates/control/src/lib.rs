@@ -15,15 +15,13 @@ use std::time::Duration;
 use gatehouse_config::ControlConfig;
 use gatehouse_mesh::ca::Authority;
 use gatehouse_mesh::tls::Credentials;
-use gatehouse_mesh::{proto, SpiffeId};
+use gatehouse_mesh::SpiffeId;
 use gatehouse_store::mesh::StoredAuthority;
 use gatehouse_store::Store;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-pub use registry::Registry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -47,13 +45,12 @@ pub(crate) struct Shared {
     pub config: ControlConfig,
     pub store: Store,
     pub authority: Authority,
-    pub registry: watch::Sender<Arc<Registry>>,
+    pub registry: watch::Sender<Arc<registry::Registry>>,
 }
 
 /// A running control plane.
 pub struct ControlPlane {
     pub local_addr: SocketAddr,
-    shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -129,7 +126,7 @@ impl ControlPlane {
         let mut names = config.server_names.clone();
         names.push(local_addr.ip().to_string());
         let shared = Arc::new(Shared {
-            registry: watch::Sender::new(Arc::new(Registry::default())),
+            registry: watch::Sender::new(Arc::new(registry::Registry::default())),
             config: config.clone(),
             store,
             authority,
@@ -158,18 +155,8 @@ impl ControlPlane {
         );
         Ok(Self {
             local_addr,
-            shared,
             tasks,
         })
-    }
-
-    /// The registry as the data planes see it now.
-    pub fn registry(&self) -> Arc<Registry> {
-        self.shared.registry.borrow().clone()
-    }
-
-    pub fn trust_bundle_pem(&self) -> String {
-        self.shared.authority.trust_bundle_pem()
     }
 }
 
@@ -246,9 +233,4 @@ pub(crate) fn token_hash(token: &str) -> String {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The snapshot a watcher with this identity gets from `registry` (tests, the admin API).
-pub fn snapshot_for(plane: &ControlPlane, identity: &SpiffeId) -> proto::Snapshot {
-    registry::snapshot_for(&plane.shared, &plane.registry(), identity)
 }

@@ -17,7 +17,7 @@ use crate::{hex, ControlError, Shared};
 
 /// Live instances, ordered (stable snapshots, stable versions).
 #[derive(Debug, Default, PartialEq)]
-pub struct Registry {
+pub(crate) struct Registry {
     pub instances: Vec<Instance>,
 }
 

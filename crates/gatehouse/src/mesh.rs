@@ -187,13 +187,12 @@ pub async fn run_sidecar(path: &Path) -> Result<ExitCode, ExitCode> {
         let (store_cell, generate, origin) = (store_cell.clone(), generate.clone(), origin.clone());
         let tcp_policy = tcp_policy.clone();
         Arc::new(move |snapshot| {
-            let policy =
-                gatehouse_proxy::sidecar::tcp::authorization(snapshot.authorization.as_ref())?;
+            tcp_policy.store(Arc::new(gatehouse_proxy::sidecar::tcp::authorization(
+                snapshot.authorization.as_ref(),
+            )?));
             let Some(store) = store_cell.get() else {
-                tcp_policy.store(Arc::new(policy));
                 return Ok(());
             };
-            tcp_policy.store(Arc::new(policy));
             store
                 .apply_text(
                     &generate(snapshot),

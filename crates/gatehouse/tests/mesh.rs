@@ -196,6 +196,8 @@ async fn request_over_tls(
     Ok((status, text))
 }
 
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n")
 }
@@ -234,6 +236,7 @@ async fn inbound_listeners_admit_mesh_identities_by_policy_only() {
             "x-gatehouse-peer-identity",
             "spiffe://mesh.local/ns/shop/sa/admin",
         )
+        .header("traceparent", TRACEPARENT)
         .send()
         .await
         .unwrap();
@@ -243,6 +246,14 @@ async fn inbound_listeners_admit_mesh_identities_by_policy_only() {
     assert_eq!(
         echoed["headers"]["x-gatehouse-peer-identity"],
         "spiffe://mesh.local/ns/shop/sa/web"
+    );
+    // The caller's trace continues across both sidecars.
+    let traceparent = echoed["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        traceparent.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "trace context lost: {traceparent:?}"
     );
     // The HTTP-proxy port picks the service by Host: its name, or name.namespace.
     let proxy = web.process.listener("http-proxy");

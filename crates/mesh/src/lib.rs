@@ -22,7 +22,3 @@ pub mod proto {
 pub use client::ControlClient;
 pub use identity::SpiffeId;
 pub use member::{Apply, Member, MemberError, Registration};
-
-/// ALPN for mesh connections carrying HTTP/2 (gRPC included) and HTTP/1.1.
-pub const ALPN_H2: &[u8] = b"h2";
-pub const ALPN_HTTP1: &[u8] = b"http/1.1";

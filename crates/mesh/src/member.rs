@@ -50,7 +50,6 @@ pub struct Member {
     /// When the current certificate arrived (unix seconds).
     not_before: AtomicI64,
     not_after: AtomicI64,
-    renewals: AtomicI64,
     snapshot: ArcSwapOption<proto::Snapshot>,
     /// The version of the snapshot in force, for whoever waits on changes.
     applied: watch::Sender<String>,
@@ -72,7 +71,6 @@ impl Member {
             credentials: Arc::new(Credentials::with_bundle(trust_anchors)),
             not_before: AtomicI64::new(0),
             not_after: AtomicI64::new(0),
-            renewals: AtomicI64::new(0),
             snapshot: ArcSwapOption::empty(),
             applied: watch::Sender::new(String::new()),
         })
@@ -89,11 +87,6 @@ impl Member {
     /// Unix seconds when the current certificate expires (0: none yet).
     pub fn certificate_expiry(&self) -> i64 {
         self.not_after.load(Ordering::Relaxed)
-    }
-
-    /// Certificates received after the first.
-    pub fn renewals(&self) -> i64 {
-        self.renewals.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> Option<Arc<proto::Snapshot>> {
@@ -171,15 +164,9 @@ impl Member {
             );
         }
         self.credentials.install(Arc::new(certified));
-        if self
-            .not_after
-            .swap(issued.not_after_unix, Ordering::Relaxed)
-            != 0
-        {
-            self.renewals.fetch_add(1, Ordering::Relaxed);
-        }
-        // Rotation is timed from receipt, not from `not_before`, which the CA backdates a
-        // little for clock skew.
+        self.not_after
+            .store(issued.not_after_unix, Ordering::Relaxed); // Rotation is timed from receipt, not from `not_before`, which the CA backdates a
+                                                              // little for clock skew.
         self.not_before.store(unix_now(), Ordering::Relaxed);
         Ok(())
     }

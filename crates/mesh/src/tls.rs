@@ -66,10 +66,6 @@ impl Credentials {
         self.key.load_full()
     }
 
-    pub fn bundle(&self) -> Arc<Vec<CertificateDer<'static>>> {
-        self.bundle.load_full()
-    }
-
     fn roots(&self) -> Result<RootCertStore, MeshTlsError> {
         let mut roots = RootCertStore::empty();
         for cert in self.bundle.load().iter() {

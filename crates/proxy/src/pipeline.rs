@@ -101,8 +101,9 @@ pub struct RequestTrace {
     chunked_bytes_in: Option<Arc<AtomicU64>>,
     /// Set when the request is a gRPC call.
     grpc: Option<GrpcCall>,
-    /// The caller's SPIFFE ID, on a mesh listener.
-    mesh_caller: Option<String>,
+    /// The caller's verified certificate, on a mesh listener (its SPIFFE ID labels the
+    /// mesh metrics).
+    mesh_caller: Option<Arc<ClientCertificate>>,
 }
 
 #[derive(Clone)]
@@ -179,18 +180,14 @@ pub async fn handle(
         }),
         web_status: web.map(|_| Arc::new(std::sync::atomic::AtomicU8::new(NO_STATUS))),
     });
-    let mesh_caller = if conn.listener.mesh {
-        conn.client_certificate
-            .as_ref()
-            .and_then(|c| c.spiffe_id())
-            .map(str::to_owned)
-    } else {
-        None
-    };
     let mut trace = RequestTrace {
         context,
         grpc,
-        mesh_caller,
+        mesh_caller: conn
+            .listener
+            .mesh
+            .then(|| conn.client_certificate.clone())
+            .flatten(),
         ..RequestTrace::default()
     };
     let result =
@@ -493,7 +490,14 @@ impl Finish {
                 .and_then(|s| s.mesh_peer.clone())
         };
         let peers = [
-            ("inbound", self.trace.mesh_caller.clone()),
+            (
+                "inbound",
+                self.trace
+                    .mesh_caller
+                    .as_ref()
+                    .and_then(|c| c.spiffe_id())
+                    .map(str::to_owned),
+            ),
             (
                 "outbound",
                 (self.snapshot.has_mesh_services && self.trace.forwarded)

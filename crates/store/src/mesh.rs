@@ -224,15 +224,6 @@ impl Store {
         .await?;
         Ok(())
     }
-
-    /// How many certificates were issued to this identity (tests, the admin API).
-    pub async fn mesh_certificates_issued(&self, spiffe_id: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) FROM mesh_certificates WHERE spiffe_id = $1")
-            .bind(spiffe_id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get::<i64, _>(0)?)
-    }
 }
 
 fn instance_from_row(row: &AnyRow) -> Result<Instance, StoreError> {

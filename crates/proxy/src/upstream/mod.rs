@@ -132,15 +132,21 @@ impl Service {
     ) -> Result<Arc<Self>, ServiceError> {
         let http2 = config.protocol == UpstreamProtocol::Http2;
         let alpn: &[&[u8]] = if http2 { &[b"h2"] } else { &[b"http/1.1"] };
+        // The identity a mesh service's endpoints must present.
+        let mesh_peer = match (&config.mesh, member) {
+            (Some(mesh), Some(member)) => Some(gatehouse_mesh::SpiffeId::new(
+                &member.identity().trust_domain,
+                &mesh.namespace,
+                &mesh.service,
+            )),
+            _ => None,
+        };
         let tls = match (&config.mesh, &config.tls) {
             (Some(mesh), _) => {
-                let member = member.ok_or(ServiceError::NotInMesh)?;
-                let peer = gatehouse_mesh::SpiffeId::new(
-                    &member.identity().trust_domain,
-                    &mesh.namespace,
-                    &mesh.service,
-                );
-                let client_config = member.client_config(peer, alpn)?;
+                let (Some(member), Some(peer)) = (member, &mesh_peer) else {
+                    return Err(ServiceError::NotInMesh);
+                };
+                let client_config = member.client_config(peer.clone(), alpn)?;
                 // SNI only; the peer is verified by its SPIFFE ID.
                 let server_name = rustls_pki_types::ServerName::try_from(format!(
                     "{}.{}.mesh",
@@ -188,19 +194,8 @@ impl Service {
                 .collect(),
             _ => resolve_blocking(config),
         };
-        let mesh_peer = match (&config.mesh, member) {
-            (Some(mesh), Some(member)) => Some(
-                gatehouse_mesh::SpiffeId::new(
-                    &member.identity().trust_domain,
-                    &mesh.namespace,
-                    &mesh.service,
-                )
-                .to_string(),
-            ),
-            _ => None,
-        };
         let service = Arc::new(Self {
-            mesh_peer,
+            mesh_peer: mesh_peer.map(|peer| peer.to_string()),
             name: config.name.value.clone(),
             fingerprint: fingerprint(config),
             config: config.clone(),
