@@ -153,10 +153,7 @@ impl ControlPlane {
             trust_domain = %shared.config.trust_domain,
             "control plane listening"
         );
-        Ok(Self {
-            local_addr,
-            tasks,
-        })
+        Ok(Self { local_addr, tasks })
     }
 }
 
