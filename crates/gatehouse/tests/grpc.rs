@@ -517,15 +517,28 @@ async fn grpc_statuses_are_logged_and_counted() {
         name: name.into(),
         book_id: String::new(),
     };
+    // A call's line is written once its response has ended, which the client may see after
+    // its next call has started: each call waits for its line, so the order below is the
+    // order of the calls.
+    let logged = |count: usize| {
+        let log = log.clone();
+        eventually("the call's access-log line", move || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            (text.lines().count() >= count).then_some(())
+        })
+    };
     client.get_book(get("shelves/1/books/2")).await.unwrap();
+    logged(1).await;
     client
         .get_book(get("shelves/1/books/404"))
         .await
         .unwrap_err();
+    logged(2).await;
     client
         .create_book(CreateBookRequest::default())
         .await
         .unwrap_err();
+    logged(3).await;
     let events: Vec<_> = client
         .watch_shelf(WatchShelfRequest {
             shelf: "shelves/2".into(),
