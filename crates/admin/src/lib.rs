@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 mod billing;
 mod catalog;
 mod consumers;
+pub mod control;
 pub mod openapi;
 mod stored;
 pub mod views;
@@ -161,11 +162,12 @@ pub fn admin_addr(store: &ConfigStore) -> Option<SocketAddr> {
 }
 
 fn configured_token(store: &ConfigStore) -> Option<String> {
-    let snapshot = store.snapshot();
-    snapshot
-        .config
-        .admin
-        .as_ref()
+    admin_token(store.snapshot().config.admin.as_ref())
+}
+
+/// The admin token of a configuration's `admin` block, else from [`TOKEN_ENV`].
+fn admin_token(admin: Option<&gatehouse_config::AdminConfig>) -> Option<String> {
+    admin
         .and_then(|a| a.token.as_ref())
         .map(|t| t.0.clone())
         .filter(|t| !t.is_empty())
@@ -186,22 +188,28 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(expected) = configured_token(&state.store) else {
-        return problem(
+    match bearer_rejection(configured_token(&state.store), &headers) {
+        Some(rejection) => rejection,
+        None => next.run(request).await,
+    }
+}
+
+/// The answer to a request without the admin token, or `None` when it carries it.
+fn bearer_rejection(expected: Option<String>, headers: &HeaderMap) -> Option<Response> {
+    let Some(expected) = expected else {
+        return Some(problem(
             StatusCode::FORBIDDEN,
             "admin_token_not_configured",
             format!("set admin.token in the configuration or {TOKEN_ENV} to use the admin API"),
             None,
-        );
+        ));
     };
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
-            next.run(request).await
-        }
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => None,
         _ => {
             let mut response = problem(
                 StatusCode::UNAUTHORIZED,
@@ -213,7 +221,7 @@ async fn require_token(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
-            response
+            Some(response)
         }
     }
 }

@@ -235,6 +235,8 @@ impl MeshControl for Api {
         let shared = self.shared.clone();
         let mut changes = shared.registry.subscribe();
         tracing::info!(%identity, node, "control plane: data plane watching");
+        let caller = identity.to_string();
+        let stream = shared.data_planes.connected(&caller, &node);
         tokio::spawn(async move {
             let mut sent = String::new();
             loop {
@@ -243,14 +245,16 @@ impl MeshControl for Api {
                 if snapshot.version != sent {
                     sent = snapshot.version.clone();
                     if sender.send(Ok(snapshot)).await.is_err() {
-                        return; // the watcher went away
+                        break; // the watcher went away
                     }
+                    shared.data_planes.sent(&caller, &node, &sent);
                 }
                 tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
-                    () = sender.closed() => return,
+                    changed = changes.changed() => if changed.is_err() { break },
+                    () = sender.closed() => break,
                 }
             }
+            shared.data_planes.closed(&caller, &node, stream);
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
@@ -261,6 +265,12 @@ impl MeshControl for Api {
     ) -> Result<Response<proto::AckResponse>, Status> {
         let identity = self.caller(&request)?;
         let ack = request.into_inner();
+        self.shared.data_planes.acknowledged(
+            &identity.to_string(),
+            &ack.node,
+            &ack.version,
+            &ack.error,
+        );
         if ack.error.is_empty() {
             tracing::debug!(%identity, node = ack.node, version = ack.version, "control plane: snapshot applied");
         } else {

@@ -7,6 +7,9 @@
 
 mod api;
 mod registry;
+mod status;
+
+pub use status::{DataPlane, Rejection};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,12 +49,50 @@ pub(crate) struct Shared {
     pub store: Store,
     pub authority: Authority,
     pub registry: watch::Sender<Arc<registry::Registry>>,
+    pub data_planes: status::DataPlanes,
 }
 
 /// A running control plane.
 pub struct ControlPlane {
     pub local_addr: SocketAddr,
+    shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a control plane serves, for its admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ControlStatus {
+    pub trust_domain: String,
+    pub trust_anchors: Vec<TrustAnchorStatus>,
+    /// Services declared in the configuration (with policy) or registered by instances.
+    pub services: Vec<ServiceStatus>,
+    /// Data planes watching this control plane (and those gone within the last hour).
+    pub data_planes: Vec<DataPlane>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrustAnchorStatus {
+    pub subject: String,
+    pub not_after_unix: i64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServiceStatus {
+    pub namespace: String,
+    pub name: String,
+    pub spiffe_id: String,
+    pub declared: bool,
+    pub instances: Vec<InstanceStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub address: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Declared in `static_instances` rather than registered with a lease.
+    pub r#static: bool,
 }
 
 impl ControlPlane {
@@ -127,6 +168,7 @@ impl ControlPlane {
         names.push(local_addr.ip().to_string());
         let shared = Arc::new(Shared {
             registry: watch::Sender::new(Arc::new(registry::Registry::default())),
+            data_planes: status::DataPlanes::default(),
             config: config.clone(),
             store,
             authority,
@@ -153,8 +195,78 @@ impl ControlPlane {
             trust_domain = %shared.config.trust_domain,
             "control plane listening"
         );
-        Ok(Self { local_addr, tasks })
+        Ok(Self {
+            local_addr,
+            shared,
+            tasks,
+        })
     }
+
+    /// The registry as served now (the last one read from the store), the CA's anchors and
+    /// the data planes with the versions they were sent and applied.
+    pub fn status(&self) -> ControlStatus {
+        let shared = &self.shared;
+        let registry = shared.registry.borrow().clone();
+        let mut services: std::collections::BTreeMap<(String, String), ServiceStatus> =
+            Default::default();
+        let trust_domain = &shared.config.trust_domain;
+        for declared in &shared.config.services {
+            service_entry(
+                &mut services,
+                trust_domain,
+                &declared.namespace,
+                &declared.name.value,
+            )
+            .declared = true;
+        }
+        for instance in &registry.instances {
+            service_entry(
+                &mut services,
+                trust_domain,
+                &instance.namespace,
+                &instance.service,
+            )
+            .instances
+            .push(InstanceStatus {
+                id: instance.id.clone(),
+                address: instance.address.clone(),
+                labels: instance.labels.clone(),
+                r#static: instance.id.starts_with(registry::STATIC_PREFIX),
+            });
+        }
+        ControlStatus {
+            trust_domain: shared.config.trust_domain.clone(),
+            trust_anchors: shared
+                .authority
+                .trust_anchors()
+                .into_iter()
+                .map(|anchor| TrustAnchorStatus {
+                    subject: anchor.subject,
+                    not_after_unix: anchor.not_after_unix,
+                    sha256: anchor.sha256,
+                })
+                .collect(),
+            services: services.into_values().collect(),
+            data_planes: shared.data_planes.list(),
+        }
+    }
+}
+
+fn service_entry<'a>(
+    services: &'a mut std::collections::BTreeMap<(String, String), ServiceStatus>,
+    trust_domain: &str,
+    namespace: &str,
+    name: &str,
+) -> &'a mut ServiceStatus {
+    services
+        .entry((namespace.to_owned(), name.to_owned()))
+        .or_insert_with(|| ServiceStatus {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            spiffe_id: SpiffeId::new(trust_domain, namespace, name).to_string(),
+            declared: false,
+            instances: Vec::new(),
+        })
 }
 
 impl Drop for ControlPlane {

@@ -15,6 +15,9 @@ use prost::Message;
 
 use crate::{hex, ControlError, Shared};
 
+/// Instance ids of `static_instances` start with this.
+pub(crate) const STATIC_PREFIX: &str = "static:";
+
 /// Live instances, ordered (stable snapshots, stable versions).
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct Registry {
@@ -26,7 +29,7 @@ pub(crate) async fn refresh(shared: &Shared) -> Result<(), ControlError> {
     let mut instances = shared.store.live_instances(now_ms()).await?;
     for declared in &shared.config.static_instances {
         instances.push(Instance {
-            id: format!("static:{}", declared.address),
+            id: format!("{STATIC_PREFIX}{}", declared.address),
             namespace: declared.namespace.clone(),
             service: declared.service.clone(),
             address: declared.address.clone(),

@@ -38,6 +38,11 @@ impl MeshPorts {
         local(self.base)
     }
 
+    /// The control plane's admin API.
+    pub fn control_admin(&self) -> SocketAddr {
+        local(self.base + 40)
+    }
+
     /// The storefront's outbound ports to the catalog and to reviews.
     pub fn storefront_outbound(&self) -> (SocketAddr, SocketAddr) {
         (local(self.base + 91), local(self.base + 92))
@@ -103,8 +108,12 @@ control:
         - headers: [{{ name: x-canary, exact: "1" }}]
           backends: [{{ subset: v2, weight: 100 }}]
         - backends: [{{ subset: v1, weight: 90 }}, {{ subset: v2, weight: 10 }}]
+admin:
+  listen: {control_admin}
+  token: ${{GATEHOUSE_ADMIN_TOKEN}}
 "#,
         store = store.display(),
+        control_admin = ports.control_admin(),
         control = ports.control(),
         anchors = anchors.display(),
     )

@@ -155,7 +155,12 @@ pub async fn run_demo(
 pub struct Lifecycle {
     pub ready: Option<tokio::sync::oneshot::Sender<()>>,
     pub stopping: Option<tokio::sync::oneshot::Sender<()>>,
+    /// How SIGHUP reloads when the configuration is not simply the file (a sidecar's is
+    /// generated from its file and the control plane's snapshot); the argument is the reason.
+    pub reload: Option<Reload>,
 }
+
+pub type Reload = Arc<dyn Fn(&str) -> Result<u64, gatehouse_config::ConfigErrors> + Send + Sync>;
 
 pub async fn run(store: Arc<ConfigStore>) -> Result<ExitCode, ExitCode> {
     run_with(store, Lifecycle::default()).await
@@ -287,7 +292,12 @@ pub async fn run_with(
         tokio::select! {
             _ = hangup.recv() => {
                 let store = store.clone();
-                match tokio::task::spawn_blocking(move || store.reload_file("SIGHUP", true)).await {
+                let reload = lifecycle.reload.clone();
+                let reloading = move || match reload {
+                    Some(reload) => reload("SIGHUP"),
+                    None => store.reload_file("SIGHUP", true),
+                };
+                match tokio::task::spawn_blocking(reloading).await {
                     Ok(Ok(version)) => tracing::info!(version, "reloaded on SIGHUP"),
                     Ok(Err(errors)) => tracing::error!("reload rejected, the running configuration stays:\n{errors}"),
                     Err(err) => tracing::error!(%err, "reload task failed"),

@@ -36,10 +36,32 @@ pub async fn run_control(path: &Path) -> Result<ExitCode, ExitCode> {
     let plane = gatehouse_control::ControlPlane::start(control, store, config.base_dir.as_deref())
         .await
         .map_err(fail)?;
+    let plane = Arc::new(plane);
     println!("gatehouse: listener control on {}", plane.local_addr);
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(admin) = &config.admin {
+        let addr = &admin.listen.value;
+        let listener = tokio::net::TcpListener::bind(addr.as_str())
+            .await
+            .map_err(|err| fail(format!("cannot bind the admin listener on {addr}: {err}")))?;
+        let local = listener.local_addr().map_err(fail)?;
+        println!("gatehouse: admin on {local}");
+        let (plane, admin) = (plane.clone(), admin.clone());
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = admin_stopped.await;
+            };
+            if let Err(err) =
+                gatehouse_admin::control::serve(listener, plane, Some(&admin), shutdown).await
+            {
+                tracing::error!(error = %err, "control plane admin API stopped");
+            }
+        });
+    }
     println!("gatehouse: ready");
     wait_for_signal().await;
     tracing::info!("control plane stopping");
+    let _ = stop_admin.send(());
     drop(plane);
     Ok(ExitCode::SUCCESS)
 }
@@ -173,10 +195,22 @@ pub async fn run_sidecar(path: &Path) -> Result<ExitCode, ExitCode> {
     // The store exists only once the first snapshot arrived; until then snapshots are
     // kept by the member and used when the store is made.
     let store_cell: Arc<OnceLock<Arc<ConfigStore>>> = Arc::new(OnceLock::new());
+    // The file's part of the generated configuration: replaced on SIGHUP. Held locked while
+    // a configuration is generated and applied, so a snapshot and a reload arriving together
+    // cannot apply one made from the file being replaced.
+    let source = Arc::new(std::sync::Mutex::new(SidecarSource {
+        base,
+        sidecar: sidecar.clone(),
+    }));
     let generate = {
-        let (base, sidecar, membership) = (base.clone(), sidecar.clone(), membership.clone());
-        move |snapshot: &gatehouse_mesh::proto::Snapshot| {
-            gatehouse_proxy::sidecar::gateway_config(&base, &sidecar, &membership, snapshot)
+        let membership = membership.clone();
+        move |source: &SidecarSource, snapshot: &gatehouse_mesh::proto::Snapshot| {
+            gatehouse_proxy::sidecar::gateway_config(
+                &source.base,
+                &source.sidecar,
+                &membership,
+                snapshot,
+            )
         }
     };
     // Opaque TCP inbound: the caller's identity against the service's authorization.
@@ -185,7 +219,7 @@ pub async fn run_sidecar(path: &Path) -> Result<ExitCode, ExitCode> {
     ));
     let apply: Apply = {
         let (store_cell, generate, origin) = (store_cell.clone(), generate.clone(), origin.clone());
-        let tcp_policy = tcp_policy.clone();
+        let (tcp_policy, source) = (tcp_policy.clone(), source.clone());
         Arc::new(move |snapshot| {
             tcp_policy.store(Arc::new(gatehouse_proxy::sidecar::tcp::authorization(
                 snapshot.authorization.as_ref(),
@@ -193,9 +227,12 @@ pub async fn run_sidecar(path: &Path) -> Result<ExitCode, ExitCode> {
             let Some(store) = store_cell.get() else {
                 return Ok(());
             };
+            let source = source
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             store
                 .apply_text(
-                    &generate(snapshot),
+                    &generate(&source, snapshot),
                     &format!("{origin} (mesh snapshot {})", snapshot.version),
                     &format!("mesh snapshot {}", snapshot.version),
                 )
@@ -211,8 +248,14 @@ pub async fn run_sidecar(path: &Path) -> Result<ExitCode, ExitCode> {
     );
     follow_first(&member, &client, &instance_id, apply).await;
     let snapshot = member.snapshot().unwrap_or_default();
+    let first = generate(
+        &source
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        &snapshot,
+    );
     let store = ConfigStore::from_text_in_mesh(
-        &generate(&snapshot),
+        &first,
         &format!("{origin} (mesh snapshot {})", snapshot.version),
         Some(member.clone()),
     )
@@ -255,11 +298,48 @@ pub async fn run_sidecar(path: &Path) -> Result<ExitCode, ExitCode> {
             }
         })
     };
+    let reload: gateway::Reload = {
+        let (path, store, member) = (path.to_owned(), store.clone(), member.clone());
+        Arc::new(move |reason: &str| {
+            let origin = path.display().to_string();
+            let refuse = |message: String| {
+                gatehouse_config::ConfigErrors::single(
+                    &origin,
+                    gatehouse_config::Problem::new(0, 0, message),
+                )
+            };
+            let (config, text) = gatehouse_config::load_file(&path)?;
+            let (Some(next_membership), Some(next_sidecar)) = (config.mesh, config.sidecar) else {
+                return Err(refuse(
+                    "a sidecar needs `mesh` and `sidecar` sections".to_owned(),
+                ));
+            };
+            restart_only_changes(&membership, &sidecar, &next_membership, &next_sidecar)
+                .map_err(refuse)?;
+            let base = gatehouse_config::parse_value(&text, &origin)?;
+            let snapshot = member.snapshot().unwrap_or_default();
+            let mut source = source
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let next = SidecarSource {
+                base,
+                sidecar: next_sidecar,
+            };
+            let version = store.apply_text(
+                &generate(&next, &snapshot),
+                &format!("{origin} (mesh snapshot {})", snapshot.version),
+                reason,
+            )?;
+            *source = next;
+            Ok(version)
+        })
+    };
     let outcome = gateway::run_with(
         store,
         Lifecycle {
             ready: Some(ready_tx),
             stopping: Some(stopping_tx),
+            reload: Some(reload),
         },
     )
     .await;
@@ -269,6 +349,62 @@ pub async fn run_sidecar(path: &Path) -> Result<ExitCode, ExitCode> {
 
 /// The sidecar's opaque TCP ports: the inbound listener when the application speaks TCP,
 /// and outbound ports marked `protocol: tcp`.
+/// What a sidecar's own file contributes to the configuration it runs.
+struct SidecarSource {
+    /// The file's settings besides `mesh` and `sidecar` (admin, metrics, limits, ...).
+    base: serde_json::Value,
+    sidecar: gatehouse_config::SidecarConfig,
+}
+
+/// What a sidecar cannot change without a restart: its identity and control plane (its
+/// certificate and registration stand for them), the inbound listener and what it is
+/// registered as, and the opaque TCP ports (bound once, outside the HTTP listeners, whose
+/// own address changes the reload refuses as for any gateway).
+fn restart_only_changes(
+    running: &MeshMembership,
+    running_sidecar: &gatehouse_config::SidecarConfig,
+    next: &MeshMembership,
+    next_sidecar: &gatehouse_config::SidecarConfig,
+) -> Result<(), String> {
+    let identity = |m: &MeshMembership| {
+        (
+            m.control.value.clone(),
+            m.trust_anchors.value.clone(),
+            m.trust_domain.clone(),
+            m.namespace.clone(),
+            m.service.value.clone(),
+        )
+    };
+    if identity(running) != identity(next) {
+        return Err(
+            "`mesh` changed (control plane, trust anchors or identity); that needs a restart"
+                .to_owned(),
+        );
+    }
+    let inbound = |s: &gatehouse_config::SidecarConfig| {
+        (
+            s.inbound.listen.value.clone(),
+            s.inbound.advertise.clone(),
+            s.inbound.protocol,
+            s.labels.clone(),
+        )
+    };
+    if inbound(running_sidecar) != inbound(next_sidecar) {
+        return Err("`sidecar.inbound.listen`, `advertise`, `protocol` or `labels` changed; that needs a restart".to_owned());
+    }
+    let tcp_ports = |s: &gatehouse_config::SidecarConfig| {
+        s.outbound
+            .iter()
+            .filter(|o| o.protocol == gatehouse_config::PortProtocol::Tcp)
+            .map(|o| (o.listen.value.clone(), o.service.value.clone()))
+            .collect::<Vec<_>>()
+    };
+    if tcp_ports(running_sidecar) != tcp_ports(next_sidecar) {
+        return Err("the TCP outbound ports changed; that needs a restart".to_owned());
+    }
+    Ok(())
+}
+
 async fn serve_tcp_ports(
     sidecar: &gatehouse_config::SidecarConfig,
     membership: &MeshMembership,
@@ -422,7 +558,16 @@ pub async fn run_mesh_demo(ports: gatehouse_demo::mesh::MeshPorts) -> Result<Exi
     let admin_token = format!("demo-{:016x}", fastrand::u64(..));
     let mut processes = Vec::new();
     let control = gatehouse_demo::mesh::control_config(&ports, &store_path, &anchors);
-    processes.push(spawn_role(&dir, "control", "control", &control, &[]).map_err(fail)?);
+    processes.push(
+        spawn_role(
+            &dir,
+            "control",
+            "control",
+            &control,
+            &[("GATEHOUSE_ADMIN_TOKEN", admin_token.as_str())],
+        )
+        .map_err(fail)?,
+    );
     let store = gatehouse_store::Store::open(&format!("sqlite:{}", store_path.display()))
         .await
         .map_err(fail)?;
@@ -490,6 +635,10 @@ pub async fn run_mesh_demo(ports: gatehouse_demo::mesh::MeshPorts) -> Result<Exi
     println!(
         "  curl -H 'authorization: Bearer {admin_token}' http://{}/metrics   # the gateway's metrics",
         ports.admin
+    );
+    println!(
+        "  curl -H 'authorization: Bearer {admin_token}' http://{}/admin/mesh/data-planes   # the control plane: who applied which snapshot",
+        ports.control_admin()
     );
     println!("  docs/mesh.md explains the topology; Ctrl-C stops everything.");
     println!("gatehouse: ready");

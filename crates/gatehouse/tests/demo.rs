@@ -233,6 +233,8 @@ async fn the_mesh_demo_serves_a_page_across_the_mesh() {
         .expect("start the mesh demo");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
+    // The control plane's admin command the demo prints: its token and address.
+    let mut control_admin = None;
     loop {
         assert!(
             Instant::now() < deadline,
@@ -240,10 +242,26 @@ async fn the_mesh_demo_serves_a_page_across_the_mesh() {
         );
         match lines.next() {
             Some(Ok(line)) if line == "gatehouse: ready" => break,
+            Some(Ok(line)) if line.contains("/admin/mesh/data-planes") => {
+                let token = line
+                    .split("Bearer ")
+                    .nth(1)
+                    .and_then(|rest| rest.split('\'').next())
+                    .expect("the admin token in the printed command")
+                    .to_owned();
+                let url = line
+                    .split_whitespace()
+                    .find(|word| word.starts_with("http://"))
+                    .expect("the control plane's admin URL")
+                    .to_owned();
+                control_admin = Some((token, url));
+            }
             Some(Ok(_)) => {}
             _ => panic!("the mesh demo exited before it was ready"),
         }
     }
+    let (admin_token, data_planes_url) =
+        control_admin.expect("the demo prints the control plane's admin command");
     std::thread::spawn(move || for _ in lines {});
     // Stops the demo (and so its child processes) however the test ends.
     struct Stop(std::process::Child);
@@ -301,5 +319,30 @@ async fn the_mesh_demo_serves_a_page_across_the_mesh() {
             assert_eq!(page["reviews"]["instance"], "reviews-v2", "{page}");
             catalog_instances.insert(page["catalog"]["instance"].as_str().unwrap().to_owned());
         }
+    }
+    // The control plane sees the five sidecars and the gateway, each having applied the
+    // version it was last sent (polled: registrations still settling push new versions).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let planes: Value = http
+            .get(&data_planes_url)
+            .bearer_auth(&admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let planes = planes.as_array().expect("a list of data planes");
+        let settled = planes.len() == 6
+            && planes.iter().all(|p| p["state"] == "in_sync")
+            && planes
+                .iter()
+                .any(|p| p["identity"] == "spiffe://mesh.local/ns/edge/sa/gateway");
+        if settled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{planes:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -781,16 +781,250 @@ async fn grpc_over_http2_crosses_two_sidecars() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pair_of_control_planes_shares_the_ca_and_the_registry_in_postgresql() {
     let database = common::TestDatabase::create("mesh_pair");
-    let url = database.url_via("127.0.0.1:5432");
-    let first = Mesh::start_on(Some(&url), "");
-    let second = Mesh::start_on(Some(&url), "");
+    let relay = common::PgRelay::start("127.0.0.1:0".parse().unwrap()).await;
+    let url = database.url_via(&relay.addr.to_string());
+    // Long leases: nothing expires during the store outage below.
+    let settings = format!("  lease: 60s\n{}", common::admin_block());
+    let first = Mesh::start_on(Some(&url), &settings);
+    let second = Mesh::start_on(Some(&url), &settings);
     assert_eq!(
         std::fs::read_to_string(first.anchors()).unwrap(),
         std::fs::read_to_string(second.anchors()).unwrap(),
         "one CA for the pair"
     );
     // Registered through the first, called by a member of the second.
-    let _orders = first.sidecar("shop", "orders", echo("orders-1").await, &[], "");
+    let orders = first.sidecar("shop", "orders", echo("orders-1").await, &[], "");
     let web = second.sidecar("shop", "web", echo("web-1").await, &["orders"], "");
-    wait_for_endpoints(&format!("{}/orders", web.outbound("orders")), &["orders-1"]).await;
+    let orders_url = format!("{}/orders", web.outbound("orders"));
+    wait_for_endpoints(&orders_url, &["orders-1"]).await;
+
+    // The same identity watching each control plane is sent the same version: the version
+    // is a digest of the content, not a counter of either plane.
+    let watcher = first.member("shop", "web").await;
+    let watcher_client =
+        ControlClient::new(&watcher, &format!("127.0.0.1:{}", first.port)).unwrap();
+    tokio::spawn(watcher.clone().follow(
+        watcher_client,
+        "web-watcher".to_owned(),
+        Arc::new(|_| Ok(())),
+    ));
+    let on_first = wait_for_data_planes(
+        first.control.as_ref().unwrap(),
+        "the watcher in sync with the first plane",
+        |planes| plane(planes, "web-watcher").is_some_and(|p| p["state"] == "in_sync"),
+    )
+    .await;
+    let on_second = wait_for_data_planes(
+        second.control.as_ref().unwrap(),
+        "the web sidecar in sync with the second plane",
+        |planes| plane(planes, "web-").is_some_and(|p| p["state"] == "in_sync"),
+    )
+    .await;
+    assert_eq!(
+        plane(&on_first, "web-watcher").unwrap()["applied_version"],
+        plane(&on_second, "web-").unwrap()["applied_version"],
+        "both planes of the pair version the same content alike"
+    );
+
+    // The store goes away: both planes keep serving their last registry. Traffic flows, and
+    // a data plane that reconnects meanwhile is sent a snapshot with the live endpoints.
+    // (Joining needs the store: the late watcher joins now and watches during the outage.)
+    let late_watcher = second.member("shop", "web").await;
+    let relay_addr = relay.cut();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..20 {
+        let response = client().get(&orders_url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let reconnecting_client =
+        ControlClient::new(&late_watcher, &format!("127.0.0.1:{}", second.port)).unwrap();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(late_watcher.clone().follow(
+        reconnecting_client,
+        "web-during-outage".to_owned(),
+        Arc::new(move |snapshot: &Arc<gatehouse_mesh::proto::Snapshot>| {
+            let orders: Vec<String> = snapshot
+                .destinations
+                .iter()
+                .filter(|d| d.name == "orders")
+                .flat_map(|d| d.endpoints.iter().map(|e| e.address.clone()))
+                .collect();
+            let _ = seen_tx.send(orders);
+            Ok(())
+        }),
+    ));
+    let endpoints = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
+        .await
+        .expect("a snapshot during the store outage")
+        .unwrap();
+    assert_eq!(endpoints, vec![orders.inbound.to_string()]);
+    let status = second
+        .control
+        .as_ref()
+        .unwrap()
+        .admin_json("/admin/mesh/services")
+        .await;
+    assert!(
+        status.to_string().contains(&orders.inbound.to_string()),
+        "the registry is still served: {status:#}"
+    );
+
+    // Back: joins and registrations (which need the store) flow again.
+    let _relay = common::PgRelay::start(relay_addr).await;
+    let _second_orders = first.sidecar("shop", "orders", echo("orders-2").await, &[], "");
+    wait_for_endpoints(&orders_url, &["orders-1", "orders-2"]).await;
+}
+
+/// Polls the control plane's admin API until `done` holds for the data planes it lists.
+async fn wait_for_data_planes(
+    control: &Gateway,
+    what: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let planes = control.admin_json("/admin/mesh/data-planes").await;
+        let planes = planes.as_array().cloned().unwrap_or_default();
+        if done(&planes) {
+            return planes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: data planes are {planes:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn plane<'a>(planes: &'a [serde_json::Value], node_prefix: &str) -> Option<&'a serde_json::Value> {
+    planes.iter().find(|p| {
+        p["node"]
+            .as_str()
+            .is_some_and(|n| n.starts_with(node_prefix))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_reports_applied_and_rejected_versions_and_sigterm_deregisters() {
+    // A long lease: an instance that leaves the registry quickly was deregistered, not expired.
+    let mesh = Mesh::start(&format!("  lease: 60s\n{}", common::admin_block()));
+    let control = mesh.control.as_ref().expect("control plane");
+    let unauthorized = client()
+        .get(control.admin_url("/admin/mesh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+
+    let catalog = mesh.sidecar("shop", "catalog", echo("catalog-1").await, &[], "");
+    // A data plane that refuses every snapshot (as one would whose generated configuration
+    // does not validate).
+    let refusing = mesh.member("shop", "reviews").await;
+    let client_of_refusing =
+        ControlClient::new(&refusing, &format!("127.0.0.1:{}", mesh.port)).unwrap();
+    tokio::spawn(refusing.clone().follow(
+        client_of_refusing,
+        "reviews-refusing".to_owned(),
+        Arc::new(|_: &Arc<gatehouse_mesh::proto::Snapshot>| {
+            Err::<(), _>("refused by the test".to_owned())
+        }),
+    ));
+
+    let planes = wait_for_data_planes(control, "sidecar in sync, member rejecting", |planes| {
+        plane(planes, "catalog-").is_some_and(|p| p["state"] == "in_sync")
+            && plane(planes, "reviews-refusing").is_some_and(|p| p["state"] == "rejected")
+    })
+    .await;
+    let synced = plane(&planes, "catalog-").unwrap();
+    assert_eq!(synced["identity"], "spiffe://mesh.local/ns/shop/sa/catalog");
+    assert_eq!(synced["sent_version"], synced["applied_version"]);
+    assert!(synced["connected"].as_bool().unwrap());
+    let rejecting = plane(&planes, "reviews-refusing").unwrap();
+    assert_eq!(rejecting["rejected"]["reason"], "refused by the test");
+    assert_eq!(rejecting["rejected"]["version"], rejecting["sent_version"]);
+    assert!(rejecting["applied_version"].is_null());
+
+    let status = control.admin_json("/admin/mesh").await;
+    assert_eq!(status["trust_domain"], "mesh.local");
+    assert_eq!(status["trust_anchors"].as_array().map(Vec::len), Some(1));
+    let catalog_service = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "catalog")
+        .cloned()
+        .expect("catalog in the registry");
+    assert_eq!(
+        catalog_service["instances"][0]["address"],
+        catalog.inbound.to_string()
+    );
+
+    // SIGTERM: the sidecar deregisters as it starts draining, long before its lease ends,
+    // and its watch stream closes.
+    catalog.process.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let services = control.admin_json("/admin/mesh/services").await;
+        let instances = services
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "catalog")
+            .map_or(0, |s| s["instances"].as_array().map_or(0, Vec::len));
+        // (An undeclared service leaves the list with its last instance.)
+        if instances == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "catalog still registered after SIGTERM: {services:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_data_planes(control, "the stopped sidecar disconnected", |planes| {
+        plane(planes, "catalog-").is_some_and(|p| p["state"] == "disconnected")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_reloads_its_file_on_sighup_and_refuses_identity_changes() {
+    let mesh = Mesh::start("");
+    let first_app = echo("orders-1").await;
+    let orders = mesh.sidecar("shop", "orders", first_app, &[], "");
+    let web = mesh.sidecar("shop", "web", echo("web-1").await, &["orders"], "");
+    let orders_url = format!("{}/orders", web.outbound("orders"));
+    wait_for_endpoints(&orders_url, &["orders-1"]).await;
+
+    // A new local application address: applied on SIGHUP, no restart.
+    let path = orders.process.config_path.clone();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let second_app = echo("orders-2").await;
+    common::write(
+        &path,
+        &text.replace(&first_app.to_string(), &second_app.to_string()),
+    );
+    orders.process.signal("HUP");
+    wait_for_endpoints(&orders_url, &["orders-2"]).await;
+
+    // Another identity is refused: the sidecar keeps serving as before and says why.
+    let renamed = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("service: orders", "service: payments");
+    common::write(&path, &renamed);
+    orders.process.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !orders.process.stderr().contains("that needs a restart") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged: {}",
+            orders.process.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..5 {
+        let response = client().get(&orders_url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-demo-instance"], "orders-2");
+    }
 }

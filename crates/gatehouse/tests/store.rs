@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{admin_block, client, upstream, Gateway, TestDatabase, ADMIN_TOKEN};
+use common::{admin_block, client, upstream, Gateway, PgRelay, TestDatabase, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
 const KEY_SECRET: &str = "test-api-key-secret-0123456789abcdef";
@@ -194,40 +194,11 @@ async fn a_fleet_on_postgresql_sees_each_change_within_a_second() {
 }
 
 /// A TCP relay to PostgreSQL that the test can cut and restore.
-struct Relay {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(addr: SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
-                connections.spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        });
-        Self { addr, task }
-    }
-
-    /// Closes the listener and every relayed connection.
-    fn cut(self) -> SocketAddr {
-        self.task.abort();
-        self.addr
-    }
-}
-
 // Several threads: the relay must run while the harness blocks waiting for the gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_database_is_away_gateways_serve_their_last_copy() {
     let database = TestDatabase::create("outage");
-    let relay = Relay::start("127.0.0.1:0".parse().unwrap()).await;
+    let relay = PgRelay::start("127.0.0.1:0".parse().unwrap()).await;
     let url = database.url_via(&relay.addr.to_string());
     let backend = whoami().await;
     let gateway = Gateway::start(&config(&url, backend));
@@ -247,7 +218,7 @@ async fn while_the_database_is_away_gateways_serve_their_last_copy() {
     assert_eq!(problem["code"], "store_unavailable");
 
     // Back: changes flow again.
-    let _relay = Relay::start(addr).await;
+    let _relay = PgRelay::start(addr).await;
     let started = Instant::now();
     let (key2, _) = loop {
         let (status, _) = admin(&gateway, "/admin/consumers", json!({"id": "umbrella"})).await;

@@ -32,6 +32,14 @@ pub struct Issued {
     pub not_after: i64,
 }
 
+/// A trust anchor as an operator identifies it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrustAnchor {
+    pub subject: String,
+    pub not_after_unix: i64,
+    pub sha256: String,
+}
+
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     /// The CA's certificate and any intermediates above it, as sent after the leaf.
@@ -122,6 +130,33 @@ impl Authority {
 
     pub fn trust_bundle(&self) -> &[CertificateDer<'static>] {
         &self.bundle
+    }
+
+    /// Subject, expiry and SHA-256 fingerprint of each trust anchor, for operators checking
+    /// which CA a control plane serves.
+    pub fn trust_anchors(&self) -> Vec<TrustAnchor> {
+        self.bundle
+            .iter()
+            .map(|der| {
+                let parsed = x509_parser::parse_x509_certificate(der.as_ref()).ok();
+                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+                TrustAnchor {
+                    subject: parsed
+                        .as_ref()
+                        .map(|(_, cert)| cert.subject().to_string())
+                        .unwrap_or_default(),
+                    not_after_unix: parsed
+                        .as_ref()
+                        .map_or(0, |(_, cert)| cert.validity().not_after.timestamp()),
+                    sha256: digest
+                        .as_ref()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                }
+            })
+            .collect()
     }
 
     pub fn trust_bundle_pem(&self) -> String {

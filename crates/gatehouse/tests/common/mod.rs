@@ -395,3 +395,34 @@ fn psql(url: &str, statement: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A TCP relay to the test PostgreSQL that a test can cut (a store outage) and restart on
+/// the same address.
+pub struct PgRelay {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PgRelay {
+    pub async fn start(addr: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    /// Closes the listener and every relayed connection.
+    pub fn cut(self) -> SocketAddr {
+        self.task.abort();
+        self.addr
+    }
+}
