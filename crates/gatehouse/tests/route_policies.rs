@@ -530,3 +530,50 @@ routes:
         "{routes}"
     );
 }
+
+#[tokio::test]
+async fn a_cached_split_route_keeps_each_backends_answers_apart() {
+    let stable = echo("stable").await;
+    let canary = echo("canary").await;
+    let gateway = Gateway::start(&format!(
+        r#"{admin}
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+services:
+  - name: stable
+    endpoints: [{{ address: "{stable}" }}]
+  - name: canary
+    endpoints: [{{ address: "{canary}" }}]
+routes:
+  - name: split
+    match: {{ path: {{ prefix: /orders }} }}
+    backends:
+      - {{ service: stable, weight: 50 }}
+      - {{ service: canary, weight: 50 }}
+    cache: {{ ttl: 30s }}
+"#,
+        admin = admin_block(),
+    ));
+    let http = client();
+    let url = gateway.url("/orders/1");
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    let mut hits = 0;
+    for _ in 0..200 {
+        let response = http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let status = response.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        hits += usize::from(status.contains("; hit"));
+        let instance = response.headers()["x-demo-instance"].to_str().unwrap();
+        *seen.entry(instance.to_owned()).or_default() += 1;
+    }
+    // Each backend answered its first draw and its entry every later one: the split holds
+    // (one shared entry would answer all 200 from whichever backend came first).
+    // Binomial(200, 0.5): 60 is more than five standard deviations below the mean.
+    assert!(seen.get("stable").is_some_and(|n| *n >= 60), "{seen:?}");
+    assert!(seen.get("canary").is_some_and(|n| *n >= 60), "{seen:?}");
+    assert!(hits >= 190, "{hits} hits: {seen:?}");
+}

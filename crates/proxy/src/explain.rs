@@ -341,6 +341,9 @@ pub async fn explain_on(
             headers: &headers,
             consumer,
             version: backend_version.as_deref(),
+            // A split draws its backend per request: this key is without it (a live request's
+            // adds `b=<service>`), so on a split route the state shown is the generic key's.
+            backend: None,
         });
         let entry = match lookup {
             None => {

@@ -1024,6 +1024,10 @@ async fn route_and_respond(
                     consumer: trace.identity.as_ref().map(|i| i.consumer.id.as_str()),
                     // The backend's version: its answer is stored, and downgraded per request.
                     version: version.map(|(api, selected)| api.version_name(selected.target)),
+                    backend: match backends {
+                        Backends::One(_) => None,
+                        _ => Some(service.name.as_str()),
+                    },
                 });
                 lookup.map(|lookup| (cache, lookup))
             });

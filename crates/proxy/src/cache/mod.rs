@@ -5,7 +5,8 @@
 //! `Cache-Status` header (RFC 9211). Entries live in memory under a byte bound
 //! (quick_cache: weighted, eviction by recency and frequency).
 //!
-//! A key is `route \n host path [query] [\nv=api-version] [\n@consumer] [\nheader:values]...`:
+//! A key is `route \n host path [query] [\nv=api-version] [\nb=split-backend] [\n@consumer]
+//! [\nheader:values]...`:
 //! purging by route, URL or path prefix reads those parts back.
 
 use std::cell::Cell;
@@ -274,6 +275,9 @@ pub struct CacheRequest<'a> {
     pub consumer: Option<&'a str>,
     /// The API version the backend speaks, on a versioned route.
     pub version: Option<&'a str>,
+    /// The service a traffic split drew: each backend of a split keeps its own entries, so
+    /// a canary's answers are not served to the stable share (nor the other way round).
+    pub backend: Option<&'a str>,
 }
 
 /// A request the cache may answer, with its key.
@@ -505,6 +509,7 @@ impl RouteCache {
             headers,
             consumer,
             version,
+            backend,
         } = *request;
         let head = *method == Method::HEAD;
         if !(head || *method == Method::GET)
@@ -527,6 +532,10 @@ impl RouteCache {
         if let Some(version) = version {
             key.push_str("\nv=");
             key.push_str(version);
+        }
+        if let Some(backend) = backend {
+            key.push_str("\nb=");
+            key.push_str(backend);
         }
         if let (false, Some(consumer)) = (self.config.shared, consumer) {
             key.push_str("\n@");
