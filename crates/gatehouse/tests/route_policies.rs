@@ -461,11 +461,17 @@ async fn peer_identity_header_is_the_gateways_assertion_only() {
     assert_eq!(seen(response).await, Value::Null);
 }
 
-#[tokio::test]
-async fn weighted_backends_split_traffic_ninety_ten() {
+/// A gateway whose route `split` takes `/orders` to the services `stable` and `canary` (echo
+/// servers naming themselves) and `retired` (a closed port), by the `backends` entries given
+/// (YAML flow mappings), with `route_extra` (more lines of the route, indented by four).
+async fn split_gateway(backends: &[&str], route_extra: &str) -> Gateway {
     let stable = echo("stable").await;
     let canary = echo("canary").await;
-    let gateway = Gateway::start(&format!(
+    let backends: String = backends
+        .iter()
+        .map(|backend| format!("      - {backend}\n"))
+        .collect();
+    Gateway::start(&format!(
         r#"{admin}
 listeners:
   - name: public
@@ -481,13 +487,23 @@ routes:
   - name: split
     match: {{ path: {{ prefix: /orders }} }}
     backends:
-      - {{ service: stable, weight: 90 }}
-      - {{ service: retired, weight: 0 }}
-      - {{ service: canary, weight: 10 }}
-"#,
+{backends}{route_extra}"#,
         admin = admin_block(),
         closed = common::closed_port(),
-    ));
+    ))
+}
+
+#[tokio::test]
+async fn weighted_backends_split_traffic_ninety_ten() {
+    let gateway = split_gateway(
+        &[
+            "{ service: stable, weight: 90 }",
+            "{ service: retired, weight: 0 }",
+            "{ service: canary, weight: 10 }",
+        ],
+        "",
+    )
+    .await;
     const REQUESTS: usize = 1000;
     let seen = common::distribution(&client(), &gateway.url("/orders/1"), REQUESTS).await;
     let canary_share = *seen.get("canary").unwrap_or(&0) as f64 / REQUESTS as f64;
@@ -533,28 +549,14 @@ routes:
 
 #[tokio::test]
 async fn a_cached_split_route_keeps_each_backends_answers_apart() {
-    let stable = echo("stable").await;
-    let canary = echo("canary").await;
-    let gateway = Gateway::start(&format!(
-        r#"{admin}
-listeners:
-  - name: public
-    listen: 127.0.0.1:0
-services:
-  - name: stable
-    endpoints: [{{ address: "{stable}" }}]
-  - name: canary
-    endpoints: [{{ address: "{canary}" }}]
-routes:
-  - name: split
-    match: {{ path: {{ prefix: /orders }} }}
-    backends:
-      - {{ service: stable, weight: 50 }}
-      - {{ service: canary, weight: 50 }}
-    cache: {{ ttl: 30s }}
-"#,
-        admin = admin_block(),
-    ));
+    let gateway = split_gateway(
+        &[
+            "{ service: stable, weight: 50 }",
+            "{ service: canary, weight: 50 }",
+        ],
+        "    cache: { ttl: 30s }\n",
+    )
+    .await;
     let http = client();
     let url = gateway.url("/orders/1");
     let mut seen = std::collections::BTreeMap::<String, usize>::new();
