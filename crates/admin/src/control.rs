@@ -79,9 +79,9 @@ async fn get_status(State(state): State<ControlAdmin>) -> Json<ControlStatus> {
 }
 
 async fn get_services(State(state): State<ControlAdmin>) -> Json<Vec<ServiceStatus>> {
-    Json(state.plane.status().services)
+    Json(state.plane.services())
 }
 
 async fn get_data_planes(State(state): State<ControlAdmin>) -> Json<Vec<DataPlane>> {
-    Json(state.plane.status().data_planes)
+    Json(state.plane.data_planes())
 }

@@ -63,18 +63,11 @@ pub struct ControlPlane {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ControlStatus {
     pub trust_domain: String,
-    pub trust_anchors: Vec<TrustAnchorStatus>,
+    pub trust_anchors: Vec<gatehouse_mesh::ca::TrustAnchor>,
     /// Services declared in the configuration (with policy) or registered by instances.
     pub services: Vec<ServiceStatus>,
     /// Data planes watching this control plane (and those gone within the last hour).
     pub data_planes: Vec<DataPlane>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TrustAnchorStatus {
-    pub subject: String,
-    pub not_after_unix: i64,
-    pub sha256: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -205,6 +198,16 @@ impl ControlPlane {
     /// The registry as served now (the last one read from the store), the CA's anchors and
     /// the data planes with the versions they were sent and applied.
     pub fn status(&self) -> ControlStatus {
+        ControlStatus {
+            trust_domain: self.shared.config.trust_domain.clone(),
+            trust_anchors: self.shared.authority.trust_anchors(),
+            services: self.services(),
+            data_planes: self.data_planes(),
+        }
+    }
+
+    /// Every service declared or registered, with its instances as served now.
+    pub fn services(&self) -> Vec<ServiceStatus> {
         let shared = &self.shared;
         let registry = shared.registry.borrow().clone();
         let mut services: std::collections::BTreeMap<(String, String), ServiceStatus> =
@@ -234,21 +237,12 @@ impl ControlPlane {
                 r#static: instance.id.starts_with(registry::STATIC_PREFIX),
             });
         }
-        ControlStatus {
-            trust_domain: shared.config.trust_domain.clone(),
-            trust_anchors: shared
-                .authority
-                .trust_anchors()
-                .into_iter()
-                .map(|anchor| TrustAnchorStatus {
-                    subject: anchor.subject,
-                    not_after_unix: anchor.not_after_unix,
-                    sha256: anchor.sha256,
-                })
-                .collect(),
-            services: services.into_values().collect(),
-            data_planes: shared.data_planes.list(),
-        }
+        services.into_values().collect()
+    }
+
+    /// The data planes watching this control plane, and those gone within the last hour.
+    pub fn data_planes(&self) -> Vec<DataPlane> {
+        self.shared.data_planes.list()
     }
 }
 

@@ -8,7 +8,6 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
 use common::{binary, client, echo, Gateway};
 use serde_json::Value;
@@ -580,72 +579,12 @@ routes:
 
 mod mtls {
     use super::*;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-
-    struct Party {
-        der: CertificateDer<'static>,
-        key: PrivateKeyDer<'static>,
-    }
-
-    fn issue(
-        issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
-        cn: &str,
-        sans: Vec<rcgen::SanType>,
-        usage: rcgen::ExtendedKeyUsagePurpose,
-    ) -> (rcgen::Certificate, rcgen::KeyPair) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        params.subject_alt_names = sans;
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, issuer).unwrap();
-        (cert, key)
-    }
-
-    fn make_ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).unwrap();
-        (cert, rcgen::Issuer::new(params, key))
-    }
-
-    fn client_for(ca: &CertificateDer<'static>, identity: Option<&Party>) -> reqwest::Client {
-        common::install_crypto_provider();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.clone()).unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let tls = match identity {
-            Some(party) => builder
-                .with_client_auth_cert(vec![party.der.clone()], party.key.clone_key())
-                .unwrap(),
-            None => builder.with_no_client_auth(),
-        };
-        reqwest::Client::builder()
-            .no_proxy()
-            .use_preconfigured_tls(tls)
-            .resolve("api.test", "127.0.0.1:0".parse().unwrap())
-            .build()
-            .unwrap()
-    }
+    use common::pki::{self, issue, Party};
 
     #[tokio::test]
     async fn client_certificates_map_to_consumers() {
         let dir = tempfile::tempdir().unwrap();
-        let (ca_cert, ca) = make_ca("Test CA");
+        let (ca_cert, ca) = pki::ca("Test CA");
         let (server, server_key) = issue(
             &ca,
             "api.test",
@@ -665,7 +604,7 @@ mod mtls {
             vec![uri("spiffe://partners.test/unknown")],
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
         );
-        let (_other_ca_cert, other_ca) = make_ca("Other CA");
+        let (_other_ca_cert, other_ca) = pki::ca("Other CA");
         let (forged, forged_key) = issue(
             &other_ca,
             "partner-a",
@@ -680,10 +619,7 @@ mod mtls {
         let ca_path = write("ca.pem", ca_cert.pem());
         let cert_path = write("server.pem", server.pem());
         let key_path = write("server.key", server_key.serialize_pem());
-        let party = |cert: &rcgen::Certificate, key: &rcgen::KeyPair| Party {
-            der: cert.der().clone(),
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        };
+        let party = Party::new;
 
         let upstream = echo("mtls").await;
         let listener = |required: bool| {
@@ -717,7 +653,7 @@ routes:
         let gateway = Gateway::start(&format!("{}{rest}", listener(false)));
         let port = gateway.addr().port();
         let url = format!("https://api.test:{port}/orders");
-        let with = |identity: Option<&Party>| client_for(ca_cert.der(), identity);
+        let with = |identity: Option<&Party>| pki::client(ca_cert.der(), identity);
         let response = with(Some(&party(&partner, &partner_key)))
             .get(&url)
             .send()

@@ -4,21 +4,14 @@
 
 mod common;
 
-use std::sync::Arc;
-
+use common::pki::{self, Party};
 use common::{admin_block, client, echo, Gateway};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 
 const ORDERS: &str = "spiffe://mesh.local/ns/shop/sa/orders";
 const BILLING: &str = "spiffe://mesh.local/ns/shop/sa/billing";
 const FRONTEND: &str = "spiffe://mesh.local/ns/web/sa/frontend";
-
-/// A client certificate and its key.
-struct Party {
-    der: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
-}
 
 /// A CA, a server certificate for `api.test`, and client certificates by SPIFFE ID.
 struct Pki {
@@ -28,24 +21,14 @@ struct Pki {
 
 impl Pki {
     fn new() -> (Pki, rcgen::Issuer<'static, rcgen::KeyPair>) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Mesh CA");
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).unwrap();
+        let (cert, issuer) = pki::ca("Mesh CA");
         let dir = tempfile::tempdir().unwrap();
         common::write(&dir.path().join("ca.pem"), &cert.pem());
         let pki = Pki {
             dir,
             ca: cert.der().clone(),
         };
-        (pki, rcgen::Issuer::new(params, key))
+        (pki, issuer)
     }
 
     fn path(&self, name: &str) -> String {
@@ -53,56 +36,18 @@ impl Pki {
     }
 }
 
-fn issue(
-    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
-    sans: Vec<rcgen::SanType>,
-    usage: rcgen::ExtendedKeyUsagePurpose,
-) -> (rcgen::Certificate, rcgen::KeyPair) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "workload");
-    params.subject_alt_names = sans;
-    params.extended_key_usages = vec![usage];
-    let cert = params.signed_by(&key, issuer).unwrap();
-    (cert, key)
-}
-
 fn workload(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, sans: Vec<rcgen::SanType>) -> Party {
-    let (cert, key) = issue(issuer, sans, rcgen::ExtendedKeyUsagePurpose::ClientAuth);
-    Party {
-        der: cert.der().clone(),
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    }
+    let (cert, key) = pki::issue(
+        issuer,
+        "workload",
+        sans,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    Party::new(&cert, &key)
 }
 
 fn spiffe(id: &str) -> rcgen::SanType {
     rcgen::SanType::URI(id.try_into().unwrap())
-}
-
-/// An HTTPS client for `api.test` that trusts `ca` and presents `identity`, if any.
-fn tls_client(ca: &CertificateDer<'static>, identity: Option<&Party>) -> reqwest::Client {
-    common::install_crypto_provider();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let tls = match identity {
-        Some(party) => builder
-            .with_client_auth_cert(vec![party.der.clone()], party.key.clone_key())
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    reqwest::Client::builder()
-        .no_proxy()
-        .use_preconfigured_tls(tls)
-        .resolve("api.test", "127.0.0.1:0".parse().unwrap())
-        .build()
-        .unwrap()
 }
 
 /// Assert a gateway-generated problem; returns its body.
@@ -132,8 +77,9 @@ struct Mesh {
 impl Mesh {
     async fn start() -> Mesh {
         let (pki, ca) = Pki::new();
-        let (server, server_key) = issue(
+        let (server, server_key) = pki::issue(
             &ca,
+            "api.test",
             vec![rcgen::SanType::DnsName("api.test".try_into().unwrap())],
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         );
@@ -207,7 +153,7 @@ routes:
 
     /// A client of the mesh listener presenting `identity`.
     fn as_peer(&self, identity: Option<&Party>) -> reqwest::Client {
-        tls_client(&self.pki.ca, identity)
+        pki::client(&self.pki.ca, identity)
     }
 
     fn mesh_url(&self, path: &str) -> String {

@@ -33,7 +33,7 @@ pub struct Issued {
 }
 
 /// A trust anchor as an operator identifies it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TrustAnchor {
     pub subject: String,
     pub not_after_unix: i64,

@@ -1,6 +1,8 @@
 //! Test harness: runs the real `gatehouse` binary against real upstreams on loopback.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
