@@ -808,23 +808,40 @@ async fn a_pair_of_control_planes_shares_the_ca_and_the_registry_in_postgresql()
         "web-watcher".to_owned(),
         Arc::new(|_| Ok(())),
     ));
-    let on_first = wait_for_data_planes(
-        first.control.as_ref().unwrap(),
-        "the watcher in sync with the first plane",
-        |planes| plane(planes, "web-watcher").is_some_and(|p| p["state"] == "in_sync"),
-    )
-    .await;
-    let on_second = wait_for_data_planes(
-        second.control.as_ref().unwrap(),
-        "the web sidecar in sync with the second plane",
-        |planes| plane(planes, "web-").is_some_and(|p| p["state"] == "in_sync"),
-    )
-    .await;
-    assert_eq!(
-        plane(&on_first, "web-watcher").unwrap()["applied_version"],
-        plane(&on_second, "web-").unwrap()["applied_version"],
-        "both planes of the pair version the same content alike"
-    );
+    // Each plane re-reads the shared registry every half second, so for a moment they can
+    // serve different states; once both have the same, the versions must agree.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let on_first = first
+            .control
+            .as_ref()
+            .unwrap()
+            .admin_json("/admin/mesh/data-planes")
+            .await;
+        let on_second = second
+            .control
+            .as_ref()
+            .unwrap()
+            .admin_json("/admin/mesh/data-planes")
+            .await;
+        let applied = |planes: &serde_json::Value, node: &str| {
+            plane(planes.as_array().unwrap(), node)
+                .filter(|p| p["state"] == "in_sync")
+                .map(|p| p["applied_version"].clone())
+        };
+        let (watcher_version, sidecar_version) = (
+            applied(&on_first, "web-watcher"),
+            applied(&on_second, "web-"),
+        );
+        if watcher_version.is_some() && watcher_version == sidecar_version {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both planes of the pair version the same content alike: {on_first:#} {on_second:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The store goes away: both planes keep serving their last registry. Traffic flows, and
     // a data plane that reconnects meanwhile is sent a snapshot with the live endpoints.

@@ -1792,6 +1792,8 @@ where
         .await?;
     }
     if let Some(deadline) = trace.grpc.as_ref().and_then(|call| call.deadline) {
+        // A trailers-only answer carries its status in the head.
+        grpc::status_after_deadline(&mut parts.headers, deadline, std::time::Instant::now());
         body = grpc::with_deadline(body, deadline);
     }
     let body = match service_slot {

@@ -381,6 +381,20 @@ pub fn deadline(headers: &HeaderMap, now: Instant) -> Option<Instant> {
         .and_then(|timeout| now.checked_add(timeout))
 }
 
+/// An upstream status that ends a call whose deadline has passed: `CANCELLED` there means
+/// the deadline ended it (tonic servers report their expired `grpc-timeout` so, and the
+/// upstream's copy of the deadline may fire before the gateway's own timer is polled), and
+/// the client is told `DEADLINE_EXCEEDED`, as when the gateway's timer ends the call.
+pub fn status_after_deadline(status: &mut HeaderMap, deadline: Instant, now: Instant) {
+    let cancelled = status
+        .get(GRPC_STATUS)
+        .is_some_and(|code| code.as_bytes() == b"1");
+    if cancelled && now >= deadline {
+        status.insert(GRPC_STATUS, Code::DeadlineExceeded.header_value());
+        status.insert(GRPC_MESSAGE, encode_message("deadline exceeded"));
+    }
+}
+
 /// A proxied call's response body bounded by the call's deadline: when the deadline passes
 /// before the upstream has finished, the upstream stream is dropped (which cancels it) and
 /// the client gets trailers with `DEADLINE_EXCEEDED`.
@@ -388,6 +402,7 @@ pub fn with_deadline(body: ProxyBody, deadline: Instant) -> ProxyBody {
     struct Bounded {
         inner: Option<ProxyBody>,
         timer: Pin<Box<tokio::time::Sleep>>,
+        deadline: Instant,
     }
     impl http_body::Body for Bounded {
         type Data = Bytes;
@@ -400,9 +415,15 @@ pub fn with_deadline(body: ProxyBody, deadline: Instant) -> ProxyBody {
             let Some(inner) = this.inner.as_mut() else {
                 return Poll::Ready(None);
             };
-            if let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) {
-                if frame.is_none() {
-                    this.inner = None;
+            if let Poll::Ready(mut frame) = Pin::new(inner).poll_frame(cx) {
+                match &mut frame {
+                    None => this.inner = None,
+                    Some(Ok(frame)) => {
+                        if let Some(trailers) = frame.trailers_mut() {
+                            status_after_deadline(trailers, this.deadline, Instant::now());
+                        }
+                    }
+                    Some(Err(_)) => {}
                 }
                 return Poll::Ready(frame);
             }
@@ -425,6 +446,7 @@ pub fn with_deadline(body: ProxyBody, deadline: Instant) -> ProxyBody {
     Bounded {
         inner: Some(body),
         timer: Box::pin(tokio::time::sleep_until(deadline.into())),
+        deadline,
     }
     .boxed_unsync()
 }
@@ -474,6 +496,24 @@ pub mod health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cancelled_after_the_deadline_is_reported_as_deadline_exceeded() {
+        let deadline = Instant::now();
+        let status = |code: &'static str, now: Instant| {
+            let mut headers = HeaderMap::new();
+            headers.insert(GRPC_STATUS, HeaderValue::from_static(code));
+            status_after_deadline(&mut headers, deadline, now);
+            headers[GRPC_STATUS].to_str().unwrap().to_owned()
+        };
+        let later = deadline + Duration::from_millis(1);
+        assert_eq!(status("1", later), "4");
+        assert_eq!(status("1", deadline), "4");
+        // Before the deadline a cancellation is the upstream's own; other statuses stand.
+        assert_eq!(status("1", deadline - Duration::from_millis(1)), "1");
+        assert_eq!(status("0", later), "0");
+        assert_eq!(status("14", later), "14");
+    }
 
     #[test]
     fn timeouts_parse_in_every_unit_and_refuse_malformed_values() {
