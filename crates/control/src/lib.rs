@@ -172,6 +172,17 @@ impl ControlPlane {
         // the service for one.
         let tls = gatehouse_mesh::tls::server_config(&credentials, &[b"h2"], false)?;
 
+        let ttl_ms = shared.config.lease.0.as_millis() as i64;
+        let away_ms = shared
+            .store
+            .resume_leases(gatehouse_store::mesh::now_ms(), ttl_ms)
+            .await?;
+        if away_ms > 0 {
+            tracing::info!(
+                away_ms,
+                "no control plane granted leases for a while; registered instances keep the lease they had left"
+            );
+        }
         registry::refresh(&shared).await?;
         let mut tasks = vec![
             tokio::spawn(registry::follow(shared.clone())),

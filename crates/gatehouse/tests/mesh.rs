@@ -555,11 +555,12 @@ async fn instances_die_and_the_control_plane_restarts_without_a_failed_request()
     let seen = common::distribution(&client(), &url, 20).await;
     assert_eq!(seen.get("orders-2"), Some(&20), "{seen:?}");
 
-    // The control plane goes away and comes back: data planes keep their last snapshot,
-    // then resynchronise.
+    // The control plane goes away for longer than the 3 s lease and comes back: data
+    // planes keep their last snapshot, then resynchronise; leases did not run meanwhile,
+    // so the registry it starts with still holds the live instance.
     let (sent, failures) = traffic_during(&url, async {
         mesh.stop_control();
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
         mesh.start_control();
         tokio::time::sleep(Duration::from_secs(3)).await;
     })
@@ -569,6 +570,10 @@ async fn instances_die_and_the_control_plane_restarts_without_a_failed_request()
     assert!(
         control_log.contains("data plane watching"),
         "data planes came back:\n{control_log}"
+    );
+    assert!(
+        control_log.contains("registered instances keep the lease they had left"),
+        "{control_log}"
     );
 }
 

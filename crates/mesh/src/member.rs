@@ -250,8 +250,11 @@ impl Member {
             match lease {
                 Ok(lease) => {
                     registered = true;
-                    backoff = Backoff::new();
                     let every = Duration::from_millis((lease.ttl_ms / 3).max(200));
+                    // Failed renewals are retried at least as often as renewals are due:
+                    // a control plane back from a restart sees the heartbeat before the
+                    // lease ends.
+                    backoff = Backoff::at_most(every);
                     tokio::time::sleep(every).await;
                 }
                 Err(status) if status.code() == tonic::Code::NotFound => registered = false,
@@ -319,17 +322,30 @@ fn is_refusal(status: &tonic::Status) -> bool {
     )
 }
 
-/// 100 ms doubling to 2 s, with jitter: a restarted control plane is not stormed.
-struct Backoff(Duration);
+/// 100 ms doubling to 2 s, with up to half again of jitter: a restarted control plane is
+/// not stormed.
+struct Backoff {
+    next: Duration,
+    /// The longest wait, jitter included.
+    cap: Duration,
+}
 
 impl Backoff {
     fn new() -> Self {
-        Self(Duration::from_millis(100))
+        Self::at_most(Duration::from_secs(3))
+    }
+
+    /// Never waits longer than `cap`: the base stops doubling at two thirds of it.
+    fn at_most(cap: Duration) -> Self {
+        Self {
+            next: Duration::from_millis(100).min(cap * 2 / 3),
+            cap,
+        }
     }
 
     async fn wait(&mut self) {
-        let jitter = Duration::from_millis(fastrand::u64(..=self.0.as_millis() as u64 / 2));
-        tokio::time::sleep(self.0 + jitter).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+        let jitter = Duration::from_millis(fastrand::u64(..=self.next.as_millis() as u64 / 2));
+        tokio::time::sleep(self.next + jitter).await;
+        self.next = (self.next * 2).min(self.cap * 2 / 3);
     }
 }

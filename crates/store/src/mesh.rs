@@ -188,6 +188,39 @@ impl Store {
         Ok(deleted.rows_affected() == 1)
     }
 
+    /// Pauses lease clocks across a time when no control plane ran: a data plane cannot
+    /// renew a lease while nobody answers, so that time must not count against it.
+    /// The newest lease tells when a control plane last granted one (`max - ttl_ms`); every
+    /// lease granted by then is pushed back by the time since. Returns that time (ms), 0
+    /// when a control plane was granting leases all along (the other plane of a pair).
+    ///
+    /// While the other plane of a pair runs, the newest lease is at most one heartbeat
+    /// interval old, so a plane starting then pushes leases back by no more than that;
+    /// leases renewed after the read are past the newest and left alone.
+    pub async fn resume_leases(&self, now_ms: i64, ttl_ms: i64) -> Result<i64, StoreError> {
+        let newest: Option<i64> =
+            sqlx::query("SELECT MAX(lease_expires_at_ms) AS newest FROM mesh_instances")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("newest")?;
+        let Some(newest) = newest else {
+            return Ok(0);
+        };
+        let away_ms = now_ms - (newest - ttl_ms);
+        if away_ms <= 0 {
+            return Ok(0);
+        }
+        sqlx::query(
+            "UPDATE mesh_instances SET lease_expires_at_ms = lease_expires_at_ms + $1 \
+             WHERE lease_expires_at_ms <= $2",
+        )
+        .bind(away_ms)
+        .bind(newest)
+        .execute(&self.pool)
+        .await?;
+        Ok(away_ms)
+    }
+
     /// Instances whose lease runs past `now_ms`, ordered for stable snapshots; expired ones
     /// are deleted on the way.
     pub async fn live_instances(&self, now_ms: i64) -> Result<Vec<Instance>, StoreError> {
@@ -296,6 +329,55 @@ mod tests {
             .renew_instance_lease("i-1", "shop", "orders", 3_000)
             .await
             .unwrap());
+    }
+
+    #[tokio::test]
+    async fn leases_do_not_run_while_no_control_plane_does() {
+        let store = store().await;
+        assert_eq!(store.resume_leases(50_000, 3_000).await.unwrap(), 0);
+        let instance = |id: &str, lease_expires_at_ms| Instance {
+            id: id.into(),
+            namespace: "shop".into(),
+            service: "orders".into(),
+            address: format!("127.0.0.1:{}", 7000 + id.len()),
+            labels: BTreeMap::new(),
+            lease_expires_at_ms,
+        };
+        // Last lease granted at 10 s (3 s leases): one renewed then, one that had 1 s left.
+        store
+            .register_instance(&instance("a", 13_000))
+            .await
+            .unwrap();
+        store
+            .register_instance(&instance("bb", 11_000))
+            .await
+            .unwrap();
+        // The control plane comes back at 30 s: 20 s away, both keep what they had left.
+        assert_eq!(store.resume_leases(30_000, 3_000).await.unwrap(), 20_000);
+        let leases: Vec<i64> = store
+            .live_instances(30_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.lease_expires_at_ms)
+            .collect();
+        assert_eq!(leases, vec![33_000, 31_000]);
+        // A second plane starting 100 ms later pushes them back by those 100 ms only.
+        assert_eq!(store.resume_leases(30_100, 3_000).await.unwrap(), 100);
+        // A plane starting while leases are being granted pushes nothing.
+        store
+            .renew_instance_lease("a", "shop", "orders", 33_200)
+            .await
+            .unwrap();
+        assert_eq!(store.resume_leases(30_200, 3_000).await.unwrap(), 0);
+        let leases: Vec<i64> = store
+            .live_instances(30_200)
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.lease_expires_at_ms)
+            .collect();
+        assert_eq!(leases, vec![33_200, 31_100]);
     }
 
     #[tokio::test]
