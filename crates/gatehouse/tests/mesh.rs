@@ -852,7 +852,7 @@ async fn a_pair_of_control_planes_shares_the_ca_and_the_registry_in_postgresql()
     // a data plane that reconnects meanwhile is sent a snapshot with the live endpoints.
     // (Joining needs the store: the late watcher joins now and watches during the outage.)
     let late_watcher = second.member("shop", "web").await;
-    let relay_addr = relay.cut();
+    let relay_addr = relay.cut().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for _ in 0..20 {
         let response = client().get(&orders_url).send().await.unwrap();

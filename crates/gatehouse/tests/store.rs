@@ -207,7 +207,7 @@ async fn while_the_database_is_away_gateways_serve_their_last_copy() {
     let (key, _) = issue_key(&gateway, "initech").await;
     until_status(&gateway, &key, 200).await;
 
-    let addr = relay.cut();
+    let addr = relay.cut().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..5 {
         assert_eq!(call(&gateway, &key).await, (200, "initech".to_owned()));

@@ -422,9 +422,11 @@ impl PgRelay {
         Self { addr, task }
     }
 
-    /// Closes the listener and every relayed connection.
-    pub fn cut(self) -> SocketAddr {
+    /// Closes the listener and every relayed connection; returns once they are closed, so
+    /// the address can be bound again.
+    pub async fn cut(self) -> SocketAddr {
         self.task.abort();
+        let _ = self.task.await;
         self.addr
     }
 }
