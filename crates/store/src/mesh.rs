@@ -331,6 +331,11 @@ mod tests {
             .unwrap());
     }
 
+    async fn leases(store: &Store, now_ms: i64) -> Vec<i64> {
+        let live = store.live_instances(now_ms).await.unwrap();
+        live.iter().map(|i| i.lease_expires_at_ms).collect()
+    }
+
     #[tokio::test]
     async fn leases_do_not_run_while_no_control_plane_does() {
         let store = store().await;
@@ -354,14 +359,7 @@ mod tests {
             .unwrap();
         // The control plane comes back at 30 s: 20 s away, both keep what they had left.
         assert_eq!(store.resume_leases(30_000, 3_000).await.unwrap(), 20_000);
-        let leases: Vec<i64> = store
-            .live_instances(30_000)
-            .await
-            .unwrap()
-            .iter()
-            .map(|i| i.lease_expires_at_ms)
-            .collect();
-        assert_eq!(leases, vec![33_000, 31_000]);
+        assert_eq!(leases(&store, 30_000).await, vec![33_000, 31_000]);
         // A second plane starting 100 ms later pushes them back by those 100 ms only.
         assert_eq!(store.resume_leases(30_100, 3_000).await.unwrap(), 100);
         // A plane starting while leases are being granted pushes nothing.
@@ -370,14 +368,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.resume_leases(30_200, 3_000).await.unwrap(), 0);
-        let leases: Vec<i64> = store
-            .live_instances(30_200)
-            .await
-            .unwrap()
-            .iter()
-            .map(|i| i.lease_expires_at_ms)
-            .collect();
-        assert_eq!(leases, vec![33_200, 31_100]);
+        assert_eq!(leases(&store, 30_200).await, vec![33_200, 31_100]);
     }
 
     #[tokio::test]
