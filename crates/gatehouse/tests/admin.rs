@@ -239,15 +239,7 @@ routes:
         .await
         .unwrap();
     assert_eq!(response.status(), 401, "the document needs the token too");
-    let doc: Value = client
-        .get(gateway.admin_url("/admin/openapi.json"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = gateway.admin_json("/admin/openapi.json").await;
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(
         doc["components"]["securitySchemes"]["adminToken"]["scheme"],

@@ -584,15 +584,7 @@ async fn revalidation_by_last_modified_and_entries_survive_a_reload() {
     // unchanged.
     g.signal("HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let config: serde_json::Value = client()
-        .get(g.admin_url("/admin/config"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = g.admin_json("/admin/config").await;
     assert_eq!(config["version"], 2, "SIGHUP applied a new version");
     let after_reload = get(g, "/max-age", &[]).await;
     assert_eq!(after_reload.cache_status(), "gatehouse; hit");

@@ -324,15 +324,7 @@ async fn the_mesh_demo_serves_a_page_across_the_mesh() {
     // version it was last sent (polled: registrations still settling push new versions).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let planes: Value = http
-            .get(&data_planes_url)
-            .bearer_auth(&admin_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let planes = common::bearer_json(&data_planes_url, &admin_token).await;
         let planes = planes.as_array().expect("a list of data planes");
         let settled = planes.len() == 6
             && planes.iter().all(|p| p["state"] == "in_sync")

@@ -121,18 +121,7 @@ impl Gateway {
 
     /// GET an admin endpoint with the test token; the JSON body.
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
-        let response = client()
-            .get(self.admin_url(path))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("admin request");
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-        response.json().await.expect("admin JSON")
+        bearer_json(&self.admin_url(path), ADMIN_TOKEN).await
     }
 
     /// The Prometheus text of `/metrics`, with the test token.
@@ -219,6 +208,22 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client")
+}
+
+/// GET `url` with a bearer token; the answer must be a success with a JSON body.
+pub async fn bearer_json(url: &str, token: &str) -> serde_json::Value {
+    let response = client()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("admin request");
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    response.json().await.expect("admin JSON")
 }
 
 /// Start the demo echo service on a free port; `name` shows in `x-demo-instance`.
