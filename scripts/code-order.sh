@@ -2,63 +2,42 @@
 # Regenerates crates/gatehouse/code-order.txt: the functions the gateway, a sidecar and the
 # control plane run while starting, idling and serving. The release link puts them side by
 # side, so the few megabytes of code a process runs no longer drag in the kernel's 64 KiB
-# read-around of the rest of the binary (docs/benchmarks.md, "Code layout").
+# fault-around of the rest of the binary (docs/benchmarks.md, "Code layout").
 #
-# It builds an instrumented release binary (its own target directory), runs the mesh demo
-# and the gateway demo under traffic and idle, and writes the functions that ran, by their
-# names in a plain release build. Needs curl. Takes about 20 minutes on 2 cores.
+# It runs the release build itself under valgrind's callgrind (the mesh demo, the gateway
+# demo and the peer benchmark's gateway, under traffic and idle) and lists every function of
+# the binary that ran: the profile sees exactly the functions of the binary it orders, the
+# precompiled standard library and the C code included. Needs valgrind and curl. Takes about
+# ten minutes on 2 cores after the release build.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-profile_target=${CODE_PROFILE_TARGET_DIR:-/var/tmp/gatehouse-code-profile}
-release_target=${CARGO_TARGET_DIR:-$root/target}
+target=${CARGO_TARGET_DIR:-$root/target}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-# SanitizerCoverage on every crate, through a rustc wrapper: cargo does not see the flags, so
-# symbols keep the names (hashes included) of a plain release build. Build scripts and proc
-# macros run inside the build: they get no-op coverage hooks linked in.
-tools="$profile_target/code-profile"
-mkdir -p "$tools"
-cat > "$tools/hooks.c" <<'EOF'
-#include <stdint.h>
-void __sanitizer_cov_bool_flag_init(const _Bool *s, const _Bool *e) { (void)s; (void)e; }
-void __sanitizer_cov_pcs_init(const uintptr_t *s, const uintptr_t *e) { (void)s; (void)e; }
-EOF
-cc -c -fPIC -O2 -o "$tools/hooks.o" "$tools/hooks.c"
-cat > "$tools/rustc" <<EOF
-#!/usr/bin/env bash
-rustc=\$1; shift
-extra=(-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=1
-       -Cllvm-args=-sanitizer-coverage-inline-bool-flag -Cllvm-args=-sanitizer-coverage-pc-table)
-case " \$* " in
-  *" --crate-name gatehouse "*) extra+=(--cfg gatehouse_code_profile) ;;
-  *" --crate-type proc-macro "*|*" --crate-name build_script_"*) extra+=(-Clink-arg=$tools/hooks.o) ;;
-esac
-exec "\$rustc" "\$@" "\${extra[@]}"
-EOF
-chmod +x "$tools/rustc"
+echo "code-order: release build in $target" >&2
+(cd "$root" && cargo build --release --locked --bin gatehouse)
+# A copy: the next release build relinks the original with the new order.
+binary="$work/gatehouse"
+cp "$target/release/gatehouse" "$binary"
 
-echo "code-order: instrumented build in $profile_target" >&2
-(cd "$root" && RUSTC_WRAPPER="$tools/rustc" CARGO_TARGET_DIR="$profile_target" \
-    GATEHOUSE_CODE_ORDER=off cargo build --release --locked --bin gatehouse)
-profiled="$profile_target/release/gatehouse"
-echo "code-order: plain release build in $release_target" >&2
-(cd "$root" && CARGO_TARGET_DIR="$release_target" cargo build --release --locked --bin gatehouse)
-plain="$release_target/release/gatehouse"
+# Runs the binary under callgrind, children included, one profile per process. Function
+# names stay mangled: they are what the linker's ordering file names.
+profiled() {
+    exec valgrind --tool=callgrind --trace-children=yes --quiet \
+        --callgrind-out-file="$work/callgrind.%p" --compress-strings=no --compress-pos=no \
+        --dump-line=no --demangle=no "$binary" "$@"
+}
 
-export GATEHOUSE_CODE_PROFILE="$tools/ran.txt"
-rm -f "$GATEHOUSE_CODE_PROFILE"
-export GATEHOUSE_LOG=warn
-
-# Stops a process and its children with SIGTERM (each writes its profile on the way out)
-# and waits for them.
+# Stops a process and its children with SIGTERM (callgrind writes each profile on the way
+# out; under it, shutting down takes seconds) and waits for them.
 stop_tree() {
     local pid=$1 child
     for child in $(pgrep -P "$pid" || true); do
         kill -TERM "$child" 2>/dev/null || true
     done
-    sleep 2
+    sleep 20
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
@@ -72,98 +51,88 @@ requests() {
 
 wait_for() {
     local url=$1
-    for _ in $(seq 100); do
+    for _ in $(seq 300); do
         curl -s -o /dev/null "$url" && return 0
-        sleep 0.2
+        sleep 1
     done
     echo "code-order: $url never answered" >&2
     return 1
 }
 
 echo "code-order: mesh demo" >&2
-"$profiled" demo --mesh --listen 127.0.0.1:18480 --admin 127.0.0.1:18481 \
+profiled demo --mesh --listen 127.0.0.1:18480 --admin 127.0.0.1:18481 \
     --mesh-base-port 18400 > "$work/mesh.out" 2>&1 &
 mesh=$!
 wait_for http://127.0.0.1:18480/products/7
 for _ in 1 2 3; do
-    requests http://127.0.0.1:18480/products/7 300
-    sleep 10 # idle: heartbeats, snapshot pushes, timers
+    requests http://127.0.0.1:18480/products/7 100
+    sleep 20 # idle: heartbeats, snapshot pushes, timers
 done
 stop_tree "$mesh"
 
-echo "code-order: gateway demo" >&2
-"$profiled" demo --listen 127.0.0.1:18490 --admin 127.0.0.1:18491 \
+echo "code-order: gateway demo and the peer benchmark's gateway" >&2
+profiled demo --listen 127.0.0.1:18490 --admin 127.0.0.1:18491 \
     --portal 127.0.0.1:18492 > "$work/demo.out" 2>&1 &
 demo=$!
 wait_for http://127.0.0.1:18490/api/books
+# The benchmark's configuration, in front of the demo gateway instead of the harness's nginx.
+# A relative path, as a user gives it (resolving it runs code too), and one worker thread, as
+# the benchmark runs it.
+sed -e 's/127.0.0.1:18100/127.0.0.1:18495/' -e 's/127.0.0.1:18080/127.0.0.1:18490/' \
+    "$root/examples/bench.yaml" > "$work/bench.yaml"
+(cd "$work" && profiled gateway -c bench.yaml --threads 1 > "$work/bench.out" 2>&1) &
+bench=$!
+wait_for http://127.0.0.1:18495/api/books
 for path in /api/books /api/books/2 '/echo/hello?x=1' /nowhere; do
-    requests "http://127.0.0.1:18490$path" 300
+    requests "http://127.0.0.1:18490$path" 100
 done
-sleep 10
+requests http://127.0.0.1:18495/api/books 200
+sleep 20
+stop_tree "$bench"
 stop_tree "$demo"
 
-[ -s "$GATEHOUSE_CODE_PROFILE" ] || { echo "code-order: no profile was written" >&2; exit 1; }
-
-# Link addresses of the instrumented binary -> names -> the same names in the plain build.
-# Names differ in two ways: ThinLTO's `.llvm.N` suffix on promoted local functions depends on
-# the module, and a function can be inlined in one build and not the other; so a name the
-# plain build lacks is matched without that suffix, then without its hash, when that leaves
-# one candidate. Functions are grouped by the roles that ran them, the sidecar's first and
-# the demo's own last, so each role maps few pages outside its own groups.
-python3 - "$GATEHOUSE_CODE_PROFILE" "$profiled" "$plain" "$root/crates/gatehouse/code-order.txt" <<'EOF'
-import collections, re, subprocess, sys
-ran_path, profiled, plain, out = sys.argv[1:]
-roles_at = collections.defaultdict(set)
-for line in open(ran_path):
-    role, address = line.split()
-    roles_at[int(address, 16)].add(role)
-
-def symbols(binary):
-    listing = subprocess.run(["nm", "--defined-only", binary], capture_output=True,
-                             text=True, check=True).stdout
-    for line in listing.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1] in "tTW":
-            yield int(parts[0], 16), parts[2]
-
-def unsuffixed(name):
-    return re.sub(r"\.llvm\.\d+$", "", name)
-
-def unhashed(name):
-    return re.sub(r"17h[0-9a-f]{16}E$", "E", unsuffixed(name))
-
-plain_names = {name for _, name in symbols(plain)}
-candidates = {key: collections.defaultdict(list) for key in (unsuffixed, unhashed)}
-for name in plain_names:
-    for key, table in candidates.items():
-        table[key(name)].append(name)
-
-def in_plain(name):
-    if name in plain_names:
-        return name
-    for key, table in candidates.items():
-        if len(found := table.get(key(name), [])) == 1:
-            return found[0]
-    return None
-
+# Functions are grouped by the roles that ran them so that each role's code is one stretch:
+# the gateway's groups, then those it shares with the sidecar, then the sidecar's own, then
+# the control plane's (whose stretch is the only one split, by the sidecar's own few hundred
+# functions), and the demo's own last.
+python3 - "$work" "$binary" "$root/crates/gatehouse/code-order.txt" <<'PYEOF'
+import collections, glob, re, sys
+work, binary, out = sys.argv[1:]
 roles_of = collections.defaultdict(set)
-for address, name in symbols(profiled):
-    if address in roles_at and (found := in_plain(name)):
-        roles_of[found] |= roles_at[address]
+for path in glob.glob(f"{work}/callgrind.*"):
+    role, current_object = "", None
+    for line in open(path, errors="replace"):
+        if line.startswith("cmd:"):
+            args = line.split()[1:]
+            role = args[1] if len(args) > 1 else ""
+        elif line.startswith("ob="):
+            current_object = line[3:].strip()
+        elif line.startswith("fn=") and current_object == binary:
+            # `'2` marks a recursion level; `0x…` code without a symbol; `(below main)` is
+            # callgrind's own.
+            name = re.sub(r"'\d+$", "", line[3:].strip())
+            if not name.startswith(("0x", "(")):
+                roles_of[name].add(role)
 
 GROUPS = [
-    {"sidecar", "gateway", "control"}, {"sidecar", "gateway"}, {"sidecar", "control"},
-    {"sidecar"}, {"gateway", "control"}, {"gateway"}, {"control"},
+    {"gateway", "control"}, {"gateway"}, {"sidecar", "gateway"},
+    {"sidecar", "gateway", "control"}, {"sidecar", "control"}, {"sidecar"}, {"control"},
 ]
 
 def group(roles):
     served = roles & {"sidecar", "gateway", "control"}
     return GROUPS.index(served) if served else len(GROUPS)
 
+if not roles_of:
+    sys.exit("code-order: no profile was written")
+# Every process runs these two, but callgrind names the entry point `(below main)` and does
+# not see the static `pthread_atfork` stub.
+for name in ("_start", "pthread_atfork"):
+    roles_of[name] |= {"sidecar", "gateway", "control"}
 order = sorted(roles_of, key=lambda name: (group(roles_of[name]), name))
 with open(out, "w") as f:
     f.write("\n".join(order) + "\n")
 sizes = collections.Counter(group(roles_of[name]) for name in order)
-print(f"code-order: {len(roles_at)} functions ran; {len(order)} of them in {out};",
-      "per group:", [sizes[i] for i in range(len(GROUPS) + 1)], file=sys.stderr)
-EOF
+print(f"code-order: {len(order)} functions ran, in {out}; per group:",
+      [sizes[i] for i in range(len(GROUPS) + 1)], file=sys.stderr)
+PYEOF

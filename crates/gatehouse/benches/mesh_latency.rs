@@ -26,6 +26,15 @@ fn setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The binary under test: `MESH_BENCH_GATEHOUSE` when set, else the one `cargo bench` built.
+/// `cargo bench` builds it with the dev-dependencies' features, so its symbols are not those
+/// `crates/gatehouse/code-order.txt` names; pass a copy of `cargo build --release`'s binary to
+/// measure memory as users run it.
+fn gatehouse_binary() -> std::ffi::OsString {
+    std::env::var_os("MESH_BENCH_GATEHOUSE")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_gatehouse").into())
+}
+
 struct Process {
     child: Child,
     _dir: Option<tempfile::TempDir>,
@@ -53,7 +62,7 @@ impl Process {
 /// `gatehouse <args>`, waiting for its ready line.
 fn start(args: &[&str], yaml: Option<&str>, env: &[(&str, String)]) -> Process {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    let mut command = Command::new(gatehouse_binary());
     command.args(args);
     if let Some(yaml) = yaml {
         let path = dir.path().join("config.yaml");
@@ -211,7 +220,7 @@ async fn main() {
     let control_config = dir.path().join("control.yaml");
     std::fs::write(&control_config, &control_yaml).expect("control config");
     let token = |service: &str| {
-        let output = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        let output = Command::new(gatehouse_binary())
             .args(["control", "-c"])
             .arg(&control_config)
             .args(["token", "--service", service])

@@ -1,8 +1,6 @@
 //! `gatehouse`: one binary for the gateway, sidecar and control-plane roles.
 //! This crate parses the command line and starts roles; the logic lives in the library crates.
 
-#[cfg(gatehouse_code_profile)]
-mod code_profile;
 mod directory;
 mod gateway;
 mod keys;
@@ -274,8 +272,6 @@ fn main() -> ExitCode {
             runtime(None).and_then(|rt| rt.block_on(gateway::run_demo(listen, admin, portal)))
         }
     };
-    #[cfg(gatehouse_code_profile)]
-    code_profile::write();
     result.unwrap_or_else(|code| code)
 }
 
