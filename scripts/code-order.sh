@@ -93,8 +93,8 @@ stop_tree "$demo"
 
 # Functions are grouped by the roles that ran them so that each role's code is one stretch:
 # the gateway's groups, then those it shares with the sidecar, then the sidecar's own, then
-# the control plane's (whose stretch is the only one split, by the sidecar's own few hundred
-# functions), and the demo's own last.
+# the control plane's, and the demo's own last. Three sets cannot all be one stretch on a
+# line: the control plane's is the one split (by the sidecar's own few hundred functions).
 python3 - "$work" "$binary" "$root/crates/gatehouse/code-order.txt" <<'PYEOF'
 import collections, glob, re, sys
 work, binary, out = sys.argv[1:]

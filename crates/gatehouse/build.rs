@@ -1,7 +1,7 @@
 //! Release links put the functions that run in start-up, idle and serving side by side
 //! (`code-order.txt`, made by `scripts/code-order.sh`): a process then maps a few
-//! megabytes of its code rather than the kernel's 64 KiB read-around of most of the binary
-//! (docs/benchmarks.md, "Code layout"). Only with the LLD linker Rust uses by default on
+//! megabytes of its code rather than the kernel's fault-around windows (64 KiB or more) all
+//! over the binary (docs/benchmarks.md, "Code layout"). Only with the LLD linker Rust uses by default on
 //! x86_64 Linux; `GATEHOUSE_CODE_ORDER=off` links without it (for comparisons).
 //!
 //! Release links also pack the position-independent executable's relative relocations
@@ -15,10 +15,13 @@ fn main() {
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
     let lld_by_default = std::env::var("TARGET").is_ok_and(|t| t == "x86_64-unknown-linux-gnu");
     let wanted = !std::env::var("GATEHOUSE_CODE_ORDER").is_ok_and(|v| v == "off");
-    if release && lld_by_default && glibc_loads_relr() {
+    if !(release && lld_by_default) {
+        return;
+    }
+    if glibc_loads_relr() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
-    if !(release && lld_by_default && wanted) {
+    if !wanted {
         return;
     }
     let Ok(dir) = std::env::var("CARGO_MANIFEST_DIR") else {

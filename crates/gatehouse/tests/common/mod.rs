@@ -126,18 +126,11 @@ impl Gateway {
 
     /// The Prometheus text of `/metrics`, with the test token.
     pub async fn metrics(&self) -> String {
-        let response = client()
-            .get(self.admin_url("/metrics"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
+        bearer_get(&self.admin_url("/metrics"), ADMIN_TOKEN)
             .await
-            .expect("metrics request");
-        assert!(
-            response.status().is_success(),
-            "/metrics: {}",
-            response.status()
-        );
-        response.text().await.expect("metrics text")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     pub fn pid(&self) -> u32 {
@@ -210,8 +203,8 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
-/// GET `url` with a bearer token; the answer must be a success with a JSON body.
-pub async fn bearer_json(url: &str, token: &str) -> serde_json::Value {
+/// GET `url` with a bearer token; the answer must be a success.
+pub async fn bearer_get(url: &str, token: &str) -> reqwest::Response {
     let response = client()
         .get(url)
         .bearer_auth(token)
@@ -223,7 +216,16 @@ pub async fn bearer_json(url: &str, token: &str) -> serde_json::Value {
         "{url}: {}",
         response.status()
     );
-    response.json().await.expect("admin JSON")
+    response
+}
+
+/// GET `url` with a bearer token; the answer must be a success with a JSON body.
+pub async fn bearer_json(url: &str, token: &str) -> serde_json::Value {
+    bearer_get(url, token)
+        .await
+        .json()
+        .await
+        .expect("admin JSON")
 }
 
 /// Start the demo echo service on a free port; `name` shows in `x-demo-instance`.
