@@ -155,6 +155,10 @@ pub struct ControlConfig {
     /// Write the trust anchors (PEM) here at start-up, for members' `trust_anchors`.
     #[serde(default)]
     pub trust_anchors_out: Option<String>,
+    /// PEM file of roots members trust besides the CA's own: the next root before the CA
+    /// switches to it, or the previous one after (a CA rotation, docs/mesh.md).
+    #[serde(default)]
+    pub additional_trust_anchors: Option<String>,
     /// Lifetime of workload certificates; members renew at about two thirds of it.
     #[serde(default = "default_certificate_lifetime")]
     pub certificate_lifetime: HumanDuration,

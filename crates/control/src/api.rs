@@ -97,8 +97,7 @@ impl Api {
             chain_der: issued.chain.iter().map(|der| der.to_vec()).collect(),
             trust_bundle_der: self
                 .shared
-                .authority
-                .trust_bundle()
+                .trust_bundle
                 .iter()
                 .map(|der| der.to_vec())
                 .collect(),

@@ -22,7 +22,8 @@ use gatehouse_mesh::SpiffeId;
 use gatehouse_store::mesh::StoredAuthority;
 use gatehouse_store::Store;
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -48,6 +49,9 @@ pub(crate) struct Shared {
     pub config: ControlConfig,
     pub store: Store,
     pub authority: Authority,
+    /// The roots members trust: the CA's own, then `additional_trust_anchors` (a root on
+    /// its way in or out during a CA rotation).
+    pub trust_bundle: Vec<CertificateDer<'static>>,
     pub registry: watch::Sender<Arc<registry::Registry>>,
     pub data_planes: status::DataPlanes,
 }
@@ -135,11 +139,29 @@ impl ControlPlane {
                 Authority::from_pem(&stored.trust_domain, &stored.cert_pem, &stored.key_pem)?
             }
         };
+        let mut trust_bundle = authority.trust_bundle().to_vec();
+        if let Some(extra) = &config.additional_trust_anchors {
+            let pem = std::fs::read(resolve(extra))
+                .map_err(|err| ControlError::Setup(format!("cannot read `{extra}`: {err}")))?;
+            let anchors = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| ControlError::Setup(format!("`{extra}`: {err}")))?;
+            if anchors.is_empty() {
+                return Err(ControlError::Setup(format!(
+                    "`{extra}` holds no PEM certificate"
+                )));
+            }
+            for anchor in anchors {
+                if !trust_bundle.contains(&anchor) {
+                    trust_bundle.push(anchor);
+                }
+            }
+        }
         if let Some(out) = &config.trust_anchors_out {
             let path = resolve(out);
-            std::fs::write(&path, authority.trust_bundle_pem()).map_err(|err| {
-                ControlError::Setup(format!("cannot write `{}`: {err}", path.display()))
-            })?;
+            std::fs::write(&path, gatehouse_mesh::ca::bundle_pem(&trust_bundle)).map_err(
+                |err| ControlError::Setup(format!("cannot write `{}`: {err}", path.display())),
+            )?;
         }
 
         let listen: SocketAddr = config.listen.value.parse().map_err(|_| {
@@ -156,7 +178,7 @@ impl ControlPlane {
             source,
         })?;
 
-        let credentials = Arc::new(Credentials::with_bundle(authority.trust_bundle().to_vec()));
+        let credentials = Arc::new(Credentials::with_bundle(trust_bundle.clone())?);
         let mut names = config.server_names.clone();
         names.push(local_addr.ip().to_string());
         let shared = Arc::new(Shared {
@@ -165,6 +187,7 @@ impl ControlPlane {
             config: config.clone(),
             store,
             authority,
+            trust_bundle,
         });
         let lifetime = shared.config.certificate_lifetime.0;
         install_server_certificate(&shared, &credentials, &names, lifetime)?;
@@ -206,12 +229,12 @@ impl ControlPlane {
         })
     }
 
-    /// The registry as served now (the last one read from the store), the CA's anchors and
+    /// The registry as served now (the last one read from the store), the trust anchors and
     /// the data planes with the versions they were sent and applied.
     pub fn status(&self) -> ControlStatus {
         ControlStatus {
             trust_domain: self.shared.config.trust_domain.clone(),
-            trust_anchors: self.shared.authority.trust_anchors(),
+            trust_anchors: gatehouse_mesh::ca::describe_anchors(&self.shared.trust_bundle),
             services: self.services(),
             data_planes: self.data_planes(),
         }

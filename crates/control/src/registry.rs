@@ -230,12 +230,7 @@ pub(crate) fn snapshot_for(
     };
     let mut snapshot = proto::Snapshot {
         version: String::new(),
-        trust_bundle_der: shared
-            .authority
-            .trust_bundle()
-            .iter()
-            .map(|der| der.to_vec())
-            .collect(),
+        trust_bundle_der: shared.trust_bundle.iter().map(|der| der.to_vec()).collect(),
         destinations: names
             .iter()
             .map(|(namespace, name)| {

@@ -126,6 +126,16 @@ enum ControlCommand {
         #[arg(long, value_name = "DURATION")]
         ttl: Option<String>,
     },
+    /// Generate a new root CA for the trust domain (PEM certificate and key, for
+    /// `control.ca`): the first step of rotating the mesh's root (docs/mesh.md).
+    NewRoot {
+        /// Where to write the certificate (must not exist).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// Where to write the private key, readable by its owner only (must not exist).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -244,6 +254,9 @@ fn main() -> ExitCode {
                         ttl.as_deref(),
                     ))
                 }),
+                Some(ControlCommand::NewRoot { cert, key }) => {
+                    mesh::create_root(&config, &cert, &key)
+                }
             },
         },
         Command::Demo {

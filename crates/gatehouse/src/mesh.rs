@@ -66,6 +66,49 @@ pub async fn run_control(path: &Path) -> Result<ExitCode, ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `gatehouse control new-root`: a new self-signed root for the configuration's trust
+/// domain, written as PEM for `control.ca` (the first step of a CA rotation, docs/mesh.md).
+pub fn create_root(path: &Path, cert_out: &Path, key_out: &Path) -> Result<ExitCode, ExitCode> {
+    use rustls::pki_types::pem::PemObject;
+    let (config, _) = load(path)?;
+    let control = config
+        .control
+        .as_ref()
+        .ok_or_else(|| fail(format!("{}: no `control` section", path.display())))?;
+    let (_, cert_pem, key_pem) =
+        gatehouse_mesh::ca::Authority::generate(&control.trust_domain).map_err(fail)?;
+    for out in [cert_out, key_out] {
+        if out.exists() {
+            return Err(fail(format!(
+                "{} exists; a root is never overwritten",
+                out.display()
+            )));
+        }
+    }
+    write_private(key_out, &key_pem)?;
+    std::fs::write(cert_out, &cert_pem)
+        .map_err(|err| fail(format!("cannot write {}: {err}", cert_out.display())))?;
+    let der =
+        rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(fail)?;
+    for anchor in gatehouse_mesh::ca::describe_anchors(&[der]) {
+        println!("{} (sha256 {})", anchor.subject, anchor.sha256);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `path` readable by its owner only, then writes `text`: a CA key.
+fn write_private(path: &Path, text: &str) -> Result<(), ExitCode> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(|err| fail(format!("cannot write {}: {err}", path.display())))
+}
+
 /// `gatehouse control token`: a join token for a service, printed once.
 pub async fn create_token(
     path: &Path,
@@ -125,14 +168,15 @@ pub fn offline_member(config: &Config) -> Result<Option<Arc<Member>>, String> {
         let at = &membership.trust_anchors.referenced;
         format!("{}:{}: trust anchors: {err}", at.line(), at.column())
     })?;
-    Ok(Some(Member::new(
-        SpiffeId::new(
-            &membership.trust_domain,
-            &membership.namespace,
-            &membership.service.value,
-        ),
-        anchors,
-    )))
+    let identity = SpiffeId::new(
+        &membership.trust_domain,
+        &membership.namespace,
+        &membership.service.value,
+    );
+    Member::new(identity, anchors).map(Some).map_err(|err| {
+        let at = &membership.trust_anchors.referenced;
+        format!("{}:{}: trust anchors: {err}", at.line(), at.column())
+    })
 }
 
 /// A member of the mesh with its first certificate: the control plane verified against the
@@ -148,7 +192,8 @@ async fn join(
         &membership.namespace,
         &membership.service.value,
     );
-    let member = Member::new(identity, anchors);
+    let member = Member::new(identity, anchors)
+        .map_err(|err| fail(format!("{}: {err}", anchors_path.display())))?;
     let bootstrap = ControlClient::new(&member, &membership.control.value).map_err(fail)?;
     member
         .join(&bootstrap, &membership.join_token.0)

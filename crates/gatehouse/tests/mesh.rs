@@ -4,7 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,8 @@ struct Mesh {
     control: Option<Gateway>,
     dir: tempfile::TempDir,
     port: u16,
+    /// The `store:` section and the start of `control:`, before the test's settings.
+    base_yaml: String,
     control_yaml: String,
 }
 
@@ -35,15 +37,16 @@ impl Mesh {
             || format!("sqlite:{}", dir.path().join("control.db").display()),
             str::to_owned,
         );
-        let control_yaml = format!(
-            "store:\n  url: {store}\ncontrol:\n  listen: 127.0.0.1:{port}\n  trust_anchors_out: {anchors}\n{settings}",
+        let base_yaml = format!(
+            "store:\n  url: {store}\ncontrol:\n  listen: 127.0.0.1:{port}\n  trust_anchors_out: {anchors}\n",
             anchors = dir.path().join("ca.pem").display(),
         );
         let mut mesh = Mesh {
             control: None,
             dir,
             port,
-            control_yaml,
+            control_yaml: format!("{base_yaml}{settings}"),
+            base_yaml,
         };
         mesh.start_control();
         mesh
@@ -55,6 +58,13 @@ impl Mesh {
 
     fn stop_control(&mut self) {
         self.control = None;
+    }
+
+    /// Stops the control plane and starts it with other `settings` on the same store.
+    fn restart_control_with(&mut self, settings: &str) {
+        self.stop_control();
+        self.control_yaml = format!("{}{settings}", self.base_yaml);
+        self.start_control();
     }
 
     fn control_config(&self) -> PathBuf {
@@ -139,7 +149,7 @@ impl Mesh {
     /// An in-process member of the mesh with `service`'s identity (a test's own client).
     async fn member(&self, namespace: &str, service: &str) -> Arc<Member> {
         let anchors = gatehouse_proxy::tls::load_certs(&self.anchors()).expect("anchors");
-        let member = Member::new(SpiffeId::new("mesh.local", namespace, service), anchors);
+        let member = Member::new(SpiffeId::new("mesh.local", namespace, service), anchors).unwrap();
         let control = ControlClient::new(&member, &format!("127.0.0.1:{}", self.port)).unwrap();
         member
             .join(&control, &self.token(namespace, service))
@@ -324,9 +334,12 @@ async fn inbound_listeners_admit_mesh_identities_by_policy_only() {
     );
 
     // No client certificate: refused.
-    let anonymous = Arc::new(gatehouse_mesh::tls::Credentials::with_bundle(
-        gatehouse_proxy::tls::load_certs(&mesh.anchors()).unwrap(),
-    ));
+    let anonymous = Arc::new(
+        gatehouse_mesh::tls::Credentials::with_bundle(
+            gatehouse_proxy::tls::load_certs(&mesh.anchors()).unwrap(),
+        )
+        .unwrap(),
+    );
     let tls =
         gatehouse_mesh::tls::client_config(&anonymous, orders_id.clone(), &[b"http/1.1"]).unwrap();
     let outcome = request_over_tls(orders.inbound, tls, &get("/public/catalog")).await;
@@ -364,22 +377,32 @@ fn forged_credentials(mesh: &Mesh, uri: &str) -> Arc<gatehouse_mesh::tls::Creden
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::default();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
+    ca.self_signed(&ca_key).unwrap();
+    credentials_signed_by(
+        &rcgen::Issuer::new(ca, ca_key),
+        uri,
+        gatehouse_proxy::tls::load_certs(&mesh.anchors()).unwrap(),
+    )
+}
+
+/// Credentials with a certificate for `uri` (rcgen's default, long validity) signed by `issuer`, trusting
+/// `bundle`: a test's own mesh client outside the control plane's reach.
+fn credentials_signed_by(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    uri: &str,
+    bundle: Vec<rustls_pki_types::CertificateDer<'static>>,
+) -> Arc<gatehouse_mesh::tls::Credentials> {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut leaf = rcgen::CertificateParams::default();
     leaf.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    drop(ca_cert);
+    let cert = leaf.signed_by(&key, issuer).unwrap();
     let certified = rustls::sign::CertifiedKey::from_der(
         vec![cert.der().clone()],
         rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         &gatehouse_mesh::tls::provider(),
     )
     .unwrap();
-    let credentials = Arc::new(gatehouse_mesh::tls::Credentials::with_bundle(
-        gatehouse_proxy::tls::load_certs(&mesh.anchors()).unwrap(),
-    ));
+    let credentials = Arc::new(gatehouse_mesh::tls::Credentials::with_bundle(bundle).unwrap());
     credentials.install(Arc::new(certified));
     credentials
 }
@@ -589,6 +612,233 @@ async fn certificates_rotate_under_traffic_without_a_failed_request() {
     for sidecar in [&orders.process, &web.process] {
         let renewals = sidecar.stderr().matches("certificate renewed").count();
         assert!(renewals >= 2, "{renewals} renewals:\n{}", sidecar.stderr());
+    }
+}
+
+/// One request over mTLS with `credentials` to the inbound listener at `addr`, whose
+/// certificate must name `peer`.
+async fn mtls_get(
+    addr: SocketAddr,
+    credentials: &Arc<gatehouse_mesh::tls::Credentials>,
+    peer: &SpiffeId,
+) -> Result<(u16, String), String> {
+    let tls = gatehouse_mesh::tls::client_config(credentials, peer.clone(), &[b"http/1.1"])
+        .map_err(|e| e.to_string())?;
+    request_over_tls(addr, tls, &get("/rotation")).await
+}
+
+/// Retries [`mtls_get`] until it is answered 200 (the sidecar renewed its certificate, or
+/// took a new bundle); fails after 15 s.
+async fn until_served(
+    addr: SocketAddr,
+    credentials: &Arc<gatehouse_mesh::tls::Credentials>,
+    peer: &SpiffeId,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let outcome = mtls_get(addr, credentials, peer).await;
+        if matches!(outcome, Ok((200, _))) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {outcome:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The trust anchors the control plane serves (subject, expiry, fingerprint each).
+async fn trust_anchors(mesh: &Mesh) -> Vec<serde_json::Value> {
+    let control = mesh.control.as_ref().expect("control plane running");
+    let status = control.admin_json("/admin/mesh").await;
+    status["trust_anchors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn wait_until_in_sync(mesh: &Mesh, nodes: &[&str], what: &str) {
+    let control = mesh.control.as_ref().expect("control plane running");
+    wait_for_data_planes(control, what, |planes| {
+        nodes
+            .iter()
+            .all(|node| plane(planes, node).is_some_and(|p| p["state"] == "in_sync"))
+    })
+    .await;
+}
+
+/// The procedure of docs/mesh.md ("Rotating the root"), under traffic: the next root is
+/// trusted everywhere first, then the CA signs with it while the old root is still trusted,
+/// then the old root is retired. Test clients with certificates from each root show what
+/// every sidecar trusts and presents at each step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_root_rotates_under_traffic_without_a_failed_request() {
+    // The operator's root to start with (so the test can sign with it too).
+    let (_, old_pem, old_key) = gatehouse_mesh::ca::Authority::generate("mesh.local").unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let path = |name: &str| scratch.path().join(name).display().to_string();
+    common::write(Path::new(&path("old-root.pem")), &old_pem);
+    common::write(Path::new(&path("old-root.key")), &old_key);
+    let admin = common::admin_block();
+    let step = |ca: &str, additional: Option<&str>| {
+        format!(
+            "  certificate_lifetime: 6s\n  ca: {{ cert: {cert}, key: {key} }}\n{extra}{admin}",
+            cert = path(&format!("{ca}.pem")),
+            key = path(&format!("{ca}.key")),
+            extra = additional.map_or(String::new(), |a| format!(
+                "  additional_trust_anchors: {}\n",
+                path(&format!("{a}.pem"))
+            )),
+        )
+    };
+    let mut mesh = Mesh::start(&step("old-root", None));
+    let orders = mesh.sidecar("shop", "orders", echo("orders-1").await, &[], "");
+    let web = mesh.sidecar("shop", "web", echo("web-1").await, &["orders"], "");
+    let url = format!("{}/orders", web.outbound("orders"));
+    wait_for_endpoints(&url, &["orders-1"]).await;
+
+    // Step 0: the next root, made by the CLI; its key is readable by its owner only, and
+    // an existing root is never overwritten.
+    let new_root = || {
+        Command::new(binary())
+            .args(["control", "-c"])
+            .arg(mesh.control_config())
+            .args(["new-root", "--cert", &path("new-root.pem")])
+            .args(["--key", &path("new-root.key")])
+            .output()
+            .unwrap()
+    };
+    let made = new_root();
+    assert!(made.status.success(), "{made:?}");
+    assert!(String::from_utf8_lossy(&made.stdout).contains("mesh.local root CA"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(path("new-root.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let again = new_root();
+    assert!(!again.status.success(), "{again:?}");
+
+    let issuer = |name: &str| {
+        let pem = std::fs::read_to_string(path(&format!("{name}.pem"))).unwrap();
+        let key = std::fs::read_to_string(path(&format!("{name}.key"))).unwrap();
+        rcgen::Issuer::from_ca_cert_pem(&pem, rcgen::KeyPair::from_pem(&key).unwrap()).unwrap()
+    };
+    let roots = |names: &[&str]| -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        names
+            .iter()
+            .flat_map(|n| {
+                gatehouse_proxy::tls::load_certs(Path::new(&path(&format!("{n}.pem")))).unwrap()
+            })
+            .collect()
+    };
+    let web_uri = "spiffe://mesh.local/ns/shop/sa/web";
+    // Clients signed by each root. Those trusting both roots test what a sidecar trusts;
+    // the one trusting the new root only also tests what the sidecar presents.
+    let old_client = credentials_signed_by(
+        &issuer("old-root"),
+        web_uri,
+        roots(&["old-root", "new-root"]),
+    );
+    let new_client = credentials_signed_by(
+        &issuer("new-root"),
+        web_uri,
+        roots(&["old-root", "new-root"]),
+    );
+    let new_only = credentials_signed_by(&issuer("new-root"), web_uri, roots(&["new-root"]));
+    let orders_id = SpiffeId::new("mesh.local", "shop", "orders");
+    let web_id = SpiffeId::new("mesh.local", "shop", "web");
+
+    assert!(matches!(
+        mtls_get(orders.inbound, &old_client, &orders_id).await,
+        Ok((200, _))
+    ));
+    let refused = mtls_get(orders.inbound, &new_client, &orders_id).await;
+    assert!(
+        refused.is_err(),
+        "the next root trusted before step 1: {refused:?}"
+    );
+
+    let (sent, failures) = traffic_during(&url, async {
+        // Step 1: every member trusts both roots; the CA still signs with the old one.
+        mesh.restart_control_with(&step("old-root", Some("new-root")));
+        wait_until_in_sync(&mesh, &["orders-", "web-"], "step 1").await;
+        assert_eq!(trust_anchors(&mesh).await.len(), 2);
+        // Taken with the snapshot, not with the next certificate.
+        for (addr, id) in [(orders.inbound, &orders_id), (web.inbound, &web_id)] {
+            let served = mtls_get(addr, &new_client, id).await;
+            assert!(
+                matches!(served, Ok((200, _))),
+                "the next root not trusted: {served:?}"
+            );
+        }
+        let presented = mtls_get(orders.inbound, &new_only, &orders_id).await;
+        assert!(
+            presented.is_err(),
+            "signed by the next root already: {presented:?}"
+        );
+        assert!(
+            std::fs::read_to_string(mesh.anchors())
+                .unwrap()
+                .matches("BEGIN CERTIFICATE")
+                .count()
+                == 2
+        );
+
+        // Step 2: the CA signs with the new root; the old one stays trusted while members
+        // renew (6 s certificates: within 4 s).
+        mesh.restart_control_with(&step("new-root", Some("old-root")));
+        wait_until_in_sync(&mesh, &["orders-", "web-"], "step 2").await;
+        until_served(
+            orders.inbound,
+            &new_only,
+            &orders_id,
+            "orders renewed from the new root",
+        )
+        .await;
+        until_served(
+            web.inbound,
+            &new_only,
+            &web_id,
+            "web renewed from the new root",
+        )
+        .await;
+        let still = mtls_get(orders.inbound, &old_client, &orders_id).await;
+        assert!(
+            matches!(still, Ok((200, _))),
+            "the old root dropped too early: {still:?}"
+        );
+
+        // Step 3: the old root is retired.
+        mesh.restart_control_with(&step("new-root", None));
+        wait_until_in_sync(&mesh, &["orders-", "web-"], "step 3").await;
+        assert_eq!(trust_anchors(&mesh).await.len(), 1);
+        let refused = mtls_get(orders.inbound, &old_client, &orders_id).await;
+        assert!(
+            refused.is_err(),
+            "the retired root still trusted: {refused:?}"
+        );
+        let refused = mtls_get(web.inbound, &old_client, &web_id).await;
+        assert!(
+            refused.is_err(),
+            "the retired root still trusted: {refused:?}"
+        );
+        assert!(matches!(
+            mtls_get(orders.inbound, &new_only, &orders_id).await,
+            Ok((200, _))
+        ));
+        // Traffic carries on under the new root alone.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    })
+    .await;
+    assert_no_failures(sent, &failures);
+    assert!(sent > 100, "only {sent} requests");
+    for sidecar in [&orders.process, &web.process] {
+        assert!(
+            sidecar.stderr().contains("mesh: trust bundle changed"),
+            "{}",
+            sidecar.stderr()
+        );
     }
 }
 

@@ -132,40 +132,6 @@ impl Authority {
         &self.bundle
     }
 
-    /// Subject, expiry and SHA-256 fingerprint of each trust anchor, for operators checking
-    /// which CA a control plane serves.
-    pub fn trust_anchors(&self) -> Vec<TrustAnchor> {
-        self.bundle
-            .iter()
-            .map(|der| {
-                let parsed = x509_parser::parse_x509_certificate(der.as_ref()).ok();
-                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
-                TrustAnchor {
-                    subject: parsed
-                        .as_ref()
-                        .map(|(_, cert)| cert.subject().to_string())
-                        .unwrap_or_default(),
-                    not_after_unix: parsed
-                        .as_ref()
-                        .map_or(0, |(_, cert)| cert.validity().not_after.timestamp()),
-                    sha256: digest
-                        .as_ref()
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<Vec<_>>()
-                        .join(":"),
-                }
-            })
-            .collect()
-    }
-
-    pub fn trust_bundle_pem(&self) -> String {
-        self.bundle
-            .iter()
-            .map(|der| pem_certificate(der.as_ref()))
-            .collect()
-    }
-
     /// Signs the CSR's public key for `identity`. Nothing else of the CSR is used: the
     /// identity was established by the caller's token or current certificate.
     pub fn issue(
@@ -258,6 +224,41 @@ impl Authority {
         params.not_after = offset(now + lifetime);
         Ok(params)
     }
+}
+
+/// Subject, expiry and SHA-256 fingerprint of each trust anchor, for operators checking
+/// which roots a control plane serves.
+pub fn describe_anchors(bundle: &[CertificateDer<'_>]) -> Vec<TrustAnchor> {
+    bundle
+        .iter()
+        .map(|der| {
+            let parsed = x509_parser::parse_x509_certificate(der.as_ref()).ok();
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+            TrustAnchor {
+                subject: parsed
+                    .as_ref()
+                    .map(|(_, cert)| cert.subject().to_string())
+                    .unwrap_or_default(),
+                not_after_unix: parsed
+                    .as_ref()
+                    .map_or(0, |(_, cert)| cert.validity().not_after.timestamp()),
+                sha256: digest
+                    .as_ref()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            }
+        })
+        .collect()
+}
+
+/// A bundle as PEM, the form members' `trust_anchors` files take.
+pub fn bundle_pem(bundle: &[CertificateDer<'_>]) -> String {
+    bundle
+        .iter()
+        .map(|der| pem_certificate(der.as_ref()))
+        .collect()
 }
 
 pub fn pem_certificate(der: &[u8]) -> String {

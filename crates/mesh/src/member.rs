@@ -64,16 +64,19 @@ fn unix_now() -> i64 {
 
 impl Member {
     /// `trust_anchors`: the mesh's roots, to verify the control plane before anything is
-    /// sent to it.
-    pub fn new(identity: SpiffeId, trust_anchors: Vec<CertificateDer<'static>>) -> Arc<Self> {
-        Arc::new(Self {
+    /// sent to it (then the control plane's trust bundle replaces them).
+    pub fn new(
+        identity: SpiffeId,
+        trust_anchors: Vec<CertificateDer<'static>>,
+    ) -> Result<Arc<Self>, MeshTlsError> {
+        Ok(Arc::new(Self {
             identity,
-            credentials: Arc::new(Credentials::with_bundle(trust_anchors)),
+            credentials: Arc::new(Credentials::with_bundle(trust_anchors)?),
             not_before: AtomicI64::new(0),
             not_after: AtomicI64::new(0),
             snapshot: ArcSwapOption::empty(),
             applied: watch::Sender::new(String::new()),
-        })
+        }))
     }
 
     pub fn identity(&self) -> &SpiffeId {
@@ -155,19 +158,27 @@ impl Member {
         let certified = CertifiedKey::from_der(chain, key, &tls::provider())
             .map_err(|err| MemberError::Certificate(err.to_string()))?;
         if !issued.trust_bundle_der.is_empty() {
-            self.credentials.set_bundle(
-                issued
-                    .trust_bundle_der
-                    .into_iter()
-                    .map(CertificateDer::from)
-                    .collect(),
-            );
+            self.adopt_bundle(issued.trust_bundle_der)?;
         }
         self.credentials.install(Arc::new(certified));
         self.not_after
             .store(issued.not_after_unix, Ordering::Relaxed); // Rotation is timed from receipt, not from `not_before`, which the CA backdates a
                                                               // little for clock skew.
         self.not_before.store(unix_now(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Trusts the control plane's bundle from the next handshake on (a CA rotation adds
+    /// the next root before anything is signed with it, and retires the old one after).
+    fn adopt_bundle(&self, bundle_der: Vec<Vec<u8>>) -> Result<(), MeshTlsError> {
+        let bundle = bundle_der.into_iter().map(CertificateDer::from).collect();
+        if self.credentials.set_bundle(bundle)? {
+            tracing::info!(
+                identity = %self.identity,
+                roots = self.credentials.bundle().len(),
+                "mesh: trust bundle changed"
+            );
+        }
         Ok(())
     }
 
@@ -287,12 +298,26 @@ impl Member {
                             Ok(())
                         } else {
                             let previous = self.snapshot.swap(Some(snapshot.clone()));
-                            let outcome = apply(&snapshot);
+                            let previous_bundle = self.credentials.bundle();
+                            let outcome = if snapshot.trust_bundle_der.is_empty() {
+                                Ok(())
+                            } else {
+                                self.adopt_bundle(snapshot.trust_bundle_der.clone())
+                                    .map_err(|err| err.to_string())
+                            }
+                            .and_then(|()| apply(&snapshot));
                             match &outcome {
                                 Ok(()) => {
                                     self.applied.send_replace(version.clone());
                                 }
-                                Err(_) => self.snapshot.store(previous),
+                                Err(_) => {
+                                    // A rejected snapshot leaves everything as it was,
+                                    // the roots included (the old bundle was valid).
+                                    self.snapshot.store(previous);
+                                    if let Err(err) = self.credentials.set_bundle(previous_bundle) {
+                                        tracing::error!(error = %err, "mesh: previous trust bundle not restored");
+                                    }
+                                }
                             }
                             outcome
                         };

@@ -1,17 +1,18 @@
 //! mTLS for the mesh: server and client configurations that present the workload's current
-//! certificate (swapped in place on rotation) and verify peers against the trust bundle by
-//! SPIFFE identity rather than by DNS name.
+//! certificate and verify peers against the current trust bundle (both swapped in place, on
+//! certificate renewal and on a CA rotation), by SPIFFE identity rather than by DNS name.
 
 use std::fmt;
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
-use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::identity::SpiffeId;
@@ -31,44 +32,27 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The workload's certificate and the trust bundle, both replaced in place: connections
-/// made after a rotation present the new certificate without rebuilding any configuration.
+/// made after a renewal present the new certificate, and handshakes after a bundle change
+/// (a CA rotation adding or retiring a root) verify against the new roots, without
+/// rebuilding any configuration.
 #[derive(Default)]
 pub struct Credentials {
     key: ArcSwapOption<CertifiedKey>,
-    bundle: ArcSwap<Vec<CertificateDer<'static>>>,
+    trust: ArcSwapOption<Trust>,
 }
 
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("certificate", &self.key.load().is_some())
-            .field("bundle", &self.bundle.load().len())
-            .finish()
-    }
+/// One trust bundle with what verification needs, built once per bundle change rather
+/// than per handshake.
+struct Trust {
+    bundle: Vec<CertificateDer<'static>>,
+    roots: Arc<RootCertStore>,
+    clients: Arc<dyn ClientCertVerifier>,
 }
 
-impl Credentials {
-    pub fn with_bundle(bundle: Vec<CertificateDer<'static>>) -> Self {
-        let credentials = Self::default();
-        credentials.bundle.store(Arc::new(bundle));
-        credentials
-    }
-
-    pub fn install(&self, key: Arc<CertifiedKey>) {
-        self.key.store(Some(key));
-    }
-
-    pub fn set_bundle(&self, bundle: Vec<CertificateDer<'static>>) {
-        self.bundle.store(Arc::new(bundle));
-    }
-
-    pub fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
-        self.key.load_full()
-    }
-
-    fn roots(&self) -> Result<RootCertStore, MeshTlsError> {
+impl Trust {
+    fn new(bundle: Vec<CertificateDer<'static>>) -> Result<Self, MeshTlsError> {
         let mut roots = RootCertStore::empty();
-        for cert in self.bundle.load().iter() {
+        for cert in &bundle {
             roots
                 .add(cert.clone())
                 .map_err(|err| MeshTlsError::Bundle(err.to_string()))?;
@@ -76,7 +60,71 @@ impl Credentials {
         if roots.is_empty() {
             return Err(MeshTlsError::Bundle("empty".to_owned()));
         }
-        Ok(roots)
+        let roots = Arc::new(roots);
+        let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|err| MeshTlsError::Bundle(err.to_string()))?;
+        Ok(Self {
+            bundle,
+            roots,
+            clients,
+        })
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("certificate", &self.key.load().is_some())
+            .field("bundle", &self.bundle().len())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Credentials that trust `bundle` (the mesh's roots) and have no certificate yet.
+    pub fn with_bundle(bundle: Vec<CertificateDer<'static>>) -> Result<Self, MeshTlsError> {
+        let credentials = Self::default();
+        credentials.set_bundle(bundle)?;
+        Ok(credentials)
+    }
+
+    pub fn install(&self, key: Arc<CertifiedKey>) {
+        self.key.store(Some(key));
+    }
+
+    /// Trusts `bundle` from the next handshake on; returns whether it differs from the
+    /// bundle in force. An empty or unparsable bundle is refused and the old one stays.
+    pub fn set_bundle(&self, bundle: Vec<CertificateDer<'static>>) -> Result<bool, MeshTlsError> {
+        if self
+            .trust
+            .load()
+            .as_ref()
+            .is_some_and(|t| t.bundle == bundle)
+        {
+            return Ok(false);
+        }
+        self.trust.store(Some(Arc::new(Trust::new(bundle)?)));
+        Ok(true)
+    }
+
+    /// The roots trusted now.
+    pub fn bundle(&self) -> Vec<CertificateDer<'static>> {
+        self.trust
+            .load()
+            .as_ref()
+            .map(|t| t.bundle.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
+        self.key.load_full()
+    }
+
+    fn trust(&self) -> Result<Arc<Trust>, rustls::Error> {
+        self.trust
+            .load_full()
+            .ok_or_else(|| rustls::Error::General("no mesh trust bundle".to_owned()))
     }
 }
 
@@ -111,19 +159,16 @@ pub fn server_config(
     alpn: &[&[u8]],
     client_certificate_required: bool,
 ) -> Result<Arc<rustls::ServerConfig>, MeshTlsError> {
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(credentials.roots()?),
-        provider(),
-    );
-    let verifier = if client_certificate_required {
-        verifier.build()
-    } else {
-        verifier.allow_unauthenticated().build()
-    }
-    .map_err(|err| MeshTlsError::Bundle(err.to_string()))?;
+    credentials
+        .trust()
+        .map_err(|err| MeshTlsError::Bundle(err.to_string()))?;
+    let verifier = BundleClientVerifier {
+        credentials: credentials.clone(),
+        required: client_certificate_required,
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(CurrentCertificate(credentials.clone())));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
@@ -137,8 +182,11 @@ pub fn client_config(
     peer: SpiffeId,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, MeshTlsError> {
+    credentials
+        .trust()
+        .map_err(|err| MeshTlsError::Bundle(err.to_string()))?;
     let verifier = SpiffeVerifier {
-        roots: Arc::new(credentials.roots()?),
+        credentials: credentials.clone(),
         peer,
         provider: provider(),
     };
@@ -151,11 +199,78 @@ pub fn client_config(
     Ok(config)
 }
 
+/// webpki's client verification against whichever bundle is current at the handshake.
+#[derive(Debug)]
+struct BundleClientVerifier {
+    credentials: Arc<Credentials>,
+    required: bool,
+}
+
+impl ClientCertVerifier for BundleClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.required
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional (RFC 8446 4.2.4) and mesh members hold one certificate each;
+        // sending none also keeps the borrowed slice independent of bundle swaps.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.credentials
+            .trust()?
+            .clients
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.credentials
+            .trust()?
+            .clients
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.credentials
+            .trust()?
+            .clients
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        // Every bundle's verifier comes from the same provider.
+        self.credentials
+            .trust()
+            .map(|trust| trust.clients.supported_verify_schemes())
+            .unwrap_or_default()
+    }
+}
+
 /// Chain to the mesh's roots (webpki, as for any server), then the SPIFFE ID in the URI SAN
 /// instead of the DNS name check: mesh certificates name workloads, not hosts.
 #[derive(Debug)]
 struct SpiffeVerifier {
-    roots: Arc<RootCertStore>,
+    credentials: Arc<Credentials>,
     peer: SpiffeId,
     provider: Arc<CryptoProvider>,
 }
@@ -172,7 +287,7 @@ impl ServerCertVerifier for SpiffeVerifier {
         let parsed = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.roots,
+            &self.credentials.trust()?.roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
