@@ -102,20 +102,18 @@ impl ControlPlane {
             Some(base) if std::path::Path::new(path).is_relative() => base.join(path),
             _ => std::path::PathBuf::from(path),
         };
+        let read = |path: &str| {
+            std::fs::read_to_string(resolve(path))
+                .map_err(|err| ControlError::Setup(format!("cannot read `{path}`: {err}")))
+        };
         // The CA: the operator's intermediate, or the root kept in the store (the first
         // control plane of a pair to start generates it; the other one reads it).
         let authority = match &config.ca {
-            Some(files) => {
-                let read = |path: &str| {
-                    std::fs::read_to_string(resolve(path))
-                        .map_err(|err| ControlError::Setup(format!("cannot read `{path}`: {err}")))
-                };
-                Authority::from_pem(
-                    &config.trust_domain,
-                    &read(&files.cert.value)?,
-                    &read(&files.key.value)?,
-                )?
-            }
+            Some(files) => Authority::from_pem(
+                &config.trust_domain,
+                &read(&files.cert.value)?,
+                &read(&files.key.value)?,
+            )?,
             None => {
                 let stored = match store.mesh_authority().await? {
                     Some(stored) => stored,
@@ -141,9 +139,8 @@ impl ControlPlane {
         };
         let mut trust_bundle = authority.trust_bundle().to_vec();
         if let Some(extra) = &config.additional_trust_anchors {
-            let pem = std::fs::read(resolve(extra))
-                .map_err(|err| ControlError::Setup(format!("cannot read `{extra}`: {err}")))?;
-            let anchors = CertificateDer::pem_slice_iter(&pem)
+            let pem = read(extra)?;
+            let anchors = CertificateDer::pem_slice_iter(pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|err| ControlError::Setup(format!("`{extra}`: {err}")))?;
             if anchors.is_empty() {
