@@ -22,7 +22,6 @@ use gatehouse_mesh::SpiffeId;
 use gatehouse_store::mesh::StoredAuthority;
 use gatehouse_store::Store;
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -139,9 +138,7 @@ impl ControlPlane {
         };
         let mut trust_bundle = authority.trust_bundle().to_vec();
         if let Some(extra) = &config.additional_trust_anchors {
-            let pem = read(extra)?;
-            let anchors = CertificateDer::pem_slice_iter(pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
+            let anchors = gatehouse_mesh::ca::certificates_from_pem(&read(extra)?)
                 .map_err(|err| ControlError::Setup(format!("`{extra}`: {err}")))?;
             if anchors.is_empty() {
                 return Err(ControlError::Setup(format!(

@@ -69,14 +69,11 @@ pub async fn run_control(path: &Path) -> Result<ExitCode, ExitCode> {
 /// `gatehouse control new-root`: a new self-signed root for the configuration's trust
 /// domain, written as PEM for `control.ca` (the first step of a CA rotation, docs/mesh.md).
 pub fn create_root(path: &Path, cert_out: &Path, key_out: &Path) -> Result<ExitCode, ExitCode> {
-    use rustls::pki_types::pem::PemObject;
     let (config, _) = load(path)?;
     let control = config
         .control
         .as_ref()
         .ok_or_else(|| fail(format!("{}: no `control` section", path.display())))?;
-    let (_, cert_pem, key_pem) =
-        gatehouse_mesh::ca::Authority::generate(&control.trust_domain).map_err(fail)?;
     for out in [cert_out, key_out] {
         if out.exists() {
             return Err(fail(format!(
@@ -85,12 +82,12 @@ pub fn create_root(path: &Path, cert_out: &Path, key_out: &Path) -> Result<ExitC
             )));
         }
     }
+    let (authority, cert_pem, key_pem) =
+        gatehouse_mesh::ca::Authority::generate(&control.trust_domain).map_err(fail)?;
     write_private(key_out, &key_pem)?;
     std::fs::write(cert_out, &cert_pem)
         .map_err(|err| fail(format!("cannot write {}: {err}", cert_out.display())))?;
-    let der =
-        rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(fail)?;
-    for anchor in gatehouse_mesh::ca::describe_anchors(&[der]) {
+    for anchor in gatehouse_mesh::ca::describe_anchors(authority.trust_bundle()) {
         println!("{} (sha256 {})", anchor.subject, anchor.sha256);
     }
     Ok(ExitCode::SUCCESS)

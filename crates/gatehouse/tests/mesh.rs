@@ -788,6 +788,8 @@ async fn the_mesh_root_rotates_under_traffic_without_a_failed_request() {
         // Step 2: the CA signs with the new root; the old one stays trusted while members
         // renew (6 s certificates: within 4 s).
         mesh.restart_control_with(&step("new-root", Some("old-root")));
+        // In sync: both reconnected to a control plane whose certificate chains to the new
+        // root, verified against the bundle step 1 pushed.
         wait_until_in_sync(&mesh, &["orders-", "web-"], "step 2").await;
         until_served(
             orders.inbound,

@@ -99,9 +99,7 @@ impl Authority {
     /// A CA from PEM: the certificate file holds the CA certificate first, then its chain up
     /// to the root; the last one is the trust anchor workloads get.
     pub fn from_pem(trust_domain: &str, cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
-        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| CaError::Material(format!("certificate: {err}")))?;
+        let certs = certificates_from_pem(cert_pem)?;
         let Some(first) = certs.first() else {
             return Err(CaError::Material("no PEM certificate".to_owned()));
         };
@@ -224,6 +222,13 @@ impl Authority {
         params.not_after = offset(now + lifetime);
         Ok(params)
     }
+}
+
+/// The certificates of a PEM file, in order (none is an empty list, not an error).
+pub fn certificates_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| CaError::Material(format!("certificate: {err}")))
 }
 
 /// Subject, expiry and SHA-256 fingerprint of each trust anchor, for operators checking
