@@ -40,6 +40,7 @@ pub fn directory_from(contents: &Contents) -> StaticDirectory {
             &key.hash,
             key.expires_at,
             key.revoked_at.is_some(),
+            key.sandbox,
         ) {
             tracing::warn!(error = %err, "skipping a malformed API key of the store");
         }
@@ -91,20 +92,7 @@ pub fn catalog_from(
             plan_id: s.plan_id.clone(),
         })
         .collect();
-    let sandbox_keys: Vec<String> = contents
-        .keys
-        .iter()
-        .filter(|key| key.sandbox)
-        .map(|key| key.public_id.clone())
-        .collect();
-    ProductCatalog::build(
-        &products,
-        &plans,
-        &subscriptions,
-        &sandbox_keys,
-        counters,
-        previous,
-    )
+    ProductCatalog::build(&products, &plans, &subscriptions, counters, previous)
 }
 
 fn limit_spec(limit: &gatehouse_store::catalog::PlanLimit) -> PlanLimitSpec {

@@ -145,6 +145,7 @@ impl StaticDirectory {
     }
 
     /// Adds an API key of `consumer` by its public id; `hash` is `hmac-sha256:<base64>`.
+    /// A `sandbox` key's identity reaches sandboxes only.
     pub fn add_api_key(
         &mut self,
         consumer: &Arc<Consumer>,
@@ -152,6 +153,7 @@ impl StaticDirectory {
         hash: &str,
         expires_at: Option<i64>,
         revoked: bool,
+        sandbox: bool,
     ) -> Result<(), String> {
         use base64::Engine;
         let encoded = hash
@@ -163,10 +165,10 @@ impl StaticDirectory {
         self.api_keys.insert(
             public_id.to_owned(),
             Arc::new(ApiKeyRecord {
-                identity: Arc::new(Identity::of_consumer(
-                    consumer.clone(),
-                    format!("api_key:{public_id}").into(),
-                )),
+                identity: Arc::new(Identity {
+                    sandbox,
+                    ..Identity::of_consumer(consumer.clone(), format!("api_key:{public_id}").into())
+                }),
                 hash,
                 expires_at,
                 revoked,
@@ -228,7 +230,7 @@ mod layered_tests {
         let mut directory = StaticDirectory::default();
         let owner = directory.add_consumer(Consumer::ad_hoc(consumer));
         directory
-            .add_api_key(&owner, public_id, "hmac-sha256:AAAA", None, false)
+            .add_api_key(&owner, public_id, "hmac-sha256:AAAA", None, false, false)
             .unwrap();
         directory
     }
@@ -244,7 +246,14 @@ mod layered_tests {
         let mut store = directory_with("from-store", "shared");
         let owner = store.add_consumer(Consumer::ad_hoc("stored-only"));
         store
-            .add_api_key(&owner, "only-stored", "hmac-sha256:AAAA", None, false)
+            .add_api_key(
+                &owner,
+                "only-stored",
+                "hmac-sha256:AAAA",
+                None,
+                false,
+                false,
+            )
             .unwrap();
         stored.store(Arc::new(store));
         let shared = layered.api_key("shared").unwrap();
@@ -252,9 +261,18 @@ mod layered_tests {
         let added = layered.api_key("only-stored").unwrap();
         assert_eq!(added.identity.consumer.id, "stored-only");
         assert!(layered.consumer("stored-only").is_some());
+        assert!(!added.identity.sandbox);
+        let mut sandbox = StaticDirectory::default();
+        sandbox
+            .add_api_key(&owner, "trial", "hmac-sha256:AAAA", None, false, true)
+            .unwrap();
+        assert!(
+            sandbox.api_key("trial").unwrap().identity.sandbox,
+            "a sandbox key's identity says so wherever it travels"
+        );
         let mut bad = StaticDirectory::default();
         assert!(bad
-            .add_api_key(&owner, "x", "sha1:AAAA", None, false)
+            .add_api_key(&owner, "x", "sha1:AAAA", None, false, false)
             .is_err());
     }
 }

@@ -22,6 +22,10 @@ pub struct Identity {
     pub claims: Option<Arc<Map<String, Value>>>,
     /// Method-specific upstream headers (`claims_to_headers`).
     pub extra_headers: Arc<[(HeaderName, HeaderValue)]>,
+    /// A sandbox key: it calls API products' sandboxes and nothing else. Carried by the
+    /// credential itself, so no other table (one swapped a moment later) can let it through
+    /// to a live service.
+    pub sandbox: bool,
 }
 
 impl Identity {
@@ -33,6 +37,7 @@ impl Identity {
             credential,
             claims: None,
             extra_headers: Arc::from([]),
+            sandbox: false,
         }
     }
 }

@@ -761,17 +761,17 @@ async fn route_and_respond(
     // API products: most gateways sell nothing, and pay one atomic load and a check of an
     // empty map; the admission itself is boxed off this (large) future.
     let identity = granted.as_ref().map(|g| &*g.identity);
+    let sandbox_key = identity.is_some_and(|identity| identity.sandbox);
     let access = {
         // The guard is dropped before any await: the store follower swaps the catalog.
         let catalog = snapshot.products.load();
-        (catalog.governs(&matched.route.name) || (identity.is_some() && catalog.has_sandbox_keys()))
-            .then(|| {
-                catalog.access(
-                    &matched.route.name,
-                    identity.map(|identity| identity.consumer.id.as_str()),
-                    identity.map(|identity| &*identity.credential),
-                )
-            })
+        (sandbox_key || catalog.governs(&matched.route.name)).then(|| {
+            catalog.access(
+                &matched.route.name,
+                identity.map(|identity| identity.consumer.id.as_str()),
+                sandbox_key,
+            )
+        })
     };
     let mut sandbox_service = None;
     if let Some(access) = access {

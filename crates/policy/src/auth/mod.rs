@@ -600,5 +600,6 @@ pub(crate) fn identity_from_claims(
         credential: format!("{method}:{subject}").into(),
         claims: Some(Arc::new(claims)),
         extra_headers: extra_headers.into(),
+        sandbox: false,
     })
 }
