@@ -17,8 +17,9 @@ pub const X_PEER_IDENTITY: HeaderName = HeaderName::from_static("x-gatehouse-pee
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+const HOP_BY_HOP_COUNT: usize = 7;
 /// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -27,6 +28,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TE,
     header::TRANSFER_ENCODING,
 ];
+const CONNECTION_INDEX: usize = 0;
+const TE_INDEX: usize = 5;
 
 /// Whether the request asks for a protocol upgrade (WebSocket) on HTTP/1.1.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
@@ -45,31 +48,59 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Remove hop-by-hop headers and those named by `Connection`. With `upgrade`, the
 /// `Upgrade` header and `Connection: upgrade` survive so the upstream can switch protocols.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    let keeps_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+    // One pass over the names finds what is there: comparing names costs no hashing, and
+    // most messages carry one hop-by-hop header (`Connection`) or none, where a `remove`
+    // per listed name would hash each of them on every request and response.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    let mut upgrade_header = false;
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[index] = true;
+        } else if name == header::UPGRADE {
+            upgrade_header = true;
+        }
+    }
+    if !upgrade && !upgrade_header && !present.contains(&true) {
+        return;
+    }
+    // Other headers `Connection` names. Its usual tokens (`keep-alive`, `close`, `upgrade`)
+    // are handled without one: they name no header or one dealt with below.
+    let named: Vec<HeaderName> = if present[CONNECTION_INDEX] {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|token| {
+                !["close", "keep-alive", "upgrade"]
+                    .iter()
+                    .any(|usual| token.eq_ignore_ascii_case(usual))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let keeps_trailers = present[TE_INDEX]
+        && headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
     for name in named {
         if !(upgrade && name == header::UPGRADE) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
         headers.remove(name);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade_header {
         headers.remove(header::UPGRADE);
     }
     if keeps_trailers {
@@ -209,6 +240,35 @@ mod tests {
         assert!(!headers.contains_key(KEEP_ALIVE));
         assert_eq!(headers[header::UPGRADE], "websocket");
         assert_eq!(headers[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_goes_and_trailers_survive_in_te() {
+        assert_eq!(HOP_BY_HOP[CONNECTION_INDEX], header::CONNECTION);
+        assert_eq!(HOP_BY_HOP[TE_INDEX], header::TE);
+        let mut headers = HeaderMap::new();
+        for name in &HOP_BY_HOP {
+            headers.insert(name, HeaderValue::from_static("x"));
+        }
+        headers.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.len(), 2, "{headers:?}");
+        assert_eq!(headers["x-kept"], "1");
+        assert_eq!(headers[header::TE], "trailers");
+
+        // Nothing to strip: the message is left as it was.
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, HeaderValue::from_static("example.com"));
+        plain.insert("x-kept", HeaderValue::from_static("1"));
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain, before);
+        // `Upgrade` alone (no `Connection`) goes unless the upgrade is being made.
+        plain.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain, before);
     }
 
     #[test]

@@ -531,27 +531,41 @@ impl Finish {
             DecisionLabels, GrpcLabels, RequestLabels, RouteLabels, ServiceLabels,
         };
         let metrics = &self.telemetry.metrics;
-        let (route, service) = self.names();
-        let (route, service) = (route.to_owned(), service.to_owned());
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                service: service.clone(),
-                method: self.method.as_str().to_owned(),
-                status_class: status_class(self.status),
-            })
-            .inc();
-        let per_consumer = self
+        let compiled = self
             .trace
             .route
-            .and_then(|index| self.snapshot.router.routes().get(index))
-            .is_some_and(|route| route.payload.per_consumer_metrics);
+            .and_then(|index| self.snapshot.router.routes().get(index));
+        let (route_name, service_name) = self.names();
+        // The label is the route's own service unless a version picked another.
+        let own_service = !service_name.is_empty() && self.trace.version_service.is_none();
+        match compiled {
+            Some(compiled) => compiled.payload.series.count_request(
+                metrics,
+                route_name,
+                service_name,
+                own_service,
+                &self.method,
+                self.status,
+            ),
+            None => {
+                metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        route: route_name.to_owned(),
+                        service: service_name.to_owned(),
+                        method: self.method.as_str().to_owned(),
+                        status_class: status_class(self.status),
+                    })
+                    .inc();
+            }
+        }
+        let per_consumer = compiled.is_some_and(|route| route.payload.per_consumer_metrics);
+        let route = || route_name.to_owned();
         if let (true, Some(identity)) = (per_consumer, &self.trace.identity) {
             metrics
                 .consumer_requests
                 .get_or_create(&ConsumerLabels {
-                    route: route.clone(),
+                    route: route(),
                     consumer: identity.consumer.id.clone(),
                     status_class: status_class(self.status),
                 })
@@ -567,7 +581,7 @@ impl Finish {
                 metrics
                     .policy_decisions
                     .get_or_create(&DecisionLabels {
-                        route: route.clone(),
+                        route: route(),
                         policy,
                         result: if passed { "allowed" } else { "refused" },
                     })
@@ -578,7 +592,7 @@ impl Finish {
             metrics
                 .authorization_decisions
                 .get_or_create(&AuthorizationLabels {
-                    route: route.clone(),
+                    route: route(),
                     decision,
                 })
                 .inc();
@@ -587,31 +601,51 @@ impl Finish {
             metrics
                 .cache_lookups
                 .get_or_create(&CacheLabels {
-                    route: route.clone(),
+                    route: route(),
                     result: outcome.label(),
                 })
                 .inc();
         }
-        self.record_mesh_metrics(&service, total);
-        let route_labels = RouteLabels { route };
-        metrics
-            .request_duration
-            .get_or_create(&route_labels)
-            .observe(total.as_secs_f64());
-        if self.bytes_in > 0 {
-            metrics
-                .bytes_received
-                .get_or_create(&route_labels)
-                .inc_by(self.bytes_in);
+        self.record_mesh_metrics(service_name, total);
+        match compiled {
+            Some(compiled) => {
+                let series = &compiled.payload.series;
+                series
+                    .duration(metrics, route_name)
+                    .observe(total.as_secs_f64());
+                if self.bytes_in > 0 {
+                    series
+                        .bytes_received(metrics, route_name)
+                        .inc_by(self.bytes_in);
+                }
+                series
+                    .bytes_sent(metrics, route_name)
+                    .inc_by(self.bytes_out);
+            }
+            None => {
+                let route_labels = RouteLabels { route: route() };
+                metrics
+                    .request_duration
+                    .get_or_create(&route_labels)
+                    .observe(total.as_secs_f64());
+                if self.bytes_in > 0 {
+                    metrics
+                        .bytes_received
+                        .get_or_create(&route_labels)
+                        .inc_by(self.bytes_in);
+                }
+                metrics
+                    .bytes_sent
+                    .get_or_create(&route_labels)
+                    .inc_by(self.bytes_out);
+            }
         }
-        metrics
-            .bytes_sent
-            .get_or_create(&route_labels)
-            .inc_by(self.bytes_out);
         if let Some(upstream) = self.trace.upstream {
             metrics
                 .upstream_duration
-                .get_or_create(&ServiceLabels { service })
+                .get_or_create(&ServiceLabels {
+                    service: service_name.to_owned(),
+                })
                 .observe(upstream.as_secs_f64());
             metrics.gateway_duration.observe(gateway_time.as_secs_f64());
         }
@@ -619,7 +653,7 @@ impl Finish {
             metrics
                 .grpc_responses
                 .get_or_create(&GrpcLabels {
-                    route: route_labels.route.clone(),
+                    route: route(),
                     code: status.name(),
                 })
                 .inc();
@@ -1864,12 +1898,15 @@ fn reject_ambiguous_framing<B>(request: &Request<B>) -> Result<(), GatewayError>
 /// The request's host, lowercase and without port (for routing), and its authority as sent
 /// (for redirects): from `:authority` (HTTP/2, absolute form) or `Host`.
 fn request_host<B>(request: &Request<B>) -> Result<(String, String), GatewayError> {
-    if request.headers().get_all(header::HOST).iter().count() > 1 {
+    // One lookup of `Host` serves the repetition check and the value.
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
         return Err(GatewayError::BadRequest("repeated Host header"));
     }
     let authority = match request.uri().authority() {
         Some(authority) => authority.clone(),
-        None => match request.headers().get(header::HOST) {
+        None => match host_header {
             Some(value) => value
                 .to_str()
                 .ok()

@@ -85,6 +85,8 @@ pub struct RouteRuntime {
     pub openapi: Option<RouteValidation>,
     /// Count this route's requests per consumer (`metrics.per_consumer`).
     pub per_consumer_metrics: bool,
+    /// Handles to the route's metric series, found on first use.
+    pub series: gatehouse_telemetry::metrics::RouteSeries,
     /// Answer from the response cache when it may.
     pub cache: Option<RouteCache>,
     /// Headers, query, status and JSON bodies changed on the way through.
@@ -511,6 +513,7 @@ impl Snapshot {
                     .as_ref()
                     .map(|rules| Authorization::new(rules, &route.name_or_default(index)))
                     .transpose()?,
+                series: Default::default(),
                 per_consumer_metrics: {
                     let name = route.name_or_default(index);
                     config

@@ -2,6 +2,7 @@
 //! service, listener, endpoint names, status classes, problem codes), never by request data.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -315,12 +316,106 @@ impl Metrics {
 
 /// `2xx`, `4xx`, ... for a status code.
 pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_class_index(status)]
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// Methods whose `requests` series a [`RouteSeries`] keeps a handle to.
+const CACHED_METHODS: [http::Method; 7] = [
+    http::Method::GET,
+    http::Method::HEAD,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::DELETE,
+    http::Method::PATCH,
+    http::Method::OPTIONS,
+];
+
+/// One route's series of the per-route families, each looked up once. A family lookup
+/// allocates the labels, hashes them and takes a lock; a request would do several. Series
+/// are never removed from a family, so a kept handle is the series `/metrics` reads. One
+/// per compiled route, used with one [`Metrics`] (the process's).
+#[derive(Default)]
+pub struct RouteSeries {
+    duration: OnceLock<Histogram>,
+    bytes_received: OnceLock<Counter>,
+    bytes_sent: OnceLock<Counter>,
+    /// `requests` by [answered by the route's own service] × method × status class; boxed
+    /// on first use, so a route nobody calls costs a pointer.
+    requests: OnceLock<Box<[OnceLock<Counter>; 2 * CACHED_METHODS.len() * STATUS_CLASSES.len()]>>,
+}
+
+impl RouteSeries {
+    pub fn duration(&self, metrics: &Metrics, route: &str) -> &Histogram {
+        self.duration.get_or_init(|| {
+            metrics.request_duration.get_or_create_owned(&RouteLabels {
+                route: route.to_owned(),
+            })
+        })
+    }
+
+    pub fn bytes_received(&self, metrics: &Metrics, route: &str) -> &Counter {
+        self.bytes_received.get_or_init(|| {
+            metrics.bytes_received.get_or_create_owned(&RouteLabels {
+                route: route.to_owned(),
+            })
+        })
+    }
+
+    pub fn bytes_sent(&self, metrics: &Metrics, route: &str) -> &Counter {
+        self.bytes_sent.get_or_init(|| {
+            metrics.bytes_sent.get_or_create_owned(&RouteLabels {
+                route: route.to_owned(),
+            })
+        })
+    }
+
+    /// Counts one request of `route`. `service`: the label, which is either the route's
+    /// own single service (`own_service`) or empty for a kept handle; any other (a split's
+    /// draw, a version's service) and uncommon methods go through the family.
+    pub fn count_request(
+        &self,
+        metrics: &Metrics,
+        route: &str,
+        service: &str,
+        own_service: bool,
+        method: &http::Method,
+        status: u16,
+    ) {
+        let labels = || RequestLabels {
+            route: route.to_owned(),
+            service: service.to_owned(),
+            method: method.as_str().to_owned(),
+            status_class: status_class(status),
+        };
+        let method_index = CACHED_METHODS.iter().position(|m| m == method);
+        match method_index {
+            Some(method_index) if own_service || service.is_empty() => {
+                let slots = self
+                    .requests
+                    .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
+                let index = ((own_service as usize * CACHED_METHODS.len()) + method_index)
+                    * STATUS_CLASSES.len()
+                    + status_class_index(status);
+                slots[index]
+                    .get_or_init(|| metrics.requests.get_or_create_owned(&labels()))
+                    .inc();
+            }
+            _ => {
+                metrics.requests.get_or_create(&labels()).inc();
+            }
+        }
     }
 }
 
@@ -357,6 +452,47 @@ pub fn to_prometheus_text(open_metrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_routes_kept_handles_count_in_the_families_series() {
+        let metrics = Metrics::new();
+        let series = RouteSeries::default();
+        let get = http::Method::GET;
+        let purge = http::Method::from_bytes(b"PURGE").unwrap();
+        for _ in 0..3 {
+            series.count_request(&metrics, "books", "catalog", true, &get, 200);
+        }
+        series.count_request(&metrics, "books", "", false, &get, 404);
+        series.count_request(&metrics, "books", "catalog-v2", false, &get, 200);
+        series.count_request(&metrics, "books", "catalog", true, &purge, 503);
+        series.duration(&metrics, "books").observe(0.002);
+        series.bytes_sent(&metrics, "books").inc_by(100);
+        series.bytes_sent(&metrics, "books").inc_by(20);
+        let count = |service: &str, method: &str, status_class: &'static str| {
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: "books".into(),
+                    service: service.into(),
+                    method: method.into(),
+                    status_class,
+                })
+                .get()
+        };
+        assert_eq!(count("catalog", "GET", "2xx"), 3);
+        assert_eq!(count("", "GET", "4xx"), 1);
+        assert_eq!(count("catalog-v2", "GET", "2xx"), 1);
+        assert_eq!(count("catalog", "PURGE", "5xx"), 1);
+        let books = RouteLabels {
+            route: "books".into(),
+        };
+        assert_eq!(metrics.bytes_sent.get_or_create(&books).get(), 120);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("route=\"books\"") && text.contains("status_class=\"2xx\""),
+            "{text}"
+        );
+    }
 
     #[test]
     fn counters_carry_their_total_suffix_in_help_and_type() {
