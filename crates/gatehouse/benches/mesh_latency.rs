@@ -4,9 +4,15 @@
 //! request was due, so a stall is not hidden by sending less). Also the callee sidecar's
 //! memory, idle and after the load.
 //!
+//! When `haproxy` is on the PATH (`../shared/bench/setup.sh` installs it), a third path
+//! gives the bar on the same machine in the same run: two single-threaded HAProxy processes
+//! doing the same job (HTTP in on the caller's side, mutual TLS between them with
+//! certificates from the same kind of CA, HTTP out to the same server).
+//!
 //! `cargo bench -p gatehouse --bench mesh_latency` (release build of the real binary).
 //! Settings: MESH_BENCH_RATE (requests/s, default 2000), MESH_BENCH_SECONDS (per run,
-//! default 5), MESH_BENCH_ROUNDS (default 3), MESH_BENCH_CONNECTIONS (default 16).
+//! default 5), MESH_BENCH_ROUNDS (default 3), MESH_BENCH_CONNECTIONS (default 16),
+//! MESH_BENCH_PEER (`haproxy`, the default when it is installed, or `none`).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -89,6 +95,77 @@ fn start(args: &[&str], yaml: Option<&str>, env: &[(&str, String)]) -> Process {
         child,
         _dir: Some(dir),
     }
+}
+
+/// Two HAProxy processes (one thread each, as the sidecars run) standing in for the two
+/// sidecars: the caller's plain HTTP in on `outbound`, mutual TLS to the callee's process,
+/// which verifies the client certificate against the same CA and forwards to `application`.
+/// Returns the processes and the caller's address, or `None` when HAProxy is not installed.
+fn haproxy_pair(application: SocketAddr) -> Option<(Vec<Process>, SocketAddr)> {
+    let peer = std::env::var("MESH_BENCH_PEER").unwrap_or_else(|_| "haproxy".to_owned());
+    if peer == "none" {
+        return None;
+    }
+    assert_eq!(peer, "haproxy", "MESH_BENCH_PEER is `haproxy` or `none`");
+    if Command::new("haproxy").arg("-v").output().is_err() {
+        println!("mesh_latency: haproxy not found; run ../shared/bench/setup.sh for the peer pair");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (authority, ca_pem, _) =
+        gatehouse_mesh::ca::Authority::generate("bench.local").expect("CA");
+    let write_identity = |service: &str| {
+        let id = gatehouse_mesh::SpiffeId::new("bench.local", "default", service);
+        let (issued, key) = authority
+            .issue_server(
+                &id,
+                &[format!("{service}.bench.local")],
+                Duration::from_secs(3600),
+            )
+            .expect("certificate");
+        let mut pem: String = issued
+            .chain
+            .iter()
+            .map(|der| gatehouse_mesh::ca::pem_certificate(der))
+            .collect();
+        pem.push_str(&key.serialize_pem());
+        let path = dir.path().join(format!("{service}.pem"));
+        std::fs::write(&path, pem).expect("certificate file");
+        path
+    };
+    let (client_pem, server_pem) = (write_identity("client"), write_identity("server"));
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).expect("CA file");
+    let (outbound, inbound) = (free_port(), free_port());
+    // As the peer benchmark's HAProxy: idle connections to the next hop are reused by any
+    // request, as the sidecars' pools do.
+    let common = "global\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout http-keep-alive 300s\n  http-reuse always\n";
+    let client_config = format!(
+        "{common}frontend outbound\n  bind 127.0.0.1:{outbound}\n  default_backend server\nbackend server\n  server server 127.0.0.1:{inbound} ssl verify required ca-file {} crt {} sni str(server.bench.local) verifyhost server.bench.local\n",
+        ca.display(),
+        client_pem.display()
+    );
+    let server_config = format!(
+        "{common}frontend inbound\n  bind 127.0.0.1:{inbound} ssl crt {} ca-file {} verify required\n  default_backend application\nbackend application\n  server application {application}\n",
+        server_pem.display(),
+        ca.display()
+    );
+    let mut processes = Vec::new();
+    for (name, config) in [("server", server_config), ("client", client_config)] {
+        let path = dir.path().join(format!("haproxy-{name}.cfg"));
+        std::fs::write(&path, config).expect("haproxy config");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start haproxy");
+        processes.push(Process { child, _dir: None });
+    }
+    processes[0]._dir = Some(dir);
+    Some((processes, SocketAddr::from(([127, 0, 0, 1], outbound))))
 }
 
 fn free_port() -> u16 {
@@ -260,6 +337,19 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let peer = haproxy_pair(backend);
+    let mut paths = vec![("direct", backend), ("two sidecars", via_mesh)];
+    if let Some((_, address)) = &peer {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status_of(*address).await != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "the HAProxy pair never answered 200"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        paths.push(("two HAProxy (mTLS)", *address));
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = server.status_kib("VmRSS:");
 
@@ -271,13 +361,10 @@ async fn main() {
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     // Per path: (p50, p99) from due, and from sent.
-    let mut runs: [Vec<[u64; 4]>; 2] = [Vec::new(), Vec::new()];
+    let mut runs: Vec<Vec<[u64; 4]>> = vec![Vec::new(); paths.len()];
     for round in 1..=rounds {
-        for (index, (name, target)) in [("direct", backend), ("two sidecars", via_mesh)]
-            .into_iter()
-            .enumerate()
-        {
-            let (latencies, service) = measure(target, rate, connections, seconds).await;
+        for (index, (name, target)) in paths.iter().enumerate() {
+            let (latencies, service) = measure(*target, rate, connections, seconds).await;
             let row = [
                 percentile(&latencies, 0.50),
                 percentile(&latencies, 0.99),
@@ -296,22 +383,25 @@ async fn main() {
             runs[index].push(row);
         }
     }
-    let added = |column: usize| {
+    // The median over rounds of (path − direct) in the same round.
+    let added = |path: usize, column: usize| {
         let mut differences: Vec<i64> = runs[0]
             .iter()
-            .zip(&runs[1])
-            .map(|(direct, mesh)| mesh[column] as i64 - direct[column] as i64)
+            .zip(&runs[path])
+            .map(|(direct, proxied)| proxied[column] as i64 - direct[column] as i64)
             .collect();
         differences.sort_unstable();
         differences[differences.len() / 2]
     };
-    println!(
-        "added by the two sidecars (median of per-round differences): from due p50 {} µs, p99 {} µs; from sent p50 {} µs, p99 {} µs",
-        added(0),
-        added(1),
-        added(2),
-        added(3)
-    );
+    for (index, (name, _)) in paths.iter().enumerate().skip(1) {
+        println!(
+            "added by {name} (median of per-round differences): from due p50 {} µs, p99 {} µs; from sent p50 {} µs, p99 {} µs",
+            added(index, 0),
+            added(index, 1),
+            added(index, 2),
+            added(index, 3)
+        );
+    }
     println!(
         "server sidecar RSS: idle {} KiB, after load {} KiB, peak {} KiB; client sidecar peak {} KiB",
         idle_rss,
@@ -319,5 +409,12 @@ async fn main() {
         server.status_kib("VmHWM:"),
         client.status_kib("VmHWM:"),
     );
-    drop((client, server, control));
+    if let Some((processes, _)) = &peer {
+        println!(
+            "HAProxy pair peak RSS: server side {} KiB, client side {} KiB",
+            processes[0].status_kib("VmHWM:"),
+            processes[1].status_kib("VmHWM:")
+        );
+    }
+    drop((client, server, control, peer));
 }
