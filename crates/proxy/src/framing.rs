@@ -154,7 +154,7 @@ impl Http1Framing {
     /// longer than `max`.
     fn take_line(&mut self, data: &[u8], at: &mut usize, max: usize) -> Option<bool> {
         let rest = &data[*at..];
-        match rest.iter().position(|b| *b == b'\n') {
+        match memchr::memchr(b'\n', rest) {
             Some(end) => {
                 self.line.extend_from_slice(&rest[..end]);
                 *at += end + 1;
@@ -231,19 +231,35 @@ impl Http1Framing {
     }
 }
 
-/// One past the LF that ends the head (an empty line), if the head is complete.
+/// One past the LF that ends the head (an empty line), if the head is complete. Every
+/// request head passes through here and `judge`: line ends are found with `memchr`, not
+/// byte by byte.
 fn head_end(bytes: &[u8]) -> Option<usize> {
     let mut line_start = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        if *b == b'\n' {
-            let line = &bytes[line_start..i];
-            if (line.is_empty() || line == b"\r") && line_start > 0 {
-                return Some(i + 1);
-            }
-            line_start = i + 1;
+    for i in memchr::memchr_iter(b'\n', bytes) {
+        let line = &bytes[line_start..i];
+        if (line.is_empty() || line == b"\r") && line_start > 0 {
+            return Some(i + 1);
         }
+        line_start = i + 1;
     }
     None
+}
+
+/// The lines of a head, each without its line end.
+fn head_lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = head;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(end) => (&rest[..end], &rest[end + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    })
 }
 
 enum BodyFraming {
@@ -262,38 +278,32 @@ struct Framing {
 /// The framing of a complete head, or `None` when it is ambiguous: a bare LF line end, or
 /// both `Content-Length` and `Transfer-Encoding`.
 fn judge(head: &[u8]) -> Option<Framing> {
-    if head
-        .iter()
-        .enumerate()
-        .any(|(i, b)| *b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
-    {
+    if memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r') {
         return None;
     }
-    let mut lines = head
-        .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = head_lines(head);
     let request_line = lines.next().unwrap_or_default();
     let connect = request_line.starts_with(b"CONNECT ");
     let (mut length, mut lengths, mut chunked, mut encodings) = (None, 0, false, 0);
     let (mut upgrade_header, mut connection_upgrade) = (false, false);
     for line in lines.filter(|l| !l.is_empty()) {
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue; // hyper rejects lines without a colon
         };
         let name = &line[..colon];
-        let value = trim(&line[colon + 1..]);
+        let value = || trim(&line[colon + 1..]);
         if name.eq_ignore_ascii_case(b"content-length") {
             lengths += 1;
-            length = std::str::from_utf8(value)
+            length = std::str::from_utf8(value())
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok());
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             encodings += 1;
-            chunked = value.eq_ignore_ascii_case(b"chunked");
+            chunked = value().eq_ignore_ascii_case(b"chunked");
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             upgrade_header = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
-            connection_upgrade |= value
+            connection_upgrade |= value()
                 .split(|b| *b == b',')
                 .any(|token| trim(token).eq_ignore_ascii_case(b"upgrade"));
         }
