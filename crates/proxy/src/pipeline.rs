@@ -528,7 +528,7 @@ impl Finish {
     fn record_metrics(&self, total: std::time::Duration, gateway_time: std::time::Duration) {
         use gatehouse_telemetry::metrics::{
             status_class, AuthorizationLabels, CacheLabels, CodeLabels, ConsumerLabels,
-            DecisionLabels, GrpcLabels, RequestLabels, RouteLabels, ServiceLabels,
+            DecisionLabels, GrpcLabels, ServiceLabels,
         };
         let metrics = &self.telemetry.metrics;
         let compiled = self
@@ -536,29 +536,19 @@ impl Finish {
             .route
             .and_then(|index| self.snapshot.router.routes().get(index));
         let (route_name, service_name) = self.names();
+        let series = compiled.map_or(&self.snapshot.unrouted_series, |compiled| {
+            &compiled.payload.series
+        });
         // The label is the route's own service unless a version picked another.
         let own_service = !service_name.is_empty() && self.trace.version_service.is_none();
-        match compiled {
-            Some(compiled) => compiled.payload.series.count_request(
-                metrics,
-                route_name,
-                service_name,
-                own_service,
-                &self.method,
-                self.status,
-            ),
-            None => {
-                metrics
-                    .requests
-                    .get_or_create(&RequestLabels {
-                        route: route_name.to_owned(),
-                        service: service_name.to_owned(),
-                        method: self.method.as_str().to_owned(),
-                        status_class: status_class(self.status),
-                    })
-                    .inc();
-            }
-        }
+        series.count_request(
+            metrics,
+            route_name,
+            service_name,
+            own_service,
+            &self.method,
+            self.status,
+        );
         let per_consumer = compiled.is_some_and(|route| route.payload.per_consumer_metrics);
         let route = || route_name.to_owned();
         if let (true, Some(identity)) = (per_consumer, &self.trace.identity) {
@@ -607,39 +597,17 @@ impl Finish {
                 .inc();
         }
         self.record_mesh_metrics(service_name, total);
-        match compiled {
-            Some(compiled) => {
-                let series = &compiled.payload.series;
-                series
-                    .duration(metrics, route_name)
-                    .observe(total.as_secs_f64());
-                if self.bytes_in > 0 {
-                    series
-                        .bytes_received(metrics, route_name)
-                        .inc_by(self.bytes_in);
-                }
-                series
-                    .bytes_sent(metrics, route_name)
-                    .inc_by(self.bytes_out);
-            }
-            None => {
-                let route_labels = RouteLabels { route: route() };
-                metrics
-                    .request_duration
-                    .get_or_create(&route_labels)
-                    .observe(total.as_secs_f64());
-                if self.bytes_in > 0 {
-                    metrics
-                        .bytes_received
-                        .get_or_create(&route_labels)
-                        .inc_by(self.bytes_in);
-                }
-                metrics
-                    .bytes_sent
-                    .get_or_create(&route_labels)
-                    .inc_by(self.bytes_out);
-            }
+        series
+            .duration(metrics, route_name)
+            .observe(total.as_secs_f64());
+        if self.bytes_in > 0 {
+            series
+                .bytes_received(metrics, route_name)
+                .inc_by(self.bytes_in);
         }
+        series
+            .bytes_sent(metrics, route_name)
+            .inc_by(self.bytes_out);
         if let Some(upstream) = self.trace.upstream {
             metrics
                 .upstream_duration

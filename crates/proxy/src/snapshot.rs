@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub products: gatehouse_policy::products::StoredCatalog,
     /// Some service is a mesh service: calls to it count in the mesh metrics by callee.
     pub has_mesh_services: bool,
+    /// Handles to the metric series of requests no route took (an empty route label).
+    pub unrouted_series: gatehouse_telemetry::metrics::RouteSeries,
 }
 
 /// Per-listener settings read at each accepted connection.
@@ -572,6 +574,7 @@ impl Snapshot {
                 let has_mesh_services = services.values().any(|s| s.mesh_peer.is_some());
                 Ok(Self {
                     has_mesh_services,
+                    unrouted_series: Default::default(),
                     version,
                     config: Arc::new(config),
                     router,
