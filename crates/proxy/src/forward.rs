@@ -40,9 +40,8 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(tokens)
+        .any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Remove hop-by-hop headers and those named by `Connection`. With `upgrade`, the
@@ -53,9 +52,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // per listed name would hash each of them on every request and response.
     let mut present = [false; HOP_BY_HOP_COUNT];
     let mut upgrade_header = false;
-    for name in headers.keys() {
+    // `Connection` naming headers beyond its usual tokens (`keep-alive`, `close`,
+    // `upgrade`: they name no header or one dealt with below); and `TE: trailers`.
+    let mut names_others = false;
+    let mut keeps_trailers = false;
+    for (name, value) in headers.iter() {
         if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
             present[index] = true;
+            if index == CONNECTION_INDEX {
+                names_others |= tokens(value).any(|token| !is_usual_connection_token(token));
+            } else if index == TE_INDEX {
+                keeps_trailers |= tokens(value).any(|token| token.eq_ignore_ascii_case("trailers"));
+            }
         } else if name == header::UPGRADE {
             upgrade_header = true;
         }
@@ -63,33 +71,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if !upgrade && !upgrade_header && !present.contains(&true) {
         return;
     }
-    // Other headers `Connection` names. Its usual tokens (`keep-alive`, `close`, `upgrade`)
-    // are handled without one: they name no header or one dealt with below.
-    let named: Vec<HeaderName> = if present[CONNECTION_INDEX] {
+    let named: Vec<HeaderName> = if names_others {
         headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|token| {
-                !["close", "keep-alive", "upgrade"]
-                    .iter()
-                    .any(|usual| token.eq_ignore_ascii_case(usual))
-            })
+            .flat_map(tokens)
+            .filter(|token| !is_usual_connection_token(token))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect()
     } else {
         Vec::new()
     };
-    let keeps_trailers = present[TE_INDEX]
-        && headers
-            .get(header::TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            });
     for name in named {
         if !(upgrade && name == header::UPGRADE) {
             headers.remove(name);
@@ -107,6 +99,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         // `TE: trailers` is how gRPC clients say they accept trailers; it must reach the upstream.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The comma-separated tokens of a list-valued field (empty for a value that is not text).
+pub(crate) fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value.to_str().unwrap_or_default().split(',').map(str::trim)
+}
+
+fn is_usual_connection_token(token: &str) -> bool {
+    ["close", "keep-alive", "upgrade"]
+        .iter()
+        .any(|usual| token.eq_ignore_ascii_case(usual))
 }
 
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {

@@ -54,7 +54,7 @@ impl Mirror {
         tokio::spawn(async move {
             let _slot = slot;
             let call = async {
-                let response = service
+                let (response, _) = service
                     .call(
                         UpstreamRequest {
                             method,

@@ -24,7 +24,7 @@ use crate::snapshot::{
     fill_template, Backends, ListenerRuntime, RouteAction, RouteRuntime, Snapshot,
 };
 use crate::transform;
-use crate::upstream::{hash_of, OutgoingBody, Service, UpstreamInfo, UpstreamRequest};
+use crate::upstream::{hash_of, OutgoingBody, Service, UpstreamRequest};
 use crate::versioning::{self, ApiRuntime};
 use gatehouse_policy::{
     cors, AccessOutcome, ClientCertificate, Granted, InFlightLimit, LimitRequest, RequestInfo,
@@ -528,7 +528,7 @@ impl Finish {
     fn record_metrics(&self, total: std::time::Duration, gateway_time: std::time::Duration) {
         use gatehouse_telemetry::metrics::{
             status_class, AuthorizationLabels, CacheLabels, CodeLabels, ConsumerLabels,
-            DecisionLabels, GrpcLabels, ServiceLabels,
+            DecisionLabels, GrpcLabels,
         };
         let metrics = &self.telemetry.metrics;
         let compiled = self
@@ -609,12 +609,7 @@ impl Finish {
             .bytes_sent(metrics, route_name)
             .inc_by(self.bytes_out);
         if let Some(upstream) = self.trace.upstream {
-            metrics
-                .upstream_duration
-                .get_or_create(&ServiceLabels {
-                    service: service_name.to_owned(),
-                })
-                .observe(upstream.as_secs_f64());
+            series.observe_upstream(metrics, service_name, own_service, upstream.as_secs_f64());
             metrics.gateway_duration.observe(gateway_time.as_secs_f64());
         }
         if let Some(status) = self.grpc_status {
@@ -647,7 +642,7 @@ async fn route_and_respond(
     // Only the gateway asserts a peer identity (set in `proxy` from the verified
     // certificate); a client's copy never reaches routing or the upstream.
     request.headers_mut().remove(X_PEER_IDENTITY);
-    let (host, authority) = request_host(&request)?;
+    let host = request_host(&request)?;
     if let Some(redirect) = &conn.listener.redirect_to_https {
         let port = if redirect.port == 443 {
             String::new()
@@ -738,7 +733,7 @@ async fn route_and_respond(
                 client_ip,
                 client_certificate: conn.client_certificate.as_deref(),
                 scheme: if conn.tls { "https" } else { "http" },
-                authority: &authority,
+                authority: request_authority(&request),
             };
             trace.auth_passed = Some(false);
             match Box::pin(access.check(&info))
@@ -890,7 +885,10 @@ async fn route_and_respond(
                     .scheme
                     .as_deref()
                     .unwrap_or(if conn.tls { "https" } else { "http" });
-            let target_host = redirect.host.as_deref().unwrap_or(&authority);
+            let target_host = redirect
+                .host
+                .as_deref()
+                .unwrap_or_else(|| request_authority(&request));
             let target_path = match &redirect.path {
                 Some(template) => fill_template(template, &matched.captures),
                 None => path.clone().into_owned(),
@@ -1739,7 +1737,7 @@ where
         .context
         .as_ref()
         .map(|context| (context, &mut trace.attempt_spans));
-    let mut response = service
+    let (mut response, info) = service
         .call(
             UpstreamRequest {
                 method: parts.method,
@@ -1755,10 +1753,8 @@ where
         )
         .await?;
 
-    if let Some(info) = response.extensions().get::<UpstreamInfo>() {
-        trace.endpoint = Some(info.endpoint);
-        trace.upstream = Some(info.elapsed);
-    }
+    trace.endpoint = Some(info.endpoint);
+    trace.upstream = Some(info.elapsed);
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -1863,33 +1859,91 @@ fn reject_ambiguous_framing<B>(request: &Request<B>) -> Result<(), GatewayError>
     Ok(())
 }
 
-/// The request's host, lowercase and without port (for routing), and its authority as sent
-/// (for redirects): from `:authority` (HTTP/2, absolute form) or `Host`.
-fn request_host<B>(request: &Request<B>) -> Result<(String, String), GatewayError> {
+/// The request's host, lowercase and without port, for routing: from the target URI's
+/// authority (HTTP/2 `:authority`, absolute form) or `Host`.
+fn request_host<B>(request: &Request<B>) -> Result<String, GatewayError> {
     // One lookup of `Host` serves the repetition check and the value.
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
         return Err(GatewayError::BadRequest("repeated Host header"));
     }
-    let authority = match request.uri().authority() {
-        Some(authority) => authority.clone(),
-        None => match host_header {
-            Some(value) => value
-                .to_str()
-                .ok()
-                .and_then(|v| v.parse::<http::uri::Authority>().ok())
-                .ok_or(GatewayError::BadRequest("invalid Host header"))?,
-            None if request.version() == Version::HTTP_11 => {
-                return Err(GatewayError::BadRequest("HTTP/1.1 request without Host"))
-            }
-            None => return Ok((String::new(), String::new())),
-        },
+    if let Some(authority) = request.uri().authority() {
+        return Ok(authority.host().to_ascii_lowercase());
+    }
+    match host_header {
+        Some(value) => host_of(value.as_bytes())
+            .map(str::to_ascii_lowercase)
+            .ok_or(GatewayError::BadRequest("invalid Host header")),
+        None if request.version() == Version::HTTP_11 => {
+            Err(GatewayError::BadRequest("HTTP/1.1 request without Host"))
+        }
+        None => Ok(String::new()),
+    }
+}
+
+/// The authority the client addressed, as sent: the target URI's (absolute form, HTTP/2
+/// `:authority`) or `Host`, which [`request_host`] has already judged.
+fn request_authority<B>(request: &Request<B>) -> &str {
+    match request.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => request
+            .headers()
+            .get(header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default(),
+    }
+}
+
+/// Bytes a registered name may hold (RFC 3986 section 3.2.2: unreserved, sub-delims and
+/// percent-encoding).
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let allowed = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%";
+    let mut i = 0;
+    while i < allowed.len() {
+        table[allowed[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+/// The host of a `Host` field value, `uri-host [ ":" port ]` (RFC 9110 section 7.2), or
+/// `None` when the value is not one. Judged in place: parsing it into a URI authority cost
+/// an allocation and two scans on every request.
+fn host_of(value: &[u8]) -> Option<&str> {
+    let (host, port) = if value.first() == Some(&b'[') {
+        // IP-literal: `[` IPv6 address `]`.
+        let end = memchr::memchr(b']', value)?;
+        let (host, rest) = value.split_at(end + 1);
+        let inside = &host[1..end];
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return None;
+        }
+        let port = match rest {
+            [] => &[][..],
+            [b':', port @ ..] => port,
+            _ => return None,
+        };
+        (host, port)
+    } else {
+        let (host, port) = match memchr::memrchr(b':', value) {
+            Some(colon) => (&value[..colon], &value[colon + 1..]),
+            None => (value, &[][..]),
+        };
+        if host.is_empty() || !host.iter().all(|&b| REG_NAME[usize::from(b)]) {
+            return None;
+        }
+        (host, port)
     };
-    Ok((
-        authority.host().to_ascii_lowercase(),
-        authority.as_str().to_owned(),
-    ))
+    if !port.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(host).ok()
 }
 
 /// Resolve `.` and `..` segments (RFC 3986 section 5.2.4) so routing and the upstream see the
@@ -1949,5 +2003,30 @@ mod tests {
             Some("/plain/path")
         );
         assert_eq!(normalize_path("/../etc/passwd"), None);
+    }
+
+    #[test]
+    fn host_values_are_judged_in_place() {
+        assert_eq!(host_of(b"api.example.com"), Some("api.example.com"));
+        assert_eq!(host_of(b"API.Example.com:8080"), Some("API.Example.com"));
+        assert_eq!(host_of(b"127.0.0.1:80"), Some("127.0.0.1"));
+        assert_eq!(host_of(b"[::1]:8443"), Some("[::1]"));
+        assert_eq!(host_of(b"[fe80::1]"), Some("[fe80::1]"));
+        assert_eq!(host_of(b"host:"), Some("host"));
+        for bad in [
+            &b""[..],
+            b":80",
+            b"user@host",
+            b"host:80x",
+            b"a b",
+            b"host/path",
+            b"[::1",
+            b"[]",
+            b"[::1]x",
+            b"[g::1]",
+            b"h\xc3\xa9",
+        ] {
+            assert_eq!(host_of(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

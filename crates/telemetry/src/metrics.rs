@@ -351,6 +351,8 @@ pub struct RouteSeries {
     duration: OnceLock<Histogram>,
     bytes_received: OnceLock<Counter>,
     bytes_sent: OnceLock<Counter>,
+    /// `upstream_duration` of the route's own single service.
+    upstream_duration: OnceLock<Histogram>,
     /// `requests` by [answered by the route's own service] × method × status class; boxed
     /// on first use, so a route nobody calls costs a pointer.
     requests: OnceLock<Box<[OnceLock<Counter>; 2 * CACHED_METHODS.len() * STATUS_CLASSES.len()]>>,
@@ -379,6 +381,30 @@ impl RouteSeries {
                 route: route.to_owned(),
             })
         })
+    }
+
+    /// The upstream time of `service`: a kept handle when it is the route's own single
+    /// service (`own_service`), the family otherwise (a split's draw, a version's service).
+    pub fn observe_upstream(
+        &self,
+        metrics: &Metrics,
+        service: &str,
+        own_service: bool,
+        seconds: f64,
+    ) {
+        let labels = || ServiceLabels {
+            service: service.to_owned(),
+        };
+        if own_service {
+            self.upstream_duration
+                .get_or_init(|| metrics.upstream_duration.get_or_create_owned(&labels()))
+                .observe(seconds);
+        } else {
+            metrics
+                .upstream_duration
+                .get_or_create(&labels())
+                .observe(seconds);
+        }
     }
 
     /// Counts one request of `route`. `service`: the label, which is either the route's

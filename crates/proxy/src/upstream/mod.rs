@@ -4,6 +4,7 @@
 mod balancer;
 mod budget;
 pub mod endpoint;
+mod h1;
 pub mod metrics;
 mod pool;
 
@@ -69,7 +70,7 @@ pub enum ServiceError {
     MeshTls(#[from] gatehouse_mesh::tls::MeshTlsError),
 }
 
-/// Which endpoint answered and how long the upstream took (retries included), attached to
+/// Which endpoint answered and how long the upstream took (retries included), returned with
 /// the upstream response for the log phase.
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamInfo {
@@ -101,6 +102,16 @@ impl RetryStats {
 pub enum OutgoingBody {
     Buffered(Bytes),
     Streaming(ProxyBody),
+}
+
+impl OutgoingBody {
+    fn into_proxy_body(self) -> ProxyBody {
+        match self {
+            Self::Buffered(bytes) if bytes.is_empty() => body::empty(),
+            Self::Buffered(bytes) => body::full(bytes),
+            Self::Streaming(body) => body,
+        }
+    }
 }
 
 /// A request ready to be sent to whichever endpoint the balancer picks.
@@ -302,7 +313,7 @@ impl Service {
         &self,
         mut request: UpstreamRequest,
         mut tracing: Option<(&TraceContext, &mut Vec<SpanRecord>)>,
-    ) -> Result<Response<PooledBody>, GatewayError> {
+    ) -> Result<(Response<PooledBody>, UpstreamInfo), GatewayError> {
         let policy = &self.config.retries;
         let started = Instant::now();
         self.budget.deposit();
@@ -321,8 +332,10 @@ impl Service {
             drop(set);
             let may_retry_after = retries_left > 0 && replayable;
             let body = match &mut request.body {
-                OutgoingBody::Buffered(bytes) => body::full(bytes.clone()),
-                OutgoingBody::Streaming(stream) => std::mem::replace(stream, body::empty()),
+                OutgoingBody::Buffered(bytes) => OutgoingBody::Buffered(bytes.clone()),
+                OutgoingBody::Streaming(stream) => {
+                    OutgoingBody::Streaming(std::mem::replace(stream, body::empty()))
+                }
             };
             // Every retry needs a replayable body: only then keep a copy of the headers.
             let mut headers = if may_retry_after {
@@ -359,12 +372,11 @@ impl Service {
                     self.record(&endpoint, status < 500);
                     let retry_status = policy.on_status.contains(&status) && request.retryable;
                     if !self.may_retry(retry_status && may_retry_after) {
-                        let mut response = response;
-                        response.extensions_mut().insert(UpstreamInfo {
+                        let info = UpstreamInfo {
                             endpoint: endpoint.addr,
                             elapsed: started.elapsed(),
-                        });
-                        return Ok(response);
+                        };
+                        return Ok((response, info));
                     }
                     ("status", None)
                 }
@@ -484,7 +496,7 @@ impl Service {
         endpoint: &Arc<Endpoint>,
         (method, path_and_query): (Method, http::uri::PathAndQuery),
         mut headers: HeaderMap,
-        body: ProxyBody,
+        body: OutgoingBody,
         deadline: Option<Instant>,
     ) -> Result<Response<PooledBody>, AttemptError> {
         let configured = self.config.timeouts.request.0;
@@ -570,6 +582,7 @@ fn classify(err: &SendError) -> AttemptError {
     let err = match err {
         SendError::Connect(message) => return AttemptError::Connect(message.clone()),
         SendError::Exchange(err) => err,
+        SendError::Direct(err) => return AttemptError::Other(err.to_string()),
     };
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(current) = source {
@@ -727,7 +740,7 @@ impl Service {
         let Ok(uri) = self.request_uri(endpoint, path) else {
             return false;
         };
-        let mut request = Request::new(body::empty());
+        let mut request = Request::new(OutgoingBody::Buffered(Bytes::new()));
         *request.uri_mut() = uri;
         if self.config.protocol == UpstreamProtocol::Http2 {
             *request.version_mut() = Version::HTTP_2;
@@ -782,7 +795,9 @@ impl Service {
         else {
             return false;
         };
-        let mut request = Request::new(body::full(grpc::health::check_request(&grpc.service)));
+        let mut request = Request::new(OutgoingBody::Buffered(grpc::health::check_request(
+            &grpc.service,
+        )));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_2;

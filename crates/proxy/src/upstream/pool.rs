@@ -4,6 +4,9 @@
 //! Written for the proxy's request path instead of a general-purpose client: no pool-key
 //! hashing or global pool lock, no connect racing a checkout, and an HTTP/1.1 connection goes
 //! back to its endpoint's idle list when its response body ends, without a task per request.
+//!
+//! A plaintext HTTP/1.1 request whose body the gateway holds whole (most requests) goes
+//! through the lean client of `h1.rs`; streaming bodies, upgrades and TLS go through hyper.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -22,6 +25,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::endpoint::{now_ms, Endpoint};
+use super::{h1, OutgoingBody};
 use crate::body::{BoxError, ProxyBody};
 
 /// Why an exchange with an upstream failed.
@@ -31,6 +35,8 @@ pub enum SendError {
     Connect(String),
     /// The exchange failed after the request was handed to a connection.
     Exchange(hyper::Error),
+    /// The exchange failed on a connection of the lean client.
+    Direct(h1::Error),
 }
 
 /// How to open connections to a service's endpoints.
@@ -47,10 +53,28 @@ pub struct Connector {
 pub struct Pool {
     /// (connection, idle since in ms); the most recently used at the back, reused first.
     idle: Mutex<VecDeque<(http1::SendRequest<ProxyBody>, u64)>>,
+    /// The lean client's connections, kept the same way.
+    idle_direct: Mutex<VecDeque<(h1::Connection, u64)>>,
     shared_h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
 impl Pool {
+    pub(super) fn take_direct(&self, idle_timeout_ms: u64) -> Option<h1::Connection> {
+        let now = now_ms();
+        let mut idle = self.idle_direct.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((connection, since)) = idle.pop_back() {
+            if now.saturating_sub(since) < idle_timeout_ms && connection.is_usable() {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    pub(super) fn put_direct(&self, connection: h1::Connection) {
+        let mut idle = self.idle_direct.lock().unwrap_or_else(|p| p.into_inner());
+        idle.push_back((connection, now_ms()));
+    }
+
     fn take_idle(&self, idle_timeout_ms: u64) -> Option<http1::SendRequest<ProxyBody>> {
         let now = now_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -78,6 +102,12 @@ impl Pool {
         }) {
             idle.pop_front();
         }
+        drop(idle);
+        let mut idle = self.idle_direct.lock().unwrap_or_else(|p| p.into_inner());
+        // Also drops connections the upstream closed while they waited.
+        idle.retain(|(connection, since)| {
+            now.saturating_sub(*since) < idle_timeout_ms && connection.is_usable()
+        });
     }
 }
 
@@ -87,11 +117,66 @@ impl Connector {
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
-        request: Request<ProxyBody>,
+        request: Request<OutgoingBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         if self.http2 {
-            return self.send_h2(endpoint, request).await;
+            return Box::pin(self.send_h2(endpoint, request.map(OutgoingBody::into_proxy_body)))
+                .await;
         }
+        let direct = self.tls.is_none()
+            && matches!(request.body(), OutgoingBody::Buffered(_))
+            && request.method() != http::Method::CONNECT
+            && !request.headers().contains_key(http::header::UPGRADE);
+        if direct {
+            let (parts, body) = request.into_parts();
+            let body = match body {
+                OutgoingBody::Buffered(bytes) => bytes,
+                OutgoingBody::Streaming(_) => Bytes::new(),
+            };
+            return self.send_direct(endpoint, parts, body).await;
+        }
+        // Boxed: the lean client above takes most requests, and this future would
+        // otherwise enlarge every request's.
+        Box::pin(self.send_hyper(endpoint, request.map(OutgoingBody::into_proxy_body))).await
+    }
+
+    async fn send_direct(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        request: http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let idle_ms = self.idle_timeout.as_millis() as u64;
+        let target = request
+            .uri
+            .path_and_query()
+            .map_or("/", |target| target.as_str());
+        loop {
+            let (connection, reused) = match endpoint.pool.take_direct(idle_ms) {
+                Some(connection) => (connection, true),
+                None => {
+                    let tcp = Box::pin(self.connect_tcp(endpoint.addr)).await?;
+                    (h1::Connection::new(tcp), false)
+                }
+            };
+            let sent = connection
+                .send(&request.method, target, &request.headers, &body, endpoint)
+                .await;
+            match sent {
+                Ok(response) => return Ok(response.map(|body| PooledBody(Kind::Direct(body)))),
+                // A kept connection the upstream closed as it was taken: nothing came back,
+                // so a request that may be repeated goes again on a new connection.
+                Err(h1::Error::NoResponse(_)) if reused && request.method.is_idempotent() => {}
+                Err(err) => return Err(SendError::Direct(err)),
+            }
+        }
+    }
+
+    async fn send_hyper(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
         let idle_ms = self.idle_timeout.as_millis() as u64;
         let mut request = request;
         loop {
@@ -111,7 +196,7 @@ impl Connector {
                 Ok(response) => {
                     let reusable = response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
                     let slot = reusable.then(|| (sender, endpoint.clone()));
-                    return Ok(response.map(|body| PooledBody::new(body, slot)));
+                    return Ok(response.map(|body| HyperBody::pooled(body, slot)));
                 }
                 Err(mut err) => match err.take_message() {
                     // Not sent: a pooled connection went away under us; try another.
@@ -153,7 +238,7 @@ impl Connector {
             .send_request(request)
             .await
             .map_err(SendError::Exchange)?;
-        Ok(response.map(|body| PooledBody::new(body, None)))
+        Ok(response.map(|body| HyperBody::pooled(body, None)))
     }
 
     async fn connect_h1(
@@ -246,24 +331,48 @@ where
 
 /// An upstream response body that hands its HTTP/1.1 connection back to the endpoint's pool
 /// once the body has ended (a body dropped early closes the connection instead).
-pub struct PooledBody {
+pub struct PooledBody(Kind);
+
+enum Kind {
+    Hyper(HyperBody),
+    Direct(h1::ResponseBody),
+}
+
+struct HyperBody {
     inner: Incoming,
     slot: Option<(http1::SendRequest<ProxyBody>, Arc<Endpoint>)>,
 }
 
-impl PooledBody {
-    fn new(inner: Incoming, slot: Option<(http1::SendRequest<ProxyBody>, Arc<Endpoint>)>) -> Self {
+impl HyperBody {
+    fn pooled(
+        inner: Incoming,
+        slot: Option<(http1::SendRequest<ProxyBody>, Arc<Endpoint>)>,
+    ) -> PooledBody {
         let mut body = Self { inner, slot };
         if http_body::Body::is_end_stream(&body.inner) {
             body.release();
         }
-        body
+        PooledBody(Kind::Hyper(body))
     }
 
     fn release(&mut self) {
         if let Some((sender, endpoint)) = self.slot.take() {
             endpoint.pool.put_idle(sender);
         }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(http_body::Body::poll_frame(Pin::new(&mut self.inner), cx));
+        match &frame {
+            None => self.release(),
+            Some(Ok(_)) if http_body::Body::is_end_stream(&self.inner) => self.release(),
+            Some(Err(_)) => self.slot = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }
 }
 
@@ -275,21 +384,23 @@ impl http_body::Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        match &frame {
-            None => self.release(),
-            Some(Ok(_)) if http_body::Body::is_end_stream(&self.inner) => self.release(),
-            Some(Err(_)) => self.slot = None,
-            Some(Ok(_)) => {}
+        match &mut self.0 {
+            Kind::Hyper(body) => body.poll_frame(cx),
+            Kind::Direct(body) => Pin::new(body).poll_frame(cx),
         }
-        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.0 {
+            Kind::Hyper(body) => body.inner.is_end_stream(),
+            Kind::Direct(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        match &self.0 {
+            Kind::Hyper(body) => body.inner.size_hint(),
+            Kind::Direct(body) => body.size_hint(),
+        }
     }
 }
