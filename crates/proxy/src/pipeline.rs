@@ -374,7 +374,7 @@ impl Drop for Finish {
             consumer: self.trace.identity.as_ref().map(|i| i.consumer.id.clone()),
             route,
             service,
-            endpoint: self.trace.endpoint.map(|e| e.to_string()),
+            endpoint: self.trace.endpoint,
             method: self.method.as_str().to_owned(),
             path: logged.target,
             protocol: logged.protocol,
