@@ -155,15 +155,18 @@ async fn subscribed(gateway: &Gateway) -> String {
     key
 }
 
-async fn call(gateway: &Gateway, key: &str) -> u16 {
+/// GET /books/1 with `key`.
+async fn get(gateway: &Gateway, key: &str) -> reqwest::Response {
     client()
         .get(gateway.url("/books/1"))
         .header("x-api-key", key)
         .send()
         .await
         .unwrap()
-        .status()
-        .as_u16()
+}
+
+async fn call(gateway: &Gateway, key: &str) -> u16 {
+    get(gateway, key).await.status().as_u16()
 }
 
 /// Requests `gateway` sends until the key is admitted under its plan (the store follower's
@@ -173,12 +176,7 @@ async fn call(gateway: &Gateway, key: &str) -> u16 {
 async fn until_admitted(gateway: &Gateway, key: &str) {
     let started = Instant::now();
     loop {
-        let response = client()
-            .get(gateway.url("/books/1"))
-            .header("x-api-key", key)
-            .send()
-            .await
-            .unwrap();
+        let response = get(gateway, key).await;
         if response.status() == 200 && response.headers().contains_key("ratelimit-policy") {
             return;
         }

@@ -370,12 +370,16 @@ fn write_millis(out: &mut Vec<u8>, ms: f64) {
     let micros = (ms * 1000.0).round().max(0.0) as u64;
     let mut digits = itoa::Buffer::new();
     out.extend_from_slice(digits.format(micros / 1000).as_bytes());
-    let fraction = micros % 1000;
+    out.push(b'.');
+    write_thousandths(out, (micros % 1000) as u32);
+}
+
+/// `n` (under 1000) as three digits, zero-padded.
+fn write_thousandths(out: &mut Vec<u8>, n: u32) {
     out.extend_from_slice(&[
-        b'.',
-        b'0' + (fraction / 100) as u8,
-        b'0' + (fraction / 10 % 10) as u8,
-        b'0' + (fraction % 10) as u8,
+        b'0' + (n / 100) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
     ]);
 }
 
@@ -405,14 +409,9 @@ impl Clock {
                 .unwrap_or_default();
         }
         out.extend_from_slice(self.prefix.as_bytes());
-        let millis = since.subsec_millis();
-        out.extend_from_slice(&[
-            b'.',
-            b'0' + (millis / 100) as u8,
-            b'0' + (millis / 10 % 10) as u8,
-            b'0' + (millis % 10) as u8,
-            b'Z',
-        ]);
+        out.push(b'.');
+        write_thousandths(out, since.subsec_millis());
+        out.push(b'Z');
     }
 }
 

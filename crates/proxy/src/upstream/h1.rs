@@ -36,6 +36,8 @@ const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4096;
 /// Read buffer growth per read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Bodies up to this size are copied behind the head, so the request is one write.
+const BODY_IN_HEAD_WRITE: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -88,7 +90,7 @@ impl Connection {
         endpoint: &Arc<Endpoint>,
     ) -> Result<Response<ResponseBody>, Error> {
         self.encode_head(method, target, headers, body);
-        let written = if body.len() <= READ_CHUNK {
+        let written = if body.len() <= BODY_IN_HEAD_WRITE {
             self.out.extend_from_slice(body);
             self.io.write_all(&self.out).await
         } else {
@@ -101,28 +103,29 @@ impl Connection {
             // An upstream may answer (413, say) and close before taking the whole body:
             // read what it said, or report that nothing came.
             return match self.read_head(method).await {
-                Ok((response, _)) => Ok(self.respond(response, false, endpoint)),
+                Ok(head) => Ok(self.respond(
+                    Head {
+                        keep_alive: false,
+                        ..head
+                    },
+                    endpoint,
+                )),
                 Err(Error::NoResponse(_)) => Err(Error::NoResponse(err)),
                 Err(other) => Err(other),
             };
         }
-        let (response, keep_alive) = self.read_head(method).await?;
-        Ok(self.respond(response, keep_alive, endpoint))
+        let head = self.read_head(method).await?;
+        Ok(self.respond(head, endpoint))
     }
 
-    fn respond(
-        self,
-        (head, framing): (http::response::Parts, Framing),
-        keep_alive: bool,
-        endpoint: &Arc<Endpoint>,
-    ) -> Response<ResponseBody> {
+    fn respond(self, head: Head, endpoint: &Arc<Endpoint>) -> Response<ResponseBody> {
         let mut body = ResponseBody {
             connection: Some((self, endpoint.clone())),
-            framing,
-            keep_alive,
+            framing: head.framing,
+            keep_alive: head.keep_alive,
         };
         body.release_if_done();
-        Response::from_parts(head, body)
+        Response::from_parts(head.parts, body)
     }
 
     fn encode_head(&mut self, method: &Method, target: &str, headers: &HeaderMap, body: &Bytes) {
@@ -154,30 +157,22 @@ impl Connection {
         out.extend_from_slice(b"\r\n");
     }
 
-    /// Read and parse the response head, skipping interim (1xx) responses. Returns the
-    /// head, the body's framing and whether the connection may be reused after it.
-    async fn read_head(
-        &mut self,
-        method: &Method,
-    ) -> Result<((http::response::Parts, Framing), bool), Error> {
+    /// Read and parse the response head, skipping interim (1xx) responses.
+    async fn read_head(&mut self, method: &Method) -> Result<Head, Error> {
         let mut received = false;
         loop {
             if !self.buf.is_empty() {
                 received = true;
-                if let Some(parsed) = self.parse_head(method)? {
-                    match parsed {
-                        Parsed::Interim => continue,
-                        Parsed::Final(head, framing, keep_alive) => {
-                            return Ok(((head, framing), keep_alive))
-                        }
-                    }
+                match self.parse_head(method)? {
+                    Some(Parsed::Interim) => continue,
+                    Some(Parsed::Final(head)) => return Ok(head),
+                    None => {}
                 }
                 if self.buf.len() >= MAX_HEAD_BYTES {
                     return Err(Error::Invalid("response head too large"));
                 }
             }
-            self.buf.reserve(READ_CHUNK);
-            match self.io.read_buf(&mut self.buf).await {
+            match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
                 Ok(0) if received => return Err(Error::Truncated),
                 Ok(0) => return Err(Error::NoResponse(std::io::ErrorKind::UnexpectedEof.into())),
                 Ok(_) => {}
@@ -307,7 +302,11 @@ impl Connection {
         *response.version_mut() = version;
         *response.headers_mut() = headers;
         let (parts, ()) = response.into_parts();
-        Ok(Some(Parsed::Final(parts, framing, !close)))
+        Ok(Some(Parsed::Final(Head {
+            parts,
+            framing,
+            keep_alive: !close,
+        })))
     }
 
     /// Read more from the upstream into the buffer; `Ok(0)` at its end. Through tokio's
@@ -324,7 +323,15 @@ impl Connection {
 enum Parsed {
     /// A 1xx response, consumed; the final one follows.
     Interim,
-    Final(http::response::Parts, Framing, bool),
+    Final(Head),
+}
+
+/// A final response head, how its body is delimited, and whether the connection may be
+/// reused after it.
+struct Head {
+    parts: http::response::Parts,
+    framing: Framing,
+    keep_alive: bool,
 }
 
 /// How the response body is delimited (RFC 9112 section 6.3).
@@ -754,6 +761,69 @@ mod tests {
         let bad_chunk = exchange(&endpoint, Method::GET, b"").await.unwrap();
         let error = bad_chunk.body.unwrap_err();
         assert!(error.to_string().contains("chunk size"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_unasked_protocol_switch_is_an_error() {
+        let switch: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+        let (endpoint, _connections, _requests) = upstream(vec![(switch, true)]).await;
+        let refused = exchange(&endpoint, Method::GET, b"").await;
+        assert!(
+            matches!(refused, Err(Error::Invalid(_))),
+            "101 without an upgrade"
+        );
+    }
+
+    /// Through the connector: a kept connection the upstream closes when the next request
+    /// arrives, without answering. A GET goes again on a new connection; a POST, which
+    /// the upstream may have acted on, is not repeated.
+    #[tokio::test]
+    async fn only_idempotent_requests_go_again_after_a_kept_connection_closes_unanswered() {
+        use super::super::pool::Connector;
+        use super::super::OutgoingBody;
+
+        let ok: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let unanswered: &[u8] = b"";
+        let connector = Connector {
+            tls: None,
+            http2: false,
+            connect_timeout: std::time::Duration::from_secs(1),
+            idle_timeout: std::time::Duration::from_secs(60),
+        };
+        let request = |method: Method| {
+            http::Request::builder()
+                .method(method)
+                .uri("/path")
+                .header(header::HOST, "upstream")
+                .body(OutgoingBody::Buffered(Bytes::new()))
+                .unwrap()
+        };
+
+        for (method, answered) in [(Method::GET, true), (Method::POST, false)] {
+            let (endpoint, connections, mut requests) =
+                upstream(vec![(ok, false), (unanswered, true), (ok, false)]).await;
+            let first = connector
+                .send(&endpoint, request(Method::GET))
+                .await
+                .unwrap();
+            first.into_body().collect().await.unwrap();
+            let second = connector.send(&endpoint, request(method.clone())).await;
+            if answered {
+                let body = second.unwrap().into_body().collect().await.unwrap();
+                assert_eq!(body.to_bytes(), "ok");
+                assert_eq!(connections.load(Ordering::SeqCst), 2);
+                assert_eq!(requests.recv().await.unwrap()[..4], *b"GET ");
+                assert_eq!(requests.recv().await.unwrap()[..4], *b"GET ");
+                assert_eq!(requests.recv().await.unwrap()[..4], *b"GET ", "sent again");
+            } else {
+                let error = second.err().expect("a POST is not repeated");
+                assert!(matches!(
+                    error,
+                    super::super::pool::SendError::Direct(Error::NoResponse(_))
+                ));
+                assert_eq!(connections.load(Ordering::SeqCst), 1);
+            }
+        }
     }
 
     #[tokio::test]

@@ -51,63 +51,81 @@ pub struct Connector {
 /// The connections of one endpoint.
 #[derive(Default)]
 pub struct Pool {
-    /// (connection, idle since in ms); the most recently used at the back, reused first.
-    idle: Mutex<VecDeque<(http1::SendRequest<ProxyBody>, u64)>>,
-    /// The lean client's connections, kept the same way.
-    idle_direct: Mutex<VecDeque<(h1::Connection, u64)>>,
+    idle: IdleList<http1::SendRequest<ProxyBody>>,
+    /// The lean client's connections.
+    idle_direct: IdleList<h1::Connection>,
     shared_h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
-impl Pool {
-    pub(super) fn take_direct(&self, idle_timeout_ms: u64) -> Option<h1::Connection> {
+/// Idle keep-alive connections with the time each became idle (ms); the most recently used
+/// at the back, reused first.
+struct IdleList<C>(Mutex<VecDeque<(C, u64)>>);
+
+impl<C> Default for IdleList<C> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<C> IdleList<C> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(C, u64)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used connection younger than `idle_timeout_ms` that is `usable`;
+    /// older or unusable ones met on the way are closed.
+    fn take(&self, idle_timeout_ms: u64, usable: impl Fn(&C) -> bool) -> Option<C> {
         let now = now_ms();
-        let mut idle = self.idle_direct.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.lock();
         while let Some((connection, since)) = idle.pop_back() {
-            if now.saturating_sub(since) < idle_timeout_ms && connection.is_usable() {
+            if now.saturating_sub(since) < idle_timeout_ms && usable(&connection) {
                 return Some(connection);
             }
         }
         None
     }
 
+    fn put(&self, connection: C) {
+        self.lock().push_back((connection, now_ms()));
+    }
+
+    /// Close connections idle for `idle_timeout_ms` or more, or no longer `usable`.
+    fn prune(&self, idle_timeout_ms: u64, usable: impl Fn(&C) -> bool) {
+        let now = now_ms();
+        self.lock().retain(|(connection, since)| {
+            now.saturating_sub(*since) < idle_timeout_ms && usable(connection)
+        });
+    }
+}
+
+impl Pool {
+    pub(super) fn take_direct(&self, idle_timeout_ms: u64) -> Option<h1::Connection> {
+        self.idle_direct
+            .take(idle_timeout_ms, h1::Connection::is_usable)
+    }
+
     pub(super) fn put_direct(&self, connection: h1::Connection) {
-        let mut idle = self.idle_direct.lock().unwrap_or_else(|p| p.into_inner());
-        idle.push_back((connection, now_ms()));
+        self.idle_direct.put(connection);
     }
 
     fn take_idle(&self, idle_timeout_ms: u64) -> Option<http1::SendRequest<ProxyBody>> {
-        let now = now_ms();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((sender, since)) = idle.pop_back() {
-            if !sender.is_closed() && now.saturating_sub(since) < idle_timeout_ms {
-                return Some(sender);
-            }
-        }
-        None
+        self.idle
+            .take(idle_timeout_ms, |sender| !sender.is_closed())
     }
 
     fn put_idle(&self, sender: http1::SendRequest<ProxyBody>) {
         if !sender.is_closed() {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.push_back((sender, now_ms()));
+            self.idle.put(sender);
         }
     }
 
-    /// Close connections idle for longer than `idle_timeout_ms` (the oldest are in front).
+    /// Close connections idle for longer than `idle_timeout_ms`, and those their upstream
+    /// closed while they waited.
     pub fn prune(&self, idle_timeout_ms: u64) {
-        let now = now_ms();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while idle.front().is_some_and(|(sender, since)| {
-            sender.is_closed() || now.saturating_sub(*since) >= idle_timeout_ms
-        }) {
-            idle.pop_front();
-        }
-        drop(idle);
-        let mut idle = self.idle_direct.lock().unwrap_or_else(|p| p.into_inner());
-        // Also drops connections the upstream closed while they waited.
-        idle.retain(|(connection, since)| {
-            now.saturating_sub(*since) < idle_timeout_ms && connection.is_usable()
-        });
+        self.idle
+            .prune(idle_timeout_ms, |sender| !sender.is_closed());
+        self.idle_direct
+            .prune(idle_timeout_ms, h1::Connection::is_usable);
     }
 }
 
@@ -123,21 +141,22 @@ impl Connector {
             return Box::pin(self.send_h2(endpoint, request.map(OutgoingBody::into_proxy_body)))
                 .await;
         }
-        let direct = self.tls.is_none()
-            && matches!(request.body(), OutgoingBody::Buffered(_))
-            && request.method() != http::Method::CONNECT
-            && !request.headers().contains_key(http::header::UPGRADE);
-        if direct {
-            let (parts, body) = request.into_parts();
-            let body = match body {
-                OutgoingBody::Buffered(bytes) => bytes,
-                OutgoingBody::Streaming(_) => Bytes::new(),
-            };
-            return self.send_direct(endpoint, parts, body).await;
+        let (parts, body) = request.into_parts();
+        match body {
+            OutgoingBody::Buffered(body)
+                if self.tls.is_none()
+                    && parts.method != http::Method::CONNECT
+                    && !parts.headers.contains_key(http::header::UPGRADE) =>
+            {
+                self.send_direct(endpoint, parts, body).await
+            }
+            // Boxed: the lean client above takes most requests, and this future would
+            // otherwise enlarge every request's.
+            body => {
+                let request = Request::from_parts(parts, body.into_proxy_body());
+                Box::pin(self.send_hyper(endpoint, request)).await
+            }
         }
-        // Boxed: the lean client above takes most requests, and this future would
-        // otherwise enlarge every request's.
-        Box::pin(self.send_hyper(endpoint, request.map(OutgoingBody::into_proxy_body))).await
     }
 
     async fn send_direct(
@@ -165,7 +184,7 @@ impl Connector {
             match sent {
                 Ok(response) => return Ok(response.map(|body| PooledBody(Kind::Direct(body)))),
                 // A kept connection the upstream closed as it was taken: nothing came back,
-                // so a request that may be repeated goes again on a new connection.
+                // so a request that may be repeated goes again on another connection.
                 Err(h1::Error::NoResponse(_)) if reused && request.method.is_idempotent() => {}
                 Err(err) => return Err(SendError::Direct(err)),
             }
