@@ -461,6 +461,53 @@ async fn ambiguous_http1_framing_is_refused_before_the_upstream() {
     );
 }
 
+/// The same refusals on a connection whose first request was plain: the gateway's own
+/// HTTP/1.1 server answers that one, then hands the connection to hyper and the framing
+/// check starting with the ambiguous request's first byte.
+#[tokio::test]
+async fn ambiguous_framing_after_a_plain_request_is_refused_on_the_same_connection() {
+    let (upstream, seen) = counting_upstream().await;
+    let gateway = Gateway::start(&config(upstream, ""));
+    let mut failures = Vec::new();
+    for (name, raw) in ambiguous_requests() {
+        let heads = seen.heads();
+        let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+        stream
+            .write_all(b"GET /plain HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            .await
+            .expect("send the plain request");
+        let first = read_one_response(&mut stream).await;
+        let _ = stream.write_all(&raw).await;
+        let reply = read_to_end(&mut stream).await;
+        tokio::time::sleep(SETTLE).await;
+        let forwarded = seen.heads() - heads;
+        let mut problems = Vec::new();
+        if !first.starts_with("http/1.1 200 ") {
+            problems.push(format!("plain request answered {:?}", first.lines().next()));
+        }
+        if !reply.status_line().starts_with("HTTP/1.1 400 ") {
+            problems.push(format!("status line {:?}", reply.status_line()));
+        }
+        if !reply.closed() {
+            problems.push("connection left open".to_owned());
+        }
+        if forwarded != 1 {
+            problems.push(format!(
+                "upstream saw {forwarded} head(s), not the plain one alone"
+            ));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{name}: {}", problems.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} case(s) not refused correctly after a plain request:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 /// The head of a chunked request is forwarded as soon as it is parsed and the body streams
 /// after it, so a malformed chunk is only found while streaming: the upstream connection is then
 /// aborted mid-body and the client gets 400 and a closed connection.

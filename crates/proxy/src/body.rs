@@ -9,6 +9,48 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A streaming body. Boxed once per response so upstream and generated bodies share a type.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// A client's request body: hyper's, or one the lean HTTP/1.1 server (`listener/h1.rs`)
+/// read whole before the request was handled.
+#[derive(Debug)]
+pub enum RequestBody {
+    Incoming(hyper::body::Incoming),
+    /// Empty when the request had no body.
+    Whole(Option<Bytes>),
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Incoming(incoming) => std::pin::Pin::new(incoming).poll_frame(cx),
+            Self::Whole(whole) => {
+                std::task::Poll::Ready(whole.take().map(|bytes| Ok(http_body::Frame::data(bytes))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Incoming(incoming) => incoming.is_end_stream(),
+            Self::Whole(whole) => whole.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Incoming(incoming) => incoming.size_hint(),
+            Self::Whole(whole) => {
+                http_body::SizeHint::with_exact(whole.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})

@@ -11,10 +11,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{self, BoxError, ProxyBody};
+use crate::body::{self, BoxError, ProxyBody, RequestBody};
 use crate::cache;
 use crate::error::GatewayError;
 use crate::forward::{self, X_PEER_IDENTITY, X_REQUEST_ID};
@@ -134,7 +133,7 @@ pub async fn handle(
     snapshot: Arc<Snapshot>,
     conn: &ConnInfo,
     telemetry: &Arc<Telemetry>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Response<ProxyBody> {
     let started = std::time::Instant::now();
     let request_id = forward::request_id(request.headers());
@@ -633,7 +632,7 @@ impl Finish {
 async fn route_and_respond(
     snapshot: &Arc<Snapshot>,
     conn: &ConnInfo,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
     request_id: &HeaderValue,
     client_ip: std::net::IpAddr,
     trace: &mut RequestTrace,
@@ -1291,7 +1290,7 @@ async fn cached(
     context: CacheContext<'_>,
     mut lookup: cache::Lookup,
     conn: &ConnInfo,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
     trace: &mut RequestTrace,
     upstream: Upstream<'_>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
@@ -1392,7 +1391,7 @@ impl Revalidation {
         lookup: cache::Lookup,
         entry: Arc<cache::Stored>,
         conn: &ConnInfo,
-        request: &Request<Incoming>,
+        request: &Request<RequestBody>,
         upstream: &Upstream<'_>,
     ) -> Self {
         let mut headers = request.headers().clone();

@@ -1,6 +1,11 @@
 //! Accepting client connections: bind, limit, TLS handshake with ALPN, HTTP/1.1 or HTTP/2
 //! (h2c prior knowledge or `h2` over TLS), idle timeout, and draining on shutdown.
+//!
+//! HTTP/1.1 connections start on the lean server (`h1.rs`), which hands a connection to
+//! hyper at its first request that is not plain (upgrades, streaming uploads, `Expect`,
+//! doubtful framing, HTTP/2 prior knowledge).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,11 +21,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody, RequestBody};
 use crate::framing::{Http1Framing, Verdict, REJECT_TAIL};
 use crate::pipeline::{self, ConnInfo};
 use crate::reload::ConfigStore;
 use crate::upstream::endpoint::now_ms;
+
+mod h1;
+
+use h1::{Closing, Ended};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot bind listener `{name}` on {addr}: {source}")]
@@ -213,7 +222,7 @@ async fn serve_connection(
                 _ => Protocol::Http1,
             };
             (
-                Box::new(Tracked::new(tls, state.clone(), protocol)),
+                Box::new(Tracked::new(tls, state.clone(), false)),
                 protocol,
                 true,
             )
@@ -225,7 +234,7 @@ async fn serve_connection(
                 Protocol::Http1
             };
             (
-                Box::new(Tracked::new(stream, state.clone(), protocol)),
+                Box::new(Tracked::new(stream, state.clone(), false)),
                 protocol,
                 false,
             )
@@ -240,28 +249,90 @@ async fn serve_connection(
         client_certificate,
         listener: listener.clone(),
     });
-    let service = {
-        let state = state.clone();
-        service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            let store = store.clone();
-            let conn_info = conn_info.clone();
-            let guard = RequestGuard::start(&state, request.version());
-            async move {
-                let response =
-                    pipeline::handle(store.snapshot(), &conn_info, &store.telemetry, request).await;
-                Ok::<_, std::convert::Infallible>(response.map(|inner| GuardedBody {
-                    inner,
-                    _guard: guard,
-                }))
-            }
-        })
+    let handler = Handler {
+        store,
+        conn_info,
+        state: state.clone(),
     };
+    let closing = Arc::new(Closing::default());
+    let connection: Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> = match protocol {
+        Protocol::Http2 => {
+            state.http2.store(true, Ordering::Relaxed);
+            Box::pin(serve_hyper(
+                io,
+                protocol,
+                handler,
+                limits.clone(),
+                closing.clone(),
+            ))
+        }
+        Protocol::Http1 | Protocol::Detect => {
+            let closing = closing.clone();
+            let state = state.clone();
+            let limits = limits.clone();
+            let max_head = limits.max_header_bytes.0 as usize;
+            Box::pin(async move {
+                let lean = h1::serve(io, |request| handler.call(request), &closing, max_head);
+                match lean.await? {
+                    Ended::Closed => Ok(()),
+                    Ended::Handover { io, read } => {
+                        // hyper reads the bytes the lean server did not serve first, through
+                        // the framing check like every byte after them.
+                        let io: Box<dyn Io> =
+                            Box::new(Tracked::new(Rewind::new(read, io), state, true));
+                        serve_hyper(io, protocol, handler, limits, closing).await
+                    }
+                }
+            })
+        }
+    };
+    drive(connection, &closing, &state, &limits, shutdown, peer).await;
+}
 
+/// The connection's request handler, shared by the lean HTTP/1.1 server and hyper.
+#[derive(Clone)]
+struct Handler {
+    store: Arc<ConfigStore>,
+    conn_info: Arc<ConnInfo>,
+    state: Arc<ConnState>,
+}
+
+impl Handler {
+    fn call(
+        &self,
+        request: http::Request<RequestBody>,
+    ) -> impl Future<Output = http::Response<GuardedBody>> + Send + 'static {
+        let store = self.store.clone();
+        let conn_info = self.conn_info.clone();
+        let guard = RequestGuard::start(&self.state, request.version());
+        async move {
+            let response =
+                pipeline::handle(store.snapshot(), &conn_info, &store.telemetry, request).await;
+            response.map(|inner| GuardedBody {
+                inner,
+                _guard: guard,
+            })
+        }
+    }
+}
+
+/// Serve a connection with hyper: HTTP/2, HTTP/1.1 (or either, detected) with upgrades.
+async fn serve_hyper(
+    io: Box<dyn Io>,
+    protocol: Protocol,
+    handler: Handler,
+    limits: gatehouse_config::ListenerLimits,
+    closing: Arc<Closing>,
+) -> Result<(), BoxError> {
+    let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let response = handler.call(request.map(RequestBody::Incoming));
+        async move { Ok::<_, std::convert::Infallible>(response.await) }
+    });
     let io = TokioIo::new(io);
     let max_header_list = limits.max_header_bytes.0.min(u64::from(u32::MAX)) as u32;
     let timer = TokioTimer::new();
-    // hyper's own header timeout would also cut idle keep-alive connections; the connection
-    // loop below enforces `header_read_timeout` and `idle_timeout` separately.
+    // hyper's own header timeout would also cut idle keep-alive connections; `drive`
+    // enforces `header_read_timeout` and `idle_timeout` separately.
     match protocol {
         Protocol::Detect => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -276,15 +347,7 @@ async fn serve_connection(
                 .max_header_list_size(max_header_list)
                 .keep_alive_interval(Some(Duration::from_secs(30)));
             let connection = builder.serve_connection_with_upgrades(io, service);
-            drive(
-                connection,
-                |c| c.graceful_shutdown(),
-                &state,
-                &limits,
-                shutdown,
-                peer,
-            )
-            .await;
+            until_closed(connection, |c| c.graceful_shutdown(), &closing).await
         }
         Protocol::Http1 => {
             let connection = hyper::server::conn::http1::Builder::new()
@@ -293,53 +356,53 @@ async fn serve_connection(
                 .max_buf_size((limits.max_header_bytes.0 as usize).max(8192))
                 .serve_connection(io, service)
                 .with_upgrades();
-            drive(
-                connection,
-                |c| c.graceful_shutdown(),
-                &state,
-                &limits,
-                shutdown,
-                peer,
-            )
-            .await;
+            until_closed(connection, |c| c.graceful_shutdown(), &closing).await
         }
         Protocol::Http2 => {
-            state.http2.store(true, Ordering::Relaxed);
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(timer)
                 .max_header_list_size(max_header_list)
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .serve_connection(io, service);
-            drive(
-                connection,
-                |c| c.graceful_shutdown(),
-                &state,
-                &limits,
-                shutdown,
-                peer,
-            )
-            .await;
+            until_closed(connection, |c| c.graceful_shutdown(), &closing).await
         }
     }
 }
 
-/// Run a connection to its end, enforcing the request-head deadline (slowloris, and silent
-/// connections), the idle timeout, and graceful shutdown.
-async fn drive<C, E>(
+/// Run a hyper connection to its end, shutting it down gracefully once `closing` is asked.
+async fn until_closed<C, E>(
     connection: C,
     graceful_shutdown: fn(Pin<&mut C>),
+    closing: &Closing,
+) -> Result<(), BoxError>
+where
+    C: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return result.map_err(Into::into),
+        () = closing.requested() => {}
+    }
+    graceful_shutdown(connection.as_mut());
+    connection.await.map_err(Into::into)
+}
+
+/// Run a connection to its end, enforcing the request-head deadline (slowloris, and silent
+/// connections), the idle timeout, and graceful shutdown.
+async fn drive(
+    connection: Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>,
+    closing: &Closing,
     state: &ConnState,
     limits: &gatehouse_config::ListenerLimits,
     mut shutdown: watch::Receiver<bool>,
     peer: SocketAddr,
-) where
-    C: std::future::Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    tokio::pin!(connection);
+) {
+    let mut connection = connection;
     let head_limit = limits.header_read_timeout.0.as_millis() as u64;
     let idle_limit = limits.idle_timeout.0.as_millis() as u64;
-    let mut closing = false;
+    // Closing was asked: the connection finishes what it serves, then ends on its own.
+    let mut closed = false;
     loop {
         let head_started = state.head_started.load(Ordering::Relaxed);
         let head_clock = head_started != 0 && !state.http2.load(Ordering::Relaxed);
@@ -366,11 +429,11 @@ async fn drive<C, E>(
                 }
                 return;
             }
-            _ = shutdown.wait_for(|s| *s), if !closing => {
-                graceful_shutdown(connection.as_mut());
-                closing = true;
+            _ = shutdown.wait_for(|s| *s), if !closed => {
+                closing.begin();
+                closed = true;
             }
-            _ = tokio::time::sleep(wake_in), if !closing => {
+            _ = tokio::time::sleep(wake_in), if !closed => {
                 // Requests may have come and gone while we slept: judge the state as it is now.
                 let now = now_ms();
                 let idle = state.in_flight.load(Ordering::Relaxed) == 0;
@@ -383,8 +446,8 @@ async fn drive<C, E>(
                     return;
                 }
                 if idle && !head_clock && now >= idle_deadline {
-                    graceful_shutdown(connection.as_mut());
-                    closing = true;
+                    closing.begin();
+                    closed = true;
                 }
             }
         }
@@ -404,16 +467,68 @@ struct Tracked<T> {
 }
 
 impl<T> Tracked<T> {
-    fn new(inner: T, state: Arc<ConnState>, protocol: Protocol) -> Self {
-        let framing = match protocol {
-            Protocol::Http2 => None,
-            Protocol::Http1 | Protocol::Detect => Some(Http1Framing::new()),
-        };
+    /// `framing`: put the bytes read through the smuggling check (HTTP/1 served by hyper;
+    /// the lean server judges its own requests and hands any doubtful one to hyper).
+    fn new(inner: T, state: Arc<ConnState>, framing: bool) -> Self {
         Self {
             inner,
             state,
-            framing,
+            framing: framing.then(Http1Framing::new),
         }
+    }
+}
+
+/// A connection's stream with bytes already read from it put back in front.
+struct Rewind<T> {
+    read: bytes::Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    fn new(read: bytes::Bytes, inner: T) -> Self {
+        Self { read, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.read.is_empty() {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let take = this.read.len().min(buf.remaining());
+        buf.put_slice(&this.read.split_to(take));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
