@@ -197,7 +197,7 @@ async fn serve_connection(
     });
 
     let mut client_certificate = None;
-    let (io, protocol, is_tls): (Box<dyn Io>, Protocol, bool) = match &listener.tls {
+    let (stream, protocol, is_tls): (Box<dyn Io>, Protocol, bool) = match &listener.tls {
         Some(acceptor) => {
             let handshake =
                 tokio::time::timeout(limits.header_read_timeout.0, acceptor.accept(stream)).await;
@@ -221,11 +221,7 @@ async fn serve_connection(
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,
             };
-            (
-                Box::new(Tracked::new(tls, state.clone(), false)),
-                protocol,
-                true,
-            )
+            (Box::new(tls), protocol, true)
         }
         None => {
             let protocol = if listener.http2 {
@@ -233,14 +229,11 @@ async fn serve_connection(
             } else {
                 Protocol::Http1
             };
-            (
-                Box::new(Tracked::new(stream, state.clone(), false)),
-                protocol,
-                false,
-            )
+            (Box::new(stream), protocol, false)
         }
     };
 
+    let io = Tracked::new(stream, state.clone());
     let conn_info = Arc::new(ConnInfo {
         peer,
         peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
@@ -268,7 +261,6 @@ async fn serve_connection(
         }
         Protocol::Http1 | Protocol::Detect => {
             let closing = closing.clone();
-            let state = state.clone();
             let limits = limits.clone();
             let max_head = limits.max_header_bytes.0 as usize;
             Box::pin(async move {
@@ -276,10 +268,7 @@ async fn serve_connection(
                 match lean.await? {
                     Ended::Closed => Ok(()),
                     Ended::Handover { io, read } => {
-                        // hyper reads the bytes the lean server did not serve first, through
-                        // the framing check like every byte after them.
-                        let io: Box<dyn Io> =
-                            Box::new(Tracked::new(Rewind::new(read, io), state, true));
+                        let io = io.hand_over(read);
                         serve_hyper(io, protocol, handler, limits, closing).await
                     }
                 }
@@ -318,7 +307,7 @@ impl Handler {
 
 /// Serve a connection with hyper: HTTP/2, HTTP/1.1 (or either, detected) with upgrades.
 async fn serve_hyper(
-    io: Box<dyn Io>,
+    io: Tracked<Box<dyn Io>>,
     protocol: Protocol,
     handler: Handler,
     limits: gatehouse_config::ListenerLimits,
@@ -462,73 +451,31 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 struct Tracked<T> {
     inner: T,
     state: Arc<ConnState>,
-    /// HTTP/1 (or not yet known) connections: the smuggling check in front of hyper.
+    /// HTTP/1 served by hyper: the smuggling check in front of its parser. The lean server
+    /// judges its own requests and hands any doubtful one over.
     framing: Option<Http1Framing>,
+    /// Bytes the lean server read and did not serve, read again before the stream's.
+    replay: bytes::Bytes,
 }
 
 impl<T> Tracked<T> {
-    /// `framing`: put the bytes read through the smuggling check (HTTP/1 served by hyper;
-    /// the lean server judges its own requests and hands any doubtful one to hyper).
-    fn new(inner: T, state: Arc<ConnState>, framing: bool) -> Self {
+    fn new(inner: T, state: Arc<ConnState>) -> Self {
         Self {
             inner,
             state,
-            framing: framing.then(Http1Framing::new),
+            framing: None,
+            replay: bytes::Bytes::new(),
         }
     }
-}
 
-/// A connection's stream with bytes already read from it put back in front.
-struct Rewind<T> {
-    read: bytes::Bytes,
-    inner: T,
-}
-
-impl<T> Rewind<T> {
-    fn new(read: bytes::Bytes, inner: T) -> Self {
-        Self { read, inner }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.read.is_empty() {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+    /// The connection passes from the lean server to hyper: hyper reads `read` first, and
+    /// every byte goes through the framing check (HTTP/2 prior knowledge passes it).
+    fn hand_over(self, read: bytes::Bytes) -> Self {
+        Self {
+            framing: Some(Http1Framing::new()),
+            replay: read,
+            ..self
         }
-        let take = this.read.len().min(buf.remaining());
-        buf.put_slice(&this.read.split_to(take));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -540,7 +487,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let result = if this.replay.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let take = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(take));
+            Poll::Ready(Ok(()))
+        };
         if buf.filled().len() == before {
             return result;
         }
