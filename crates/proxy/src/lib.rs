@@ -12,6 +12,7 @@ pub mod explain;
 pub mod forward;
 pub mod framing;
 pub mod grpc;
+pub mod header_maps;
 pub mod listener;
 pub mod mirror;
 pub mod pipeline;

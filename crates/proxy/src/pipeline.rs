@@ -244,7 +244,12 @@ pub async fn handle(
         bytes_in,
         bytes_out: 0,
         client_ip,
-        request_id: request_id.to_str().unwrap_or("").to_owned(),
+        // Only the access log and the server span name it: metrics alone need no copy.
+        request_id: if logged.is_some() || server_span.is_some() {
+            request_id.to_str().unwrap_or("").to_owned()
+        } else {
+            String::new()
+        },
         logged,
         server_span,
     };

@@ -26,7 +26,7 @@ use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -34,6 +34,7 @@ use tokio::sync::Notify;
 
 use crate::body::{BoxError, RequestBody};
 use crate::forward::tokens;
+use crate::header_maps::{self, FieldNames};
 
 /// The most fields in one request head (hyper's default; more is hyper's 431).
 const MAX_HEADERS: usize = 100;
@@ -98,9 +99,10 @@ where
 {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
+    let mut names = FieldNames::default();
     loop {
         let (request, client_closes) =
-            match read_request(&mut io, &mut buf, closing, max_head).await? {
+            match read_request(&mut io, &mut buf, &mut names, closing, max_head).await? {
                 Next::Request(request, client_closes) => (request, client_closes),
                 Next::Closed => return Ok(Ended::Closed),
                 Next::Handover => {
@@ -145,6 +147,7 @@ enum Next {
 async fn read_request<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
+    names: &mut FieldNames,
     closing: &Closing,
     max_head: usize,
 ) -> io::Result<Next> {
@@ -152,7 +155,7 @@ async fn read_request<I: AsyncRead + Unpin>(
     let mut need = 1;
     loop {
         if buf.len() >= need {
-            match parse(buf) {
+            match parse(buf, names) {
                 Parse::Request(request, client_closes) => {
                     return Ok(Next::Request(request, client_closes))
                 }
@@ -201,7 +204,7 @@ enum Parse {
 
 /// Parse the request at the start of `buf`, taking its bytes when it is one this server
 /// serves.
-fn parse(buf: &mut BytesMut) -> Parse {
+fn parse(buf: &mut BytesMut, names: &mut FieldNames) -> Parse {
     // Left uninitialised: filling a hundred empty fields costs more than parsing.
     let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
@@ -284,7 +287,7 @@ fn parse(buf: &mut BytesMut) -> Parse {
 
     let head = buf.split_to(head_len).freeze();
     let body = (body_len > 0).then(|| buf.split_to(body_len).freeze());
-    match build(&head, &spans[..count], target_span, method) {
+    match build(&head, &spans[..count], target_span, method, names) {
         Some(mut request) => {
             *request.body_mut() = RequestBody::Whole(body);
             Parse::Request(request, client_closes)
@@ -306,12 +309,15 @@ fn build(
     spans: &[(u32, u32, u32, u32)],
     target: std::ops::Range<usize>,
     method: Method,
+    names: &mut FieldNames,
 ) -> Option<Request<RequestBody>> {
     let uri = Uri::from_maybe_shared(head.slice(target)).ok()?;
     // Room for the fields the gateway adds on the way (forwarding, `Via`, the request id).
-    let mut headers = HeaderMap::with_capacity(spans.len() + 8);
-    for &(name_start, name_end, value_start, value_end) in spans {
-        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize]).ok()?;
+    let mut headers = header_maps::take(spans.len() + 8);
+    for (position, &(name_start, name_end, value_start, value_end)) in spans.iter().enumerate() {
+        let name = names
+            .name(position, &head[name_start as usize..name_end as usize])
+            .ok()?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
                 .ok()?;
@@ -391,6 +397,7 @@ where
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    header_maps::give_back(parts.headers);
     let framing = if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use super::endpoint::Endpoint;
 use crate::body::BoxError;
 use crate::forward::tokens;
+use crate::header_maps::{self, FieldNames};
 
 /// The most response head (status line and fields) or trailer section read before the
 /// upstream is judged broken.
@@ -60,6 +61,8 @@ pub struct Connection {
     buf: BytesMut,
     /// The request head is encoded here; kept to reuse its allocation.
     out: Vec<u8>,
+    /// The field names of the last response head.
+    names: FieldNames,
 }
 
 impl Connection {
@@ -68,6 +71,7 @@ impl Connection {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
+            names: FieldNames::default(),
         }
     }
 
@@ -229,15 +233,18 @@ impl Connection {
         }
         let head = self.buf.split_to(head_len).freeze();
 
-        // Room for the fields the gateway adds (`Via`, the request id, CORS and the like):
-        // hyper reuses this map for the next request on the client connection, which gets
-        // the forwarding fields, so neither grows on the way.
-        let mut headers = HeaderMap::with_capacity(count + 8);
+        // Room for the fields the gateway adds (`Via`, the request id, CORS and the like),
+        // so the map does not grow on the way; a spare from `header_maps` when there is one.
+        let mut headers = header_maps::take(count + 8);
         let mut content_length: Option<u64> = None;
         let mut chunked = None;
         let mut close = version == Version::HTTP_10;
-        for &(name_start, name_end, value_start, value_end) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
+        for (position, &(name_start, name_end, value_start, value_end)) in
+            spans[..count].iter().enumerate()
+        {
+            let name = self
+                .names
+                .name(position, &head[name_start as usize..name_end as usize])
                 .map_err(|_| Error::Invalid("header field name"))?;
             let value = HeaderValue::from_maybe_shared(
                 head.slice(value_start as usize..value_end as usize),

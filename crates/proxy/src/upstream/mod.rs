@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use gatehouse_config::{HashOn, ServiceConfig, UpstreamProtocol};
+use gatehouse_config::{HashOn, LoadBalancing, ServiceConfig, UpstreamProtocol};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 
 use balancer::Balancer;
@@ -128,6 +128,12 @@ pub struct UpstreamRequest {
     /// The gRPC call's deadline (from `grpc-timeout`): bounds each attempt, and each
     /// attempt tells the upstream the time that remains.
     pub deadline: Option<Instant>,
+}
+
+impl Drop for UpstreamRequest {
+    fn drop(&mut self) {
+        crate::header_maps::give_back(std::mem::take(&mut self.headers));
+    }
 }
 
 pub fn fingerprint(config: &ServiceConfig) -> String {
@@ -337,20 +343,15 @@ impl Service {
                     OutgoingBody::Streaming(std::mem::replace(stream, body::empty()))
                 }
             };
-            // Every retry needs a replayable body: only then keep a copy of the headers.
-            let mut headers = if may_retry_after {
-                request.headers.clone()
-            } else {
-                std::mem::take(&mut request.headers)
-            };
+            // Each attempt sets its own trace context in place: the fields it writes
+            // replace those of the attempt before.
             let attempt_span = tracing.as_ref().map(|(context, _)| {
                 let span_id = new_span_id();
-                context.inject(span_id, &mut headers);
+                context.inject(span_id, &mut request.headers);
                 (span_id, SystemTime::now())
             });
-            let target = (request.method.clone(), request.path_and_query.clone());
             let outcome = self
-                .attempt(&endpoint, target, headers, body, request.deadline)
+                .attempt(&endpoint, &mut request, may_retry_after, body)
                 .await;
             if let (Some((span_id, start)), Some((context, spans))) =
                 (attempt_span, tracing.as_mut())
@@ -491,43 +492,75 @@ impl Service {
         }
     }
 
+    /// One attempt at `endpoint`. The request's head is borrowed: the lean HTTP/1.1 client
+    /// writes it from there, so a retry needs no copy; other clients take the header map,
+    /// or a copy of it when `keep_headers` (a retry may follow).
     async fn attempt(
         &self,
         endpoint: &Arc<Endpoint>,
-        (method, path_and_query): (Method, http::uri::PathAndQuery),
-        mut headers: HeaderMap,
+        request: &mut UpstreamRequest,
+        keep_headers: bool,
         body: OutgoingBody,
-        deadline: Option<Instant>,
     ) -> Result<Response<PooledBody>, AttemptError> {
         let configured = self.config.timeouts.request.0;
+        let started = Instant::now();
         let mut client_bound = false;
-        let timeout = match deadline {
+        let timeout = match request.deadline {
             Some(deadline) => {
-                let remaining = deadline.saturating_duration_since(Instant::now());
+                let remaining = deadline.saturating_duration_since(started);
                 if remaining.is_zero() {
                     return Err(AttemptError::DeadlineExceeded);
                 }
-                headers.insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(remaining));
+                request
+                    .headers
+                    .insert(grpc::GRPC_TIMEOUT, grpc::timeout_value(remaining));
                 client_bound = remaining < configured;
                 remaining.min(configured)
             }
             None => configured,
         };
-        let uri = self
-            .request_uri(endpoint, path_and_query)
-            .map_err(|e| AttemptError::Other(e.to_string()))?;
-        let mut outgoing = Request::new(body);
-        *outgoing.method_mut() = method;
-        *outgoing.uri_mut() = uri;
-        *outgoing.headers_mut() = headers;
-        *outgoing.version_mut() = match self.config.protocol {
-            UpstreamProtocol::Http1 => Version::HTTP_11,
-            UpstreamProtocol::Http2 => Version::HTTP_2,
-        };
+        // From the clock read above: `timeout` would read it again.
+        let expires = tokio::time::Instant::from_std(started + timeout);
         let _in_flight = endpoint.start_request();
-        let started = Instant::now();
-        let result = tokio::time::timeout(timeout, self.connector.send(endpoint, outgoing)).await;
-        endpoint.observe_latency(started.elapsed());
+        let result = match body {
+            OutgoingBody::Buffered(bytes)
+                if self.connector.is_direct(&request.method, &request.headers) =>
+            {
+                let sent = self.connector.send_direct(
+                    endpoint,
+                    &request.method,
+                    request.path_and_query.as_str(),
+                    &request.headers,
+                    &bytes,
+                );
+                tokio::time::timeout_at(expires, sent).await
+            }
+            body => {
+                let uri = self
+                    .request_uri(endpoint, request.path_and_query.clone())
+                    .map_err(|e| AttemptError::Other(e.to_string()))?;
+                let headers = if keep_headers {
+                    request.headers.clone()
+                } else {
+                    std::mem::take(&mut request.headers)
+                };
+                let mut outgoing = Request::new(body);
+                *outgoing.method_mut() = request.method.clone();
+                *outgoing.uri_mut() = uri;
+                *outgoing.headers_mut() = headers;
+                *outgoing.version_mut() = match self.config.protocol {
+                    UpstreamProtocol::Http1 => Version::HTTP_11,
+                    UpstreamProtocol::Http2 => Version::HTTP_2,
+                };
+                let sent = self.connector.send_other(endpoint, outgoing);
+                tokio::time::timeout_at(expires, sent).await
+            }
+        };
+        // Latency feeds only least-request balancing's estimate (a clock read and an
+        // exponential the other policies would pay for nothing).
+        if matches!(self.balancer.policy(), LoadBalancing::LeastRequest) {
+            endpoint.observe_latency(started.elapsed());
+        }
         match result {
             Err(_) if client_bound => Err(AttemptError::DeadlineExceeded),
             Err(_) => Err(AttemptError::Timeout(timeout)),

@@ -137,39 +137,59 @@ impl Connector {
         endpoint: &Arc<Endpoint>,
         request: Request<OutgoingBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        if self.http2 {
-            return Box::pin(self.send_h2(endpoint, request.map(OutgoingBody::into_proxy_body)))
-                .await;
-        }
         let (parts, body) = request.into_parts();
         match body {
-            OutgoingBody::Buffered(body)
-                if self.tls.is_none()
-                    && parts.method != http::Method::CONNECT
-                    && !parts.headers.contains_key(http::header::UPGRADE) =>
-            {
-                self.send_direct(endpoint, parts, body).await
+            OutgoingBody::Buffered(body) if self.is_direct(&parts.method, &parts.headers) => {
+                let target = parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |target| target.as_str());
+                self.send_direct(endpoint, &parts.method, target, &parts.headers, &body)
+                    .await
             }
-            // Boxed: the lean client above takes most requests, and this future would
-            // otherwise enlarge every request's.
             body => {
-                let request = Request::from_parts(parts, body.into_proxy_body());
-                Box::pin(self.send_hyper(endpoint, request)).await
+                self.send_other(endpoint, Request::from_parts(parts, body))
+                    .await
             }
         }
     }
 
-    async fn send_direct(
+    /// Whether the lean HTTP/1.1 client takes a request with a buffered body: a plaintext
+    /// HTTP/1.1 upstream, and no protocol switch.
+    pub fn is_direct(&self, method: &http::Method, headers: &http::HeaderMap) -> bool {
+        !self.http2
+            && self.tls.is_none()
+            && method != http::Method::CONNECT
+            && !headers.contains_key(http::header::UPGRADE)
+    }
+
+    /// Send a request that [`Connector::is_direct`] does not take: HTTP/2, TLS, a streamed
+    /// body or an upgrade.
+    pub async fn send_other(
         &self,
         endpoint: &Arc<Endpoint>,
-        request: http::request::Parts,
-        body: Bytes,
+        request: Request<OutgoingBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let request = request.map(OutgoingBody::into_proxy_body);
+        // Boxed: the lean client takes most requests, and these futures would otherwise
+        // enlarge every request's.
+        if self.http2 {
+            Box::pin(self.send_h2(endpoint, request)).await
+        } else {
+            Box::pin(self.send_hyper(endpoint, request)).await
+        }
+    }
+
+    /// Send through the lean HTTP/1.1 client, from a head the caller keeps.
+    pub async fn send_direct(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        method: &http::Method,
+        target: &str,
+        headers: &http::HeaderMap,
+        body: &Bytes,
     ) -> Result<Response<PooledBody>, SendError> {
         let idle_ms = self.idle_timeout.as_millis() as u64;
-        let target = request
-            .uri
-            .path_and_query()
-            .map_or("/", |target| target.as_str());
         loop {
             let (connection, reused) = match endpoint.pool.take_direct(idle_ms) {
                 Some(connection) => (connection, true),
@@ -179,13 +199,13 @@ impl Connector {
                 }
             };
             let sent = connection
-                .send(&request.method, target, &request.headers, &body, endpoint)
+                .send(method, target, headers, body, endpoint)
                 .await;
             match sent {
                 Ok(response) => return Ok(response.map(|body| PooledBody(Kind::Direct(body)))),
                 // A kept connection the upstream closed as it was taken: nothing came back,
                 // so a request that may be repeated goes again on another connection.
-                Err(h1::Error::NoResponse(_)) if reused && request.method.is_idempotent() => {}
+                Err(h1::Error::NoResponse(_)) if reused && method.is_idempotent() => {}
                 Err(err) => return Err(SendError::Direct(err)),
             }
         }
