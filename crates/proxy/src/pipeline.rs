@@ -379,7 +379,7 @@ impl Drop for Finish {
             route,
             service,
             endpoint: self.trace.endpoint,
-            method: self.method.as_str().to_owned(),
+            method: gatehouse_telemetry::access_log::method_name(&self.method),
             path: logged.target,
             protocol: logged.protocol,
             status: self.status,

@@ -2,6 +2,7 @@
 //! thread. The request path only pushes the record into a bounded queue; when the writer
 //! falls behind (slow disk, blocked pipe) records are dropped and counted, never waited for.
 
+use std::borrow::Cow;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -41,7 +42,8 @@ pub struct AccessRecord {
     pub route: Option<String>,
     pub service: Option<String>,
     pub endpoint: Option<SocketAddr>,
-    pub method: String,
+    /// The method's name: borrowed for the standard methods, owned for extensions.
+    pub method: Cow<'static, str>,
     /// Path and query, query values of secret-looking parameters redacted.
     pub path: String,
     pub protocol: &'static str,
@@ -345,18 +347,55 @@ fn write_json(record: &AccessRecord, clock: &mut Clock, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}\n");
 }
 
+/// The standard methods' names, so a record of one needs no copy of it.
+const STANDARD_METHODS: [(http::Method, &str); 9] = [
+    (http::Method::GET, "GET"),
+    (http::Method::POST, "POST"),
+    (http::Method::PUT, "PUT"),
+    (http::Method::DELETE, "DELETE"),
+    (http::Method::HEAD, "HEAD"),
+    (http::Method::OPTIONS, "OPTIONS"),
+    (http::Method::PATCH, "PATCH"),
+    (http::Method::CONNECT, "CONNECT"),
+    (http::Method::TRACE, "TRACE"),
+];
+
+/// `method`'s name for [`AccessRecord::method`].
+pub fn method_name(method: &http::Method) -> Cow<'static, str> {
+    match STANDARD_METHODS
+        .iter()
+        .find(|(standard, _)| standard == method)
+    {
+        Some((_, name)) => Cow::Borrowed(name),
+        None => Cow::Owned(method.as_str().to_owned()),
+    }
+}
+
 /// An address as `Display` writes it; IPv4, the common case, without the formatting
-/// machinery (which cost more than the rest of the line).
+/// machinery (which cost more than the rest of the line), into one copy.
 fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
+            let mut text = [0u8; 15];
+            let mut length = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[length] = b'.';
+                    length += 1;
                 }
-                out.extend_from_slice(digits.format(octet).as_bytes());
+                let (hundreds, tens, ones) = (octet / 100, octet / 10 % 10, octet % 10);
+                if hundreds > 0 {
+                    text[length] = b'0' + hundreds;
+                    length += 1;
+                }
+                if hundreds > 0 || tens > 0 {
+                    text[length] = b'0' + tens;
+                    length += 1;
+                }
+                text[length] = b'0' + ones;
+                length += 1;
             }
+            out.extend_from_slice(&text[..length]);
         }
         IpAddr::V6(v6) => {
             use std::io::Write as _;
@@ -422,7 +461,15 @@ mod tests {
     #[test]
     fn numbers_and_addresses_are_written_as_display_would() {
         let mut out = Vec::new();
-        for ip in ["10.0.0.255", "127.0.0.1", "::1", "2001:db8::7"] {
+        for ip in [
+            "10.0.0.255",
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "1.20.100.9",
+            "::1",
+            "2001:db8::7",
+        ] {
             out.clear();
             write_ip(&mut out, ip.parse().unwrap());
             assert_eq!(out, ip.as_bytes());
@@ -439,6 +486,20 @@ mod tests {
             write_millis(&mut out, ms);
             assert_eq!(String::from_utf8_lossy(&out), written);
         }
+    }
+
+    #[test]
+    fn standard_methods_are_named_without_a_copy() {
+        assert!(matches!(
+            method_name(&http::Method::GET),
+            Cow::Borrowed("GET")
+        ));
+        assert!(matches!(
+            method_name(&http::Method::PATCH),
+            Cow::Borrowed("PATCH")
+        ));
+        let purge = http::Method::from_bytes(b"PURGE").unwrap();
+        assert!(matches!(method_name(&purge), Cow::Owned(name) if name == "PURGE"));
     }
 
     #[test]
