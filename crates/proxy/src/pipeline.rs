@@ -367,20 +367,18 @@ impl Drop for Finish {
             return;
         }
         let (route, service) = self.names();
-        let route = self.trace.route.map(|_| route.to_owned());
-        let service = self.trace.forwarded.then(|| service.to_owned());
         let millis = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        log.log(AccessRecord {
+        log.log(&AccessRecord {
             time: std::time::SystemTime::now() - total,
-            request_id: std::mem::take(&mut self.request_id),
-            trace_id: logged.trace_id,
+            request_id: &self.request_id,
+            trace_id: logged.trace_id.as_deref(),
             client_ip: self.client_ip,
-            consumer: self.trace.identity.as_ref().map(|i| i.consumer.id.clone()),
-            route,
-            service,
+            consumer: self.trace.identity.as_ref().map(|i| i.consumer.id.as_str()),
+            route: self.trace.route.map(|_| route),
+            service: self.trace.forwarded.then_some(service),
             endpoint: self.trace.endpoint,
-            method: gatehouse_telemetry::access_log::method_name(&self.method),
-            path: logged.target,
+            method: self.method.as_str(),
+            path: &logged.target,
             protocol: logged.protocol,
             status: self.status,
             grpc_status: self.grpc_status.map(grpc::Code::name),
@@ -389,7 +387,7 @@ impl Drop for Finish {
             gateway_ms: millis(gateway_time),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
-            user_agent: logged.user_agent,
+            user_agent: logged.user_agent.as_deref(),
             reason: self.reason,
         });
     }

@@ -1,14 +1,17 @@
-//! The access log: one record per finished request, formatted and written on a dedicated
-//! thread. The request path only pushes the record into a bounded queue; when the writer
-//! falls behind (slow disk, blocked pipe) records are dropped and counted, never waited for.
+//! The access log: one line per finished request, written on a dedicated thread. The log
+//! phase renders the line, from a record that borrows the request's data, into a shared
+//! batch of at most `buffer_lines` lines that the writer swaps for an empty one each time
+//! it looks; when the writer falls behind (slow disk, blocked pipe) lines are dropped and
+//! counted, never waited for. No field is copied into the record, and no line is an
+//! allocation of its own that another thread frees (glibc frees another thread's
+//! allocation under its arena's lock).
 
-use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use gatehouse_config::AccessLogConfig;
@@ -18,6 +21,14 @@ use serde::Serialize;
 /// How often the writer looks for new records; `buffer_lines` must hold what arrives
 /// meanwhile (8192 lines per 20 ms is 400,000 requests a second).
 const POLL: Duration = Duration::from_millis(20);
+
+/// A batch the writer keeps between polls after a burst is freed beyond this size.
+const KEPT_BATCH_BYTES: usize = 4 << 20;
+
+thread_local! {
+    /// Each thread that renders lines keeps its own per-second timestamp cache.
+    static CLOCK: RefCell<Clock> = RefCell::new(Clock::default());
+}
 
 /// Query parameters always redacted.
 const DEFAULT_REDACTED: [&str; 6] = [
@@ -31,21 +42,20 @@ const DEFAULT_REDACTED: [&str; 6] = [
 
 /// What is known of a request when it has finished.
 #[derive(Debug, Clone, Serialize)]
-pub struct AccessRecord {
+pub struct AccessRecord<'a> {
     /// RFC 3339 with milliseconds, UTC.
     #[serde(serialize_with = "rfc3339")]
     pub time: SystemTime,
-    pub request_id: String,
-    pub trace_id: Option<String>,
+    pub request_id: &'a str,
+    pub trace_id: Option<&'a str>,
     pub client_ip: IpAddr,
-    pub consumer: Option<String>,
-    pub route: Option<String>,
-    pub service: Option<String>,
+    pub consumer: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub service: Option<&'a str>,
     pub endpoint: Option<SocketAddr>,
-    /// The method's name: borrowed for the standard methods, owned for extensions.
-    pub method: Cow<'static, str>,
+    pub method: &'a str,
     /// Path and query, query values of secret-looking parameters redacted.
-    pub path: String,
+    pub path: &'a str,
     pub protocol: &'static str,
     pub status: u16,
     /// The status a gRPC call ended with (`OK`, `DEADLINE_EXCEEDED`, ...); null for other
@@ -56,7 +66,7 @@ pub struct AccessRecord {
     pub gateway_ms: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub user_agent: Option<String>,
+    pub user_agent: Option<&'a str>,
     /// The problem code when the gateway answered itself (`rate_limited`, ...).
     pub reason: Option<&'static str>,
 }
@@ -91,14 +101,33 @@ enum Piece {
     Field(String),
 }
 
+/// Lines rendered and not yet taken by the writer.
+#[derive(Default)]
+struct Batch {
+    lines: usize,
+    bytes: Vec<u8>,
+    /// Set when the log is dropped (a reload replaced it): the writer writes what is left
+    /// and ends.
+    closed: bool,
+}
+
 pub struct AccessLog {
-    /// Records are boxed so the queue's slots stay small: a ring of 8192 full records
-    /// spans megabytes, and every push then misses the cache.
-    sender: SyncSender<Box<AccessRecord>>,
+    batch: Arc<Mutex<Batch>>,
+    buffer_lines: usize,
+    format: Format,
     dropped: Counter,
     sample: f64,
     reopen: Arc<AtomicBool>,
     redacted: Vec<String>,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.batch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+    }
 }
 
 impl AccessLog {
@@ -109,7 +138,8 @@ impl AccessLog {
         extra_redacted: Vec<String>,
         dropped: Counter,
     ) -> std::io::Result<Self> {
-        let (sender, receiver) = sync_channel::<Box<AccessRecord>>(config.buffer_lines.max(1));
+        let batch = Arc::new(Mutex::new(Batch::default()));
+        let pending = batch.clone();
         let reopen = Arc::new(AtomicBool::new(false));
         let format = parse_format(&config.format.value);
         let path = config.path.clone();
@@ -135,33 +165,34 @@ impl AccessLog {
                     }
                 };
                 let mut writer = open(&path);
-                let mut line = Vec::with_capacity(512);
-                let mut clock = Clock::default();
+                let mut taken = Vec::new();
                 let mut last_flush = std::time::Instant::now();
-                // The writer polls instead of waiting on the queue: a sender never has to
-                // wake this thread, so logging costs the request path one queue push.
+                // The writer polls instead of being woken: a request never has to wake this
+                // thread, so logging costs the request path one render into the batch.
                 loop {
-                    let mut wrote = false;
-                    loop {
-                        match receiver.try_recv() {
-                            Ok(record) => {
-                                line.clear();
-                                render(&format, &record, &mut clock, &mut line);
-                                if let Some(out) = writer.as_mut() {
-                                    if out.write_all(&line).is_err() {
-                                        writer = None;
-                                    }
-                                }
-                                wrote = true;
-                            }
-                            Err(TryRecvError::Empty) => break,
-                            Err(TryRecvError::Disconnected) => {
-                                if let Some(out) = writer.as_mut() {
-                                    let _ = out.flush();
-                                }
-                                return;
+                    let closed = {
+                        let mut batch = pending.lock().unwrap_or_else(PoisonError::into_inner);
+                        std::mem::swap(&mut batch.bytes, &mut taken);
+                        batch.lines = 0;
+                        batch.closed
+                    };
+                    let wrote = !taken.is_empty();
+                    if wrote {
+                        if let Some(out) = writer.as_mut() {
+                            if out.write_all(&taken).is_err() {
+                                writer = None;
                             }
                         }
+                    }
+                    taken.clear();
+                    if taken.capacity() > KEPT_BATCH_BYTES {
+                        taken = Vec::new();
+                    }
+                    if closed {
+                        if let Some(out) = writer.as_mut() {
+                            let _ = out.flush();
+                        }
+                        return;
                     }
                     // Idle, or a second since the last flush: write out what is buffered.
                     if !wrote || last_flush.elapsed() >= Duration::from_secs(1) {
@@ -184,7 +215,9 @@ impl AccessLog {
         redacted.extend(config.redact_query.iter().cloned());
         redacted.extend(extra_redacted);
         Ok(Self {
-            sender,
+            batch,
+            buffer_lines: config.buffer_lines.max(1),
+            format,
             dropped,
             sample: config.sample,
             reopen,
@@ -197,14 +230,17 @@ impl AccessLog {
         status >= 500 || self.sample >= 1.0 || draw < self.sample
     }
 
-    /// Queue a record; never blocks.
-    pub fn log(&self, record: AccessRecord) {
-        match self.sender.try_send(Box::new(record)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.inc();
-            }
+    /// Render a record into the batch, or count it dropped when the batch is full; never
+    /// waits for the writer.
+    pub fn log(&self, record: &AccessRecord) {
+        let mut batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
+        if batch.lines >= self.buffer_lines {
+            drop(batch);
+            self.dropped.inc();
+            return;
         }
+        CLOCK.with_borrow_mut(|clock| render(&self.format, record, clock, &mut batch.bytes));
+        batch.lines += 1;
     }
 
     /// Reopen the file before the next line (log rotation: SIGUSR1).
@@ -293,18 +329,18 @@ fn write_json(record: &AccessRecord, clock: &mut Clock, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"time\":\"");
     clock.write(record.time, out);
     out.extend_from_slice(b"\",\"request_id\":");
-    string(out, &record.request_id);
+    string(out, record.request_id);
     out.extend_from_slice(b",\"trace_id\":");
-    optional(out, record.trace_id.as_deref());
+    optional(out, record.trace_id);
     out.extend_from_slice(b",\"client_ip\":\"");
     write_ip(out, record.client_ip);
     out.push(b'"');
     out.extend_from_slice(b",\"consumer\":");
-    optional(out, record.consumer.as_deref());
+    optional(out, record.consumer);
     out.extend_from_slice(b",\"route\":");
-    optional(out, record.route.as_deref());
+    optional(out, record.route);
     out.extend_from_slice(b",\"service\":");
-    optional(out, record.service.as_deref());
+    optional(out, record.service);
     out.extend_from_slice(b",\"endpoint\":");
     match record.endpoint {
         Some(endpoint) => {
@@ -317,9 +353,9 @@ fn write_json(record: &AccessRecord, clock: &mut Clock, out: &mut Vec<u8>) {
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"method\":");
-    string(out, &record.method);
+    string(out, record.method);
     out.extend_from_slice(b",\"path\":");
-    string(out, &record.path);
+    string(out, record.path);
     let mut digits = itoa::Buffer::new();
     out.extend_from_slice(b",\"protocol\":\"");
     out.extend_from_slice(record.protocol.as_bytes());
@@ -341,34 +377,10 @@ fn write_json(record: &AccessRecord, clock: &mut Clock, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"bytes_out\":");
     out.extend_from_slice(digits.format(record.bytes_out).as_bytes());
     out.extend_from_slice(b",\"user_agent\":");
-    optional(out, record.user_agent.as_deref());
+    optional(out, record.user_agent);
     out.extend_from_slice(b",\"reason\":");
     optional(out, record.reason);
     out.extend_from_slice(b"}\n");
-}
-
-/// The standard methods' names, so a record of one needs no copy of it.
-const STANDARD_METHODS: [(http::Method, &str); 9] = [
-    (http::Method::GET, "GET"),
-    (http::Method::POST, "POST"),
-    (http::Method::PUT, "PUT"),
-    (http::Method::DELETE, "DELETE"),
-    (http::Method::HEAD, "HEAD"),
-    (http::Method::OPTIONS, "OPTIONS"),
-    (http::Method::PATCH, "PATCH"),
-    (http::Method::CONNECT, "CONNECT"),
-    (http::Method::TRACE, "TRACE"),
-];
-
-/// `method`'s name for [`AccessRecord::method`].
-pub fn method_name(method: &http::Method) -> Cow<'static, str> {
-    match STANDARD_METHODS
-        .iter()
-        .find(|(standard, _)| standard == method)
-    {
-        Some((_, name)) => Cow::Borrowed(name),
-        None => Cow::Owned(method.as_str().to_owned()),
-    }
 }
 
 /// An address as `Display` writes it; IPv4, the common case, without the formatting
@@ -489,32 +501,18 @@ mod tests {
     }
 
     #[test]
-    fn standard_methods_are_named_without_a_copy() {
-        assert!(matches!(
-            method_name(&http::Method::GET),
-            Cow::Borrowed("GET")
-        ));
-        assert!(matches!(
-            method_name(&http::Method::PATCH),
-            Cow::Borrowed("PATCH")
-        ));
-        let purge = http::Method::from_bytes(b"PURGE").unwrap();
-        assert!(matches!(method_name(&purge), Cow::Owned(name) if name == "PURGE"));
-    }
-
-    #[test]
     fn a_json_line_carries_every_field() {
         let record = AccessRecord {
             time: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_042),
-            request_id: "req-1".into(),
+            request_id: "req-1",
             trace_id: None,
             client_ip: "192.0.2.7".parse().unwrap(),
-            consumer: Some("acme".into()),
-            route: Some("books".into()),
-            service: Some("backend".into()),
+            consumer: Some("acme"),
+            route: Some("books"),
+            service: Some("backend"),
             endpoint: Some("127.0.0.1:8081".parse().unwrap()),
-            method: "GET".into(),
-            path: "/books/1".into(),
+            method: "GET",
+            path: "/books/1",
             protocol: "HTTP/1.1",
             status: 200,
             grpc_status: None,
@@ -523,7 +521,7 @@ mod tests {
             gateway_ms: 0.75,
             bytes_in: 0,
             bytes_out: 42,
-            user_agent: Some("curl/8".into()),
+            user_agent: Some("curl/8"),
             reason: None,
         };
         let mut out = Vec::new();
