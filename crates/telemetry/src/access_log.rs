@@ -25,9 +25,15 @@ const POLL: Duration = Duration::from_millis(20);
 /// A batch the writer keeps between polls after a burst is freed beyond this size.
 const KEPT_BATCH_BYTES: usize = 4 << 20;
 
+/// What a thread that renders lines keeps between them.
+#[derive(Default)]
+struct Renderer {
+    clock: Clock,
+    line: Vec<u8>,
+}
+
 thread_local! {
-    /// Each thread that renders lines keeps its own per-second timestamp cache.
-    static CLOCK: RefCell<Clock> = RefCell::new(Clock::default());
+    static RENDERER: RefCell<Renderer> = RefCell::new(Renderer::default());
 }
 
 /// Query parameters always redacted.
@@ -233,14 +239,24 @@ impl AccessLog {
     /// Render a record into the batch, or count it dropped when the batch is full; never
     /// waits for the writer.
     pub fn log(&self, record: &AccessRecord) {
-        let mut batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
-        if batch.lines >= self.buffer_lines {
-            drop(batch);
-            self.dropped.inc();
-            return;
-        }
-        CLOCK.with_borrow_mut(|clock| render(&self.format, record, clock, &mut batch.bytes));
-        batch.lines += 1;
+        RENDERER.with_borrow_mut(|renderer| {
+            // Rendered outside the lock: worker threads hold it only to append.
+            renderer.line.clear();
+            render(
+                &self.format,
+                record,
+                &mut renderer.clock,
+                &mut renderer.line,
+            );
+            let mut batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
+            if batch.lines >= self.buffer_lines {
+                drop(batch);
+                self.dropped.inc();
+                return;
+            }
+            batch.bytes.extend_from_slice(&renderer.line);
+            batch.lines += 1;
+        });
     }
 
     /// Reopen the file before the next line (log rotation: SIGUSR1).
