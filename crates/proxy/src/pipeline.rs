@@ -244,12 +244,8 @@ pub async fn handle(
         bytes_in,
         bytes_out: 0,
         client_ip,
-        // Only the access log and the server span name it: metrics alone need no copy.
-        request_id: if logged.is_some() || server_span.is_some() {
-            request_id.to_str().unwrap_or("").to_owned()
-        } else {
-            String::new()
-        },
+        // A counted reference, not a copy (see `forward::request_id`).
+        request_id: request_id.clone(),
         logged,
         server_span,
     };
@@ -300,7 +296,7 @@ pub struct Finish {
     bytes_in: u64,
     bytes_out: u64,
     client_ip: std::net::IpAddr,
-    request_id: String,
+    request_id: HeaderValue,
     logged: Option<Logged>,
     server_span: Option<ServerSpan>,
     /// The status a gRPC call ended with, from the response head or trailers.
@@ -370,7 +366,7 @@ impl Drop for Finish {
         let millis = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
         log.log(&AccessRecord {
             time: std::time::SystemTime::now() - total,
-            request_id: &self.request_id,
+            request_id: self.request_id.to_str().unwrap_or_default(),
             trace_id: logged.trace_id.as_deref(),
             client_ip: self.client_ip,
             consumer: self.trace.identity.as_ref().map(|i| i.consumer.id.as_str()),
@@ -437,7 +433,10 @@ impl Finish {
             ),
             ("client.address", self.client_ip.to_string().into()),
             ("http.response.status_code", i64::from(self.status).into()),
-            ("gatehouse.request_id", self.request_id.as_str().into()),
+            (
+                "gatehouse.request_id",
+                self.request_id.to_str().unwrap_or_default().into(),
+            ),
         ];
         if self.trace.route.is_some() {
             attributes.push(("http.route", route.into()));

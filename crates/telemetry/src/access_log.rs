@@ -1,10 +1,10 @@
 //! The access log: one line per finished request, written on a dedicated thread. The log
-//! phase renders the line, from a record that borrows the request's data, into a shared
-//! batch of at most `buffer_lines` lines that the writer swaps for an empty one each time
-//! it looks; when the writer falls behind (slow disk, blocked pipe) lines are dropped and
-//! counted, never waited for. No field is copied into the record, and no line is an
-//! allocation of its own that another thread frees (glibc frees another thread's
-//! allocation under its arena's lock).
+//! phase renders the line, from a record that borrows the request's data, into a buffer of
+//! its thread, then appends it to a shared batch of at most `buffer_lines` lines that the
+//! writer swaps for an empty one each time it looks; when the writer falls behind (slow
+//! disk, blocked pipe) lines are dropped and counted, never waited for. No field is copied
+//! into the record, and no line is an allocation of its own that another thread frees
+//! (glibc frees another thread's allocation under its arena's lock).
 
 use std::cell::RefCell;
 use std::fs::OpenOptions;
