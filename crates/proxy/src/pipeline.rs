@@ -150,9 +150,9 @@ pub async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let logged = telemetry.access_log.as_ref().map(|log| Logged {
-        target: log.redact_target(request.uri().path(), request.uri().query()),
-        user_agent: user_agent(),
+    let logged = telemetry.access_log.as_ref().map(|_| Logged {
+        uri: request.uri().clone(),
+        user_agent: request.headers().get(header::USER_AGENT).cloned(),
         protocol: version_name(request.version()),
         trace_id: match &context {
             Some(context) => Some(context.trace_id_hex()),
@@ -264,10 +264,10 @@ fn version_name(version: Version) -> &'static str {
 }
 
 /// What the access log needs from the request head, read only when it is configured.
+/// Counted references to the head's bytes, not copies.
 struct Logged {
-    /// Path and query, secrets redacted.
-    target: String,
-    user_agent: Option<String>,
+    uri: http::Uri,
+    user_agent: Option<HeaderValue>,
     protocol: &'static str,
     trace_id: Option<String>,
 }
@@ -364,6 +364,7 @@ impl Drop for Finish {
         }
         let (route, service) = self.names();
         let millis = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let target = log.redact_target(&logged.uri);
         log.log(&AccessRecord {
             time: std::time::SystemTime::now() - total,
             request_id: self.request_id.to_str().unwrap_or_default(),
@@ -373,8 +374,8 @@ impl Drop for Finish {
             route: self.trace.route.map(|_| route),
             service: self.trace.forwarded.then_some(service),
             endpoint: self.trace.endpoint,
-            method: self.method.as_str(),
-            path: &logged.target,
+            method: &self.method,
+            path: &target,
             protocol: logged.protocol,
             status: self.status,
             grpc_status: self.grpc_status.map(grpc::Code::name),
@@ -383,7 +384,7 @@ impl Drop for Finish {
             gateway_ms: millis(gateway_time),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
-            user_agent: logged.user_agent.as_deref(),
+            user_agent: logged.user_agent.as_ref().and_then(|v| v.to_str().ok()),
             reason: self.reason,
         });
     }
@@ -484,6 +485,9 @@ impl Finish {
     /// Golden metrics of mesh calls: by direction and peer identity.
     fn record_mesh_metrics(&self, service: &str, total: std::time::Duration) {
         use gatehouse_telemetry::metrics::{status_class, MeshLabels, MeshPeerLabels};
+        if self.trace.mesh_caller.is_none() && !self.snapshot.has_mesh_services {
+            return;
+        }
         let callee = || {
             self.snapshot
                 .services
@@ -522,7 +526,7 @@ impl Finish {
             metrics
                 .mesh_request_duration
                 .get_or_create(&MeshPeerLabels { direction, peer })
-                .observe(total.as_secs_f64());
+                .observe(total);
         }
     }
 
@@ -598,9 +602,7 @@ impl Finish {
                 .inc();
         }
         self.record_mesh_metrics(service_name, total);
-        series
-            .duration(metrics, route_name)
-            .observe(total.as_secs_f64());
+        series.duration(metrics, route_name).observe(total);
         if self.bytes_in > 0 {
             series
                 .bytes_received(metrics, route_name)
@@ -610,8 +612,8 @@ impl Finish {
             .bytes_sent(metrics, route_name)
             .inc_by(self.bytes_out);
         if let Some(upstream) = self.trace.upstream {
-            series.observe_upstream(metrics, service_name, own_service, upstream.as_secs_f64());
-            metrics.gateway_duration.observe(gateway_time.as_secs_f64());
+            series.observe_upstream(metrics, service_name, own_service, upstream);
+            metrics.gateway_duration.observe(gateway_time);
         }
         if let Some(status) = self.grpc_status {
             metrics

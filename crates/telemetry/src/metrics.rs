@@ -1,14 +1,15 @@
 //! Prometheus metrics (prometheus-client). Labels are bounded by the configuration (route,
 //! service, listener, endpoint names, status classes, problem codes), never by request data.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,13 +102,73 @@ pub struct BuildLabels {
     pub version: &'static str,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type HistogramFamily<L> = Family<L, LatencyHistogram>;
 
-/// Seconds, from half a millisecond to ten seconds.
-fn latency_histogram() -> Histogram {
-    Histogram::new([
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    ])
+/// Latency bucket bounds in nanoseconds: half a millisecond to ten seconds.
+const LATENCY_BOUNDS_NANOS: [u64; 14] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// A latency histogram (seconds) with fixed buckets, recorded with two relaxed atomic
+/// additions. prometheus-client's `Histogram` takes a mutex for each observation, and a
+/// request makes three.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyHistogram(Arc<LatencyCounts>);
+
+#[derive(Debug, Default)]
+struct LatencyCounts {
+    /// Observations per bucket (not cumulative); the last bucket is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS_NANOS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, latency: Duration) {
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_NANOS
+            .iter()
+            .position(|&bound| nanos <= bound)
+            .unwrap_or(LATENCY_BOUNDS_NANOS.len());
+        self.0.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = [(f64::INFINITY, 0u64); LATENCY_BOUNDS_NANOS.len() + 1];
+        let mut count = 0;
+        for (index, (bound, observed)) in buckets.iter_mut().enumerate() {
+            if let Some(nanos) = LATENCY_BOUNDS_NANOS.get(index) {
+                *bound = *nanos as f64 / 1e9;
+            }
+            *observed = self.0.buckets[index].load(Ordering::Relaxed);
+            count += *observed;
+        }
+        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 pub struct Metrics {
@@ -121,7 +182,7 @@ pub struct Metrics {
     pub mesh_request_duration: HistogramFamily<MeshPeerLabels>,
     pub request_duration: HistogramFamily<RouteLabels>,
     pub upstream_duration: HistogramFamily<ServiceLabels>,
-    pub gateway_duration: Histogram,
+    pub gateway_duration: LatencyHistogram,
     pub bytes_received: Family<RouteLabels, Counter>,
     pub bytes_sent: Family<RouteLabels, Counter>,
     pub open_connections: Family<ListenerLabels, Gauge>,
@@ -178,31 +239,28 @@ impl Metrics {
             "Mesh calls answered, by direction (inbound: peer is the caller; outbound: peer is the called service), peer SPIFFE ID and status class",
             mesh_requests.clone(),
         );
-        let mesh_request_duration: HistogramFamily<MeshPeerLabels> =
-            Family::new_with_constructor(latency_histogram);
+        let mesh_request_duration: HistogramFamily<MeshPeerLabels> = Family::default();
         registry.register_with_unit(
             "mesh_request_duration",
             "Time from the request head to the end of the response of mesh calls, by direction and peer SPIFFE ID",
             Unit::Seconds,
             mesh_request_duration.clone(),
         );
-        let request_duration: HistogramFamily<RouteLabels> =
-            Family::new_with_constructor(latency_histogram);
+        let request_duration: HistogramFamily<RouteLabels> = Family::default();
         registry.register_with_unit(
             "request_duration",
             "Time from the request head to the end of the response, by route",
             Unit::Seconds,
             request_duration.clone(),
         );
-        let upstream_duration: HistogramFamily<ServiceLabels> =
-            Family::new_with_constructor(latency_histogram);
+        let upstream_duration: HistogramFamily<ServiceLabels> = Family::default();
         registry.register_with_unit(
             "upstream_duration",
             "Time from sending upstream to the upstream's response head, retries included, by service",
             Unit::Seconds,
             upstream_duration.clone(),
         );
-        let gateway_duration = latency_histogram();
+        let gateway_duration = LatencyHistogram::default();
         registry.register_with_unit(
             "gateway_duration",
             "Time the gateway itself added to proxied requests (total minus upstream)",
@@ -348,18 +406,18 @@ const CACHED_METHODS: [http::Method; 7] = [
 /// per compiled route, used with one [`Metrics`] (the process's).
 #[derive(Default)]
 pub struct RouteSeries {
-    duration: OnceLock<Histogram>,
+    duration: OnceLock<LatencyHistogram>,
     bytes_received: OnceLock<Counter>,
     bytes_sent: OnceLock<Counter>,
     /// `upstream_duration` of the route's own single service.
-    upstream_duration: OnceLock<Histogram>,
+    upstream_duration: OnceLock<LatencyHistogram>,
     /// `requests` by [answered by the route's own service] × method × status class; boxed
     /// on first use, so a route nobody calls costs a pointer.
     requests: OnceLock<Box<[OnceLock<Counter>; 2 * CACHED_METHODS.len() * STATUS_CLASSES.len()]>>,
 }
 
 impl RouteSeries {
-    pub fn duration(&self, metrics: &Metrics, route: &str) -> &Histogram {
+    pub fn duration(&self, metrics: &Metrics, route: &str) -> &LatencyHistogram {
         self.duration.get_or_init(|| {
             metrics.request_duration.get_or_create_owned(&RouteLabels {
                 route: route.to_owned(),
@@ -390,7 +448,7 @@ impl RouteSeries {
         metrics: &Metrics,
         service: &str,
         own_service: bool,
-        seconds: f64,
+        latency: Duration,
     ) {
         let labels = || ServiceLabels {
             service: service.to_owned(),
@@ -398,12 +456,12 @@ impl RouteSeries {
         if own_service {
             self.upstream_duration
                 .get_or_init(|| metrics.upstream_duration.get_or_create_owned(&labels()))
-                .observe(seconds);
+                .observe(latency);
         } else {
             metrics
                 .upstream_duration
                 .get_or_create(&labels())
-                .observe(seconds);
+                .observe(latency);
         }
     }
 
@@ -491,7 +549,9 @@ mod tests {
         series.count_request(&metrics, "books", "", false, &get, 404);
         series.count_request(&metrics, "books", "catalog-v2", false, &get, 200);
         series.count_request(&metrics, "books", "catalog", true, &purge, 503);
-        series.duration(&metrics, "books").observe(0.002);
+        series
+            .duration(&metrics, "books")
+            .observe(Duration::from_millis(2));
         series.bytes_sent(&metrics, "books").inc_by(100);
         series.bytes_sent(&metrics, "books").inc_by(20);
         let count = |service: &str, method: &str, status_class: &'static str| {
@@ -517,6 +577,42 @@ mod tests {
         assert!(
             text.contains("route=\"books\"") && text.contains("status_class=\"2xx\""),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn latency_lands_in_the_first_bucket_at_or_above_it() {
+        let metrics = Metrics::new();
+        for latency in [
+            Duration::from_micros(500),
+            Duration::from_micros(501),
+            Duration::from_millis(3),
+            Duration::from_secs(11),
+        ] {
+            metrics.gateway_duration.observe(latency);
+        }
+        let text = metrics.encode().unwrap();
+        let sample = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} is missing from\n{text}"))
+                .to_owned()
+        };
+        let bucket = |le: &str| {
+            sample(&format!(
+                "gatehouse_gateway_duration_seconds_bucket{{le=\"{le}\"}}"
+            ))
+        };
+        assert_eq!(bucket("0.0005"), "1", "a bound is inclusive");
+        assert_eq!(bucket("0.001"), "2");
+        assert_eq!(bucket("0.0025"), "2");
+        assert_eq!(bucket("0.005"), "3");
+        assert_eq!(bucket("10.0"), "3");
+        assert_eq!(bucket("+Inf"), "4");
+        assert_eq!(sample("gatehouse_gateway_duration_seconds_count"), "4");
+        assert_eq!(
+            sample("gatehouse_gateway_duration_seconds_sum"),
+            "11.004001"
         );
     }
 
