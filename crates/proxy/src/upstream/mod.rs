@@ -350,8 +350,20 @@ impl Service {
                 context.inject(span_id, &mut request.headers);
                 (span_id, SystemTime::now())
             });
+            // The first attempt starts when the call does: one clock read less.
+            let attempt_started = if attempt == 0 {
+                started
+            } else {
+                Instant::now()
+            };
             let outcome = self
-                .attempt(&endpoint, &mut request, may_retry_after, body)
+                .attempt(
+                    &endpoint,
+                    &mut request,
+                    may_retry_after,
+                    body,
+                    attempt_started,
+                )
                 .await;
             if let (Some((span_id, start)), Some((context, spans))) =
                 (attempt_span, tracing.as_mut())
@@ -492,18 +504,19 @@ impl Service {
         }
     }
 
-    /// One attempt at `endpoint`. The request's head is borrowed: the lean HTTP/1.1 client
-    /// writes it from there, so a retry needs no copy; other clients take the header map,
-    /// or a copy of it when `keep_headers` (a retry may follow).
+    /// One attempt at `endpoint`, which `started` then. The request's head is borrowed:
+    /// the lean HTTP/1.1 client writes it from there, so a retry needs no copy; other
+    /// clients take the header map, or a copy of it when `keep_headers` (a retry may
+    /// follow).
     async fn attempt(
         &self,
         endpoint: &Arc<Endpoint>,
         request: &mut UpstreamRequest,
         keep_headers: bool,
         body: OutgoingBody,
+        started: Instant,
     ) -> Result<Response<PooledBody>, AttemptError> {
         let configured = self.config.timeouts.request.0;
-        let started = Instant::now();
         let mut client_bound = false;
         let timeout = match request.deadline {
             Some(deadline) => {
