@@ -129,6 +129,9 @@ struct Batch {
 
 pub struct AccessLog {
     batch: Arc<Mutex<Batch>>,
+    /// Set (under the batch's lock) when a line found the batch full, cleared when the
+    /// writer takes it: while the writer is stuck, lines are dropped before being rendered.
+    full: Arc<AtomicBool>,
     buffer_lines: usize,
     format: Format,
     dropped: Counter,
@@ -161,6 +164,8 @@ impl AccessLog {
         let path = config.path.clone();
         let reopen_flag = reopen.clone();
         let lost = dropped.clone();
+        let full = Arc::new(AtomicBool::new(false));
+        let taken_full = full.clone();
         std::thread::Builder::new()
             .name("gatehouse-access-log".to_owned())
             .spawn(move || {
@@ -185,6 +190,7 @@ impl AccessLog {
                     let (lines, closed) = {
                         let mut batch = pending.lock().unwrap_or_else(PoisonError::into_inner);
                         std::mem::swap(&mut batch.bytes, &mut taken);
+                        taken_full.store(false, Ordering::Relaxed);
                         (std::mem::take(&mut batch.lines), batch.closed)
                     };
                     if lines > 0 {
@@ -227,6 +233,7 @@ impl AccessLog {
         redacted.extend(extra_redacted);
         Ok(Self {
             batch,
+            full,
             buffer_lines: config.buffer_lines.max(1),
             format,
             dropped,
@@ -244,6 +251,10 @@ impl AccessLog {
     /// Render a record into the batch, or count it dropped when the batch is full; never
     /// waits for the writer.
     pub fn log(&self, record: &AccessRecord) {
+        if self.full.load(Ordering::Relaxed) {
+            self.dropped.inc();
+            return;
+        }
         RENDERER.with_borrow_mut(|renderer| {
             // Rendered outside the lock: worker threads hold it only to append.
             renderer.line.clear();
@@ -255,6 +266,7 @@ impl AccessLog {
             );
             let mut batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
             if batch.lines >= self.buffer_lines {
+                self.full.store(true, Ordering::Relaxed);
                 drop(batch);
                 self.dropped.inc();
                 return;
