@@ -80,8 +80,12 @@ pub struct AccessRecord<'a> {
     pub reason: Option<&'static str>,
 }
 
+/// The template format's time: the JSON line's [`Clock`], so both formats write the same
+/// text.
 fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&format_time(*time))
+    let mut text = Vec::with_capacity(24);
+    Clock::default().write(*time, &mut text);
+    serializer.serialize_str(std::str::from_utf8(&text).unwrap_or_default())
 }
 
 fn method_name<S: serde::Serializer>(
@@ -89,21 +93,6 @@ fn method_name<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(method.as_str())
-}
-
-fn format_time(time: SystemTime) -> String {
-    // Millisecond precision keeps lines short and sortable.
-    let millis = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i128)
-        .unwrap_or(0);
-    ::time::OffsetDateTime::from_unix_timestamp_nanos(millis * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&::time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 enum Format {
@@ -359,7 +348,6 @@ fn render(format: &Format, record: &AccessRecord, clock: &mut Clock, out: &mut V
 /// The JSON line, written field by field into a reused buffer: no intermediate value, the
 /// time formatted from a per-second cache, durations as fixed-point milliseconds.
 fn write_json(record: &AccessRecord, clock: &mut Clock, out: &mut Vec<u8>) {
-    let string = write_json_string;
     let optional = |out: &mut Vec<u8>, value: Option<&str>| match value {
         Some(value) => write_json_string(out, value),
         None => out.extend_from_slice(b"null"),
@@ -367,7 +355,7 @@ fn write_json(record: &AccessRecord, clock: &mut Clock, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"time\":\"");
     clock.write(record.time, out);
     out.extend_from_slice(b"\",\"request_id\":");
-    string(out, record.request_id);
+    write_json_string(out, record.request_id);
     out.extend_from_slice(b",\"trace_id\":");
     optional(out, record.trace_id);
     out.extend_from_slice(b",\"client_ip\":\"");
@@ -394,7 +382,7 @@ fn write_json(record: &AccessRecord, clock: &mut Clock, out: &mut Vec<u8>) {
     out.extend_from_slice(record.method.as_str().as_bytes());
     out.push(b'"');
     out.extend_from_slice(b",\"path\":");
-    string(out, record.path);
+    write_json_string(out, record.path);
     let mut digits = itoa::Buffer::new();
     out.extend_from_slice(b",\"protocol\":\"");
     out.extend_from_slice(record.protocol.as_bytes());
@@ -580,7 +568,11 @@ mod tests {
 
     #[test]
     fn strings_are_written_as_serde_json_would() {
-        let mut out = Vec::new();
+        let check = |value: &str| {
+            let mut out = Vec::new();
+            write_json_string(&mut out, value);
+            assert_eq!(out, serde_json::to_vec(value).unwrap(), "{value:?}");
+        };
         for value in [
             "",
             "req-1",
@@ -595,19 +587,14 @@ mod tests {
             "012345678\u{1f}abcdef",
             "\u{80}\u{9f}\u{a0}\u{ff}\u{100}\u{7ff}\u{800}\u{ffff}",
         ] {
-            out.clear();
-            write_json_string(&mut out, value);
-            assert_eq!(out, serde_json::to_vec(value).unwrap(), "{value:?}");
+            check(value);
         }
-        // Every ASCII byte at every position of a word and of the remainder.
+        // Every ASCII byte at every position of a longer value.
         for byte in 0u8..0x80 {
             for position in 0..19 {
                 let mut value = vec![b'a'; 19];
                 value[position] = byte;
-                let value = String::from_utf8(value).unwrap();
-                out.clear();
-                write_json_string(&mut out, &value);
-                assert_eq!(out, serde_json::to_vec(&value).unwrap(), "{value:?}");
+                check(&String::from_utf8(value).unwrap());
             }
         }
     }
@@ -648,10 +635,18 @@ mod tests {
         assert_eq!(line["gateway_ms"], 0.75);
         assert_eq!(line["bytes_out"], 42);
         assert_eq!(line["trace_id"], serde_json::Value::Null);
-        // The template format reads the same record through serde.
+        // The template format reads the same record through serde, time included.
+        let value = serde_json::to_value(&record).unwrap();
+        assert_eq!(value["endpoint"], "127.0.0.1:8081");
+        assert_eq!(value["time"], "2023-11-14T22:13:20.042Z");
+        let whole_second = AccessRecord {
+            time: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+            ..record
+        };
         assert_eq!(
-            serde_json::to_value(&record).unwrap()["endpoint"],
-            "127.0.0.1:8081"
+            serde_json::to_value(&whole_second).unwrap()["time"],
+            "2023-11-14T22:13:20.000Z",
+            "milliseconds are always written, as in the JSON line"
         );
     }
 }

@@ -532,7 +532,7 @@ impl Service {
             }
             None => configured,
         };
-        // From the clock read above: `timeout` would read it again.
+        // From the attempt's start: `timeout` would read the clock again.
         let expires = tokio::time::Instant::from_std(started + timeout);
         let _in_flight = endpoint.start_request();
         let result = match body {
