@@ -20,6 +20,7 @@ pub mod reload;
 pub mod router;
 pub mod sidecar;
 pub mod snapshot;
+pub mod timer;
 pub mod tls;
 pub mod transform;
 pub mod upstream;

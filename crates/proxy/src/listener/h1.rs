@@ -26,11 +26,11 @@ use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
 
 use crate::body::{BoxError, RequestBody};
 use crate::forward::tokens;
@@ -49,28 +49,37 @@ const WRITE_BATCH: usize = 64 * 1024;
 const COPY_LIMIT: usize = 16 * 1024;
 
 /// Asks a connection to finish the request in progress and close: graceful shutdown and
-/// the idle timeout.
+/// the idle timeout. Only the connection's own task waits on it, so it holds one waker (a
+/// `Notify` would queue and unqueue a waiter at every poll of an idle read).
 #[derive(Default)]
 pub(super) struct Closing {
     requested: AtomicBool,
-    notify: Notify,
+    waiter: AtomicWaker,
 }
 
 impl Closing {
     pub(super) fn begin(&self) {
-        self.requested.store(true, Ordering::Relaxed);
-        // A stored permit wakes a waiter that registers only after this call.
-        self.notify.notify_one();
+        self.requested.store(true, Ordering::Release);
+        self.waiter.wake();
     }
 
     pub(super) fn is_requested(&self) -> bool {
-        self.requested.load(Ordering::Relaxed)
+        self.requested.load(Ordering::Acquire)
     }
 
-    pub(super) async fn requested(&self) {
-        while !self.is_requested() {
-            self.notify.notified().await;
-        }
+    pub(super) fn requested(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(|cx| {
+            if self.is_requested() {
+                return Poll::Ready(());
+            }
+            self.waiter.register(cx.waker());
+            // `begin` may have run between the check and the registration.
+            if self.is_requested() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 

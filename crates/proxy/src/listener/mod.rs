@@ -5,15 +5,16 @@
 //! hyper at its first request that is not plain (upgrades, streaming uploads, `Expect`,
 //! doubtful framing, HTTP/2 prior knowledge).
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -390,39 +391,50 @@ async fn drive(
     let mut connection = connection;
     let head_limit = limits.header_read_timeout.0.as_millis() as u64;
     let idle_limit = limits.idle_timeout.0.as_millis() as u64;
+    // The timer and the shutdown signal wake the task through `supervision`, which notes it: a
+    // wake-up for the connection's own I/O (two a request) polls only the connection.
+    let supervision = Arc::new(Supervision::default());
+    let supervision_waker = Waker::from(supervision.clone());
+    let mut shutdown_signal = pin!(shutdown.wait_for(|s| *s));
+    let mut timer = pin!(tokio::time::sleep(next_check(
+        state, head_limit, idle_limit
+    )));
     // Closing was asked: the connection finishes what it serves, then ends on its own.
     let mut closed = false;
     loop {
-        let head_started = state.head_started.load(Ordering::Relaxed);
-        let head_clock = head_started != 0 && !state.http2.load(Ordering::Relaxed);
-        let head_deadline = if head_clock {
-            head_started + head_limit
-        } else {
-            u64::MAX
-        };
-        let idle_deadline = state.activity.load(Ordering::Relaxed) + idle_limit;
-        // Wake at the next deadline, and at least every `head_limit`: a request head that
-        // starts arriving while we sleep is noticed within twice the header read timeout.
-        let now = now_ms();
-        let wake_in = Duration::from_millis(
-            head_deadline
-                .min(idle_deadline)
-                .min(now + head_limit)
-                .saturating_sub(now)
-                .max(5),
-        );
-        tokio::select! {
-            result = connection.as_mut() => {
+        let event = poll_fn(|cx| {
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                return Poll::Ready(Supervised::Ended(result));
+            }
+            if closed {
+                return Poll::Pending;
+            }
+            supervision.task.register(cx.waker());
+            if !supervision.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            let mut watched = Context::from_waker(&supervision_waker);
+            if shutdown_signal.as_mut().poll(&mut watched).is_ready() {
+                return Poll::Ready(Supervised::Shutdown);
+            }
+            if timer.as_mut().poll(&mut watched).is_ready() {
+                return Poll::Ready(Supervised::Check);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Supervised::Ended(result) => {
                 if let Err(err) = result {
                     tracing::debug!(%peer, %err, "connection ended with an error");
                 }
                 return;
             }
-            _ = shutdown.wait_for(|s| *s), if !closed => {
+            Supervised::Shutdown => {
                 closing.begin();
                 closed = true;
             }
-            _ = tokio::time::sleep(wake_in), if !closed => {
+            Supervised::Check => {
                 // Requests may have come and gone while we slept: judge the state as it is now.
                 let now = now_ms();
                 let idle = state.in_flight.load(Ordering::Relaxed) == 0;
@@ -437,9 +449,72 @@ async fn drive(
                 if idle && !head_clock && now >= idle_deadline {
                     closing.begin();
                     closed = true;
+                } else {
+                    let wake_in = next_check(state, head_limit, idle_limit);
+                    timer.as_mut().reset(tokio::time::Instant::now() + wake_in);
+                    // The new deadline needs a poll to be waited for.
+                    supervision.woken.store(true, Ordering::Release);
                 }
             }
         }
+    }
+}
+
+/// How long until `drive` next judges a connection: its next deadline, and at least every
+/// header read timeout, so a request head that starts arriving meanwhile is noticed within
+/// twice that timeout.
+fn next_check(state: &ConnState, head_limit: u64, idle_limit: u64) -> Duration {
+    let head_started = state.head_started.load(Ordering::Relaxed);
+    let head_clock = head_started != 0 && !state.http2.load(Ordering::Relaxed);
+    let head_deadline = if head_clock {
+        head_started + head_limit
+    } else {
+        u64::MAX
+    };
+    let idle_deadline = state.activity.load(Ordering::Relaxed) + idle_limit;
+    let now = now_ms();
+    Duration::from_millis(
+        head_deadline
+            .min(idle_deadline)
+            .min(now + head_limit)
+            .saturating_sub(now)
+            .max(5),
+    )
+}
+
+/// What woke `drive` with something to do.
+enum Supervised {
+    Ended(Result<(), BoxError>),
+    Shutdown,
+    Check,
+}
+
+/// The waker `drive` gives its timer and shutdown signal: it notes that one of them fired
+/// and wakes the connection's task.
+struct Supervision {
+    /// Set by a wake-up from the timer or the shutdown signal (and at the start, so both
+    /// are polled once and register).
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for Supervision {
+    fn default() -> Self {
+        Supervision {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Wake for Supervision {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 

@@ -532,7 +532,8 @@ impl Service {
             }
             None => configured,
         };
-        // From the attempt's start: `timeout` would read the clock again.
+        // From the attempt's start: `timeout` would read the clock again. On a timer kept
+        // from an earlier request (`crate::timer`).
         let expires = tokio::time::Instant::from_std(started + timeout);
         let _in_flight = endpoint.start_request();
         let result = match body {
@@ -546,7 +547,7 @@ impl Service {
                     &request.headers,
                     &bytes,
                 );
-                tokio::time::timeout_at(expires, sent).await
+                crate::timer::timeout_at(expires, sent).await
             }
             body => {
                 let uri = self
@@ -566,7 +567,7 @@ impl Service {
                     UpstreamProtocol::Http2 => Version::HTTP_2,
                 };
                 let sent = self.connector.send_other(endpoint, outgoing);
-                tokio::time::timeout_at(expires, sent).await
+                crate::timer::timeout_at(expires, sent).await
             }
         };
         // Latency feeds only least-request balancing's estimate (a clock read and an
