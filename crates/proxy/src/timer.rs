@@ -7,7 +7,9 @@
 //! requests. A kept timer stays in the wheel with its old deadline, and moving it to a
 //! later one is a compare-and-swap on the entry (`Sleep::reset`); the wheel re-files it
 //! when the old deadline comes round. A kept timer that fires meanwhile wakes the task that
-//! last waited on it once, for nothing; resetting it registers it again.
+//! last waited on it once, for nothing; resetting it registers it again. A kept timer also
+//! holds that task's waker, so a connection task that has ended keeps its (small) task
+//! allocation until its timer is reused: at most `SPARE_TIMERS` of them per thread.
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -396,9 +396,8 @@ async fn drive(
     let supervision = Arc::new(Supervision::default());
     let supervision_waker = Waker::from(supervision.clone());
     let mut shutdown_signal = pin!(shutdown.wait_for(|s| *s));
-    let mut timer = pin!(tokio::time::sleep(next_check(
-        state, head_limit, idle_limit
-    )));
+    let first_check = Deadlines::of(state, head_limit, idle_limit).next_check(now_ms(), head_limit);
+    let mut timer = pin!(tokio::time::sleep(first_check));
     // Closing was asked: the connection finishes what it serves, then ends on its own.
     let mut closed = false;
     loop {
@@ -438,19 +437,16 @@ async fn drive(
                 // Requests may have come and gone while we slept: judge the state as it is now.
                 let now = now_ms();
                 let idle = state.in_flight.load(Ordering::Relaxed) == 0;
-                let head_started = state.head_started.load(Ordering::Relaxed);
-                let head_clock = head_started != 0 && !state.http2.load(Ordering::Relaxed);
-                let head_deadline = head_started.saturating_add(head_limit);
-                let idle_deadline = state.activity.load(Ordering::Relaxed) + idle_limit;
-                if idle && head_clock && now >= head_deadline {
+                let deadlines = Deadlines::of(state, head_limit, idle_limit);
+                if idle && deadlines.head.is_some_and(|head| now >= head) {
                     tracing::debug!(%peer, "no complete request head within the header read timeout");
                     return;
                 }
-                if idle && !head_clock && now >= idle_deadline {
+                if idle && deadlines.head.is_none() && now >= deadlines.idle {
                     closing.begin();
                     closed = true;
                 } else {
-                    let wake_in = next_check(state, head_limit, idle_limit);
+                    let wake_in = deadlines.next_check(now, head_limit);
                     timer.as_mut().reset(tokio::time::Instant::now() + wake_in);
                     // The new deadline needs a poll to be waited for.
                     supervision.woken.store(true, Ordering::Release);
@@ -460,26 +456,37 @@ async fn drive(
     }
 }
 
-/// How long until `drive` next judges a connection: its next deadline, and at least every
-/// header read timeout, so a request head that starts arriving meanwhile is noticed within
-/// twice that timeout.
-fn next_check(state: &ConnState, head_limit: u64, idle_limit: u64) -> Duration {
-    let head_started = state.head_started.load(Ordering::Relaxed);
-    let head_clock = head_started != 0 && !state.http2.load(Ordering::Relaxed);
-    let head_deadline = if head_clock {
-        head_started + head_limit
-    } else {
-        u64::MAX
-    };
-    let idle_deadline = state.activity.load(Ordering::Relaxed) + idle_limit;
-    let now = now_ms();
-    Duration::from_millis(
-        head_deadline
-            .min(idle_deadline)
-            .min(now + head_limit)
-            .saturating_sub(now)
-            .max(5),
-    )
+/// A connection's deadlines, in `now_ms` milliseconds.
+struct Deadlines {
+    /// For the request head being read (HTTP/1 only), if one has started.
+    head: Option<u64>,
+    /// For the connection to stay idle.
+    idle: u64,
+}
+
+impl Deadlines {
+    fn of(state: &ConnState, head_limit: u64, idle_limit: u64) -> Deadlines {
+        let head_started = state.head_started.load(Ordering::Relaxed);
+        let head_clock = head_started != 0 && !state.http2.load(Ordering::Relaxed);
+        Deadlines {
+            head: head_clock.then(|| head_started.saturating_add(head_limit)),
+            idle: state.activity.load(Ordering::Relaxed) + idle_limit,
+        }
+    }
+
+    /// How long until `drive` next judges the connection: the next deadline, and at least
+    /// every header read timeout, so a request head that starts arriving meanwhile is
+    /// noticed within twice that timeout.
+    fn next_check(&self, now: u64, head_limit: u64) -> Duration {
+        Duration::from_millis(
+            self.head
+                .unwrap_or(u64::MAX)
+                .min(self.idle)
+                .min(now + head_limit)
+                .saturating_sub(now)
+                .max(5),
+        )
+    }
 }
 
 /// What woke `drive` with something to do.
