@@ -73,7 +73,9 @@ impl Mirror {
                 let _ = response.into_body().collect().await;
                 Ok::<_, crate::error::GatewayError>(())
             };
-            match tokio::time::timeout(timeout, call).await {
+            // The same reused timers as the request's own timeout (`crate::timer`).
+            let deadline = tokio::time::Instant::now() + timeout;
+            match crate::timer::timeout_at(deadline, call).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => {
                     tracing::debug!(service = %service.name, error = %err, "mirror copy failed")

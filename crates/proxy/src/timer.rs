@@ -141,6 +141,20 @@ mod tests {
         SPARE.with(|spare| spare.borrow().len())
     }
 
+    /// Waits on a future that never finishes until `ms` from now, and checks that the
+    /// timeout ended it then, not earlier (and not much later).
+    async fn times_out_after(ms: u64) {
+        let started = Instant::now();
+        let limit = Duration::from_millis(ms);
+        let answer = timeout_at(started + limit, std::future::pending::<()>()).await;
+        assert_eq!(answer, Err(Elapsed));
+        let waited = started.elapsed();
+        assert!(
+            waited >= limit && waited < Duration::from_secs(30),
+            "{waited:?}"
+        );
+    }
+
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -180,24 +194,9 @@ mod tests {
             let far = Instant::now() + Duration::from_secs(60);
             let done = timeout_at(far, tokio::task::yield_now()).await;
             assert_eq!(done, Ok(()));
-            let started = Instant::now();
-            let near = started + Duration::from_millis(50);
-            let answer = timeout_at(near, std::future::pending::<()>()).await;
-            assert_eq!(answer, Err(Elapsed));
-            let waited = started.elapsed();
-            assert!(
-                waited >= Duration::from_millis(50) && waited < Duration::from_secs(30),
-                "{waited:?}"
-            );
+            times_out_after(50).await;
             // That timer fired; reused with a later deadline it waits for that deadline.
-            let started = Instant::now();
-            let answer = timeout_at(
-                started + Duration::from_millis(80),
-                std::future::pending::<()>(),
-            )
-            .await;
-            assert_eq!(answer, Err(Elapsed));
-            assert!(started.elapsed() >= Duration::from_millis(80));
+            times_out_after(80).await;
         });
     }
 
@@ -226,15 +225,7 @@ mod tests {
         });
         assert!(spare_count() >= 1);
         // A new runtime on the same thread: polling the old runtime's timer would panic.
-        runtime().block_on(async {
-            let started = Instant::now();
-            let answer = timeout_at(
-                started + Duration::from_millis(30),
-                std::future::pending::<()>(),
-            )
-            .await;
-            assert_eq!(answer, Err(Elapsed));
-        });
+        runtime().block_on(times_out_after(30));
         assert_eq!(spare_count(), 1, "the old runtime's timers were dropped");
     }
 }
