@@ -16,6 +16,7 @@ pub mod header_maps;
 pub mod listener;
 pub mod mirror;
 pub mod pipeline;
+mod read_buffer;
 pub mod reload;
 pub mod router;
 pub mod sidecar;

@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::body::{BoxError, RequestBody};
 use crate::forward::tokens;
 use crate::header_maps::{self, FieldNames};
+use crate::read_buffer;
 
 /// The most fields in one request head (hyper's default; more is hyper's 431).
 const MAX_HEADERS: usize = 100;
@@ -195,9 +196,7 @@ async fn read_request<I: AsyncRead + Unpin>(
 
 /// Read more into the buffer; `Ok(0)` at the connection's end.
 async fn fill<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_CHUNK);
-    }
+    read_buffer::make_room(buf, READ_CHUNK);
     io.read_buf(buf).await
 }
 

@@ -27,6 +27,7 @@ use super::endpoint::Endpoint;
 use crate::body::BoxError;
 use crate::forward::tokens;
 use crate::header_maps::{self, FieldNames};
+use crate::read_buffer;
 
 /// The most response head (status line and fields) or trailer section read before the
 /// upstream is judged broken.
@@ -320,9 +321,7 @@ impl Connection {
     /// `poll_read`, which takes a short read as the socket drained: the next wait costs no
     /// system call that would only say "nothing yet".
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
-        }
+        read_buffer::make_room(&mut self.buf, READ_CHUNK);
         pin!(self.io.read_buf(&mut self.buf)).poll(cx)
     }
 }
