@@ -39,6 +39,12 @@ use crate::read_buffer;
 
 /// The most fields in one request head (hyper's default; more is hyper's 431).
 const MAX_HEADERS: usize = 100;
+
+/// Where a field lies in its head: name start and end, value start and end. A
+/// connection keeps one list of them, so that a parse writes only the fields its head has
+/// (a hundred-entry array on the stack was zeroed for every request).
+type FieldSpan = (u32, u32, u32, u32);
+
 /// Read buffer growth per read (hyper's initial read buffer).
 const READ_CHUNK: usize = 8 * 1024;
 /// Request bodies up to this size are read whole before the request is handled; larger
@@ -110,9 +116,11 @@ where
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut names = FieldNames::default();
+    let mut spans = Vec::new();
     loop {
         let (request, client_closes) =
-            match read_request(&mut io, &mut buf, &mut names, closing, max_head).await? {
+            match read_request(&mut io, &mut buf, &mut names, &mut spans, closing, max_head).await?
+            {
                 Next::Request(request, client_closes) => (request, client_closes),
                 Next::Closed => return Ok(Ended::Closed),
                 Next::Handover => {
@@ -158,6 +166,7 @@ async fn read_request<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
     names: &mut FieldNames,
+    spans: &mut Vec<FieldSpan>,
     closing: &Closing,
     max_head: usize,
 ) -> io::Result<Next> {
@@ -165,7 +174,7 @@ async fn read_request<I: AsyncRead + Unpin>(
     let mut need = 1;
     loop {
         if buf.len() >= need {
-            match parse(buf, names) {
+            match parse(buf, names, spans) {
                 Parse::Request(request, client_closes) => {
                     return Ok(Next::Request(request, client_closes))
                 }
@@ -212,7 +221,7 @@ enum Parse {
 
 /// Parse the request at the start of `buf`, taking its bytes when it is one this server
 /// serves.
-fn parse(buf: &mut BytesMut, names: &mut FieldNames) -> Parse {
+fn parse(buf: &mut BytesMut, names: &mut FieldNames, spans: &mut Vec<FieldSpan>) -> Parse {
     // Left uninitialised: filling a hundred empty fields costs more than parsing.
     let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
@@ -247,11 +256,10 @@ fn parse(buf: &mut BytesMut, names: &mut FieldNames) -> Parse {
     let base = buf.as_ptr() as usize;
     let target_start = target.as_ptr() as usize - base;
     let target_span = target_start..target_start + target.len();
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let count = request.headers.len();
+    spans.clear();
     let mut content_length: Option<usize> = None;
     let mut client_closes = false;
-    for (span, field) in spans.iter_mut().zip(request.headers.iter()) {
+    for field in request.headers.iter() {
         let name = field.name.as_bytes();
         // Lengths first: most fields are none of these.
         match name.len() {
@@ -280,12 +288,12 @@ fn parse(buf: &mut BytesMut, names: &mut FieldNames) -> Parse {
         }
         let name_start = field.name.as_ptr() as usize - base;
         let value_start = field.value.as_ptr() as usize - base;
-        *span = (
+        spans.push((
             name_start as u32,
             (name_start + field.name.len()) as u32,
             value_start as u32,
             (value_start + field.value.len()) as u32,
-        );
+        ));
     }
     let body_len = content_length.unwrap_or(0);
     let whole = head_len + body_len;
@@ -295,7 +303,7 @@ fn parse(buf: &mut BytesMut, names: &mut FieldNames) -> Parse {
 
     let head = buf.split_to(head_len).freeze();
     let body = (body_len > 0).then(|| buf.split_to(body_len).freeze());
-    match build(&head, &spans[..count], target_span, method, names) {
+    match build(&head, spans, target_span, method, names) {
         Some(mut request) => {
             *request.body_mut() = RequestBody::Whole(body);
             Parse::Request(request, client_closes)
@@ -314,7 +322,7 @@ fn parse(buf: &mut BytesMut, names: &mut FieldNames) -> Parse {
 
 fn build(
     head: &Bytes,
-    spans: &[(u32, u32, u32, u32)],
+    spans: &[FieldSpan],
     target: std::ops::Range<usize>,
     method: Method,
     names: &mut FieldNames,
