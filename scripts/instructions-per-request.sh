@@ -19,6 +19,8 @@
 # prints the misses per request: how much code and data a request touches, where the vCPUs
 # expose no hardware counters. Slower, same instruction count. CONNECTIONS=N sets how many
 # connections carry the requests (default 16; the peer benchmark's wrk uses 64).
+# DUMP_INSTR=1 keeps the cost of every instruction, by address, uncompressed, for an analysis
+# of which code lines a request runs (docs/benchmarks.md, "A simulated cache").
 set -euo pipefail
 
 port=${1:?usage: $0 PORT [REQUESTS] -- COMMAND...}
@@ -35,12 +37,15 @@ for tool in valgrind callgrind_control h2load curl; do
 done
 
 connections=${CONNECTIONS:-16}
-cache_sim=()
+callgrind_options=()
 if [ "${CACHE_SIM:-0}" = 1 ]; then
-  cache_sim=(--cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=524288,8,64)
+  callgrind_options=(--cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=524288,8,64)
+fi
+if [ "${DUMP_INSTR:-0}" = 1 ]; then
+  callgrind_options+=(--dump-instr=yes --dump-line=no --compress-pos=no --compress-strings=no)
 fi
 work=$(mktemp -d)
-valgrind --tool=callgrind "${cache_sim[@]}" --callgrind-out-file="$work/callgrind.%p" "$@" \
+valgrind --tool=callgrind "${callgrind_options[@]}" --callgrind-out-file="$work/callgrind.%p" "$@" \
   > "$work/stdout" 2> "$work/stderr" &
 profiled=$!
 trap 'kill -KILL $profiled 2>/dev/null || true; rm -rf "$work"' EXIT
