@@ -3,6 +3,7 @@
 //! forward: rewrite, forwarding headers, body limits, upstream call, upgrade) → response headers.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -129,128 +130,135 @@ impl body::BodyObserver for RequestBytes {
 
 /// Handle one request against `snapshot`. Never fails: errors become problem responses.
 /// The log phase (metrics, access log) runs when the response body has been sent.
-pub async fn handle(
+///
+/// A function returning an `async` block (see `Service::call`).
+// An `async fn` would store its arguments twice (see `Service::call`).
+#[allow(clippy::manual_async_fn)]
+pub fn handle(
     snapshot: Arc<Snapshot>,
-    conn: &ConnInfo,
-    telemetry: &Arc<Telemetry>,
+    conn: Arc<ConnInfo>,
+    telemetry: Arc<Telemetry>,
     request: Request<RequestBody>,
-) -> Response<ProxyBody> {
-    let started = std::time::Instant::now();
-    let request_id = forward::request_id(request.headers());
-    let method = request.method().clone();
-    let bytes_in = content_length(request.headers()).unwrap_or(0);
-    let context = telemetry
-        .tracer
-        .as_ref()
-        .map(|tracer| tracer.begin(request.headers()));
-    let user_agent = || {
-        request
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let logged = telemetry.access_log.as_ref().map(|_| Logged {
-        uri: request.uri().clone(),
-        user_agent: request.headers().get(header::USER_AGENT).cloned(),
-        protocol: version_name(request.version()),
-        trace_id: match &context {
-            Some(context) => Some(context.trace_id_hex()),
-            None => incoming_trace_id(request.headers()),
-        },
-    });
-    let server_span = context.as_ref().filter(|c| c.sampled).map(|_| ServerSpan {
-        start: std::time::SystemTime::now(),
-        path: request.uri().path().to_owned(),
-        user_agent: user_agent(),
-        scheme: if conn.tls { "https" } else { "http" },
-        protocol: version_name(request.version()),
-    });
-    let client_ip =
-        forward::client_ip(conn.peer, request.headers(), &conn.listener.trusted_proxies);
-    let web = grpc::web::encoding(request.headers());
-    let grpc = (web.is_some() || grpc::is_grpc(request.headers())).then(|| GrpcCall {
-        deadline: grpc::deadline(request.headers(), started),
-        web: web.map(|encoding| {
-            (
-                encoding,
-                grpc::web::response_content_type(request.headers(), encoding),
-            )
-        }),
-        web_status: web.map(|_| Arc::new(std::sync::atomic::AtomicU8::new(NO_STATUS))),
-    });
-    let mut trace = RequestTrace {
-        context,
-        grpc,
-        mesh_caller: conn
-            .listener
-            .mesh
-            .then(|| conn.client_certificate.clone())
-            .flatten(),
-        ..RequestTrace::default()
-    };
-    let result =
-        route_and_respond(&snapshot, conn, request, &request_id, client_ip, &mut trace).await;
-    let mut reason = None;
-    let mut response = match result {
-        Ok(response) => response,
-        Err(err) => {
-            if matches!(err.status().as_u16(), 500..=599) {
-                tracing::warn!(request_id = ?request_id, error = %err, "request failed");
-            }
-            reason = Some(err.code());
-            match &trace.grpc {
-                Some(call) => {
-                    let mut response = grpc::error_response(err, Some(&request_id));
-                    if let Some((_, content_type)) = &call.web {
-                        response
-                            .headers_mut()
-                            .insert(header::CONTENT_TYPE, content_type.clone());
-                    }
-                    response
+) -> impl Future<Output = Response<ProxyBody>> + 'static {
+    async move {
+        let conn = &*conn;
+        let started = std::time::Instant::now();
+        let request_id = forward::request_id(request.headers());
+        let method = request.method().clone();
+        let bytes_in = content_length(request.headers()).unwrap_or(0);
+        let context = telemetry
+            .tracer
+            .as_ref()
+            .map(|tracer| tracer.begin(request.headers()));
+        let user_agent = || {
+            request
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let logged = telemetry.access_log.as_ref().map(|_| Logged {
+            uri: request.uri().clone(),
+            user_agent: request.headers().get(header::USER_AGENT).cloned(),
+            protocol: version_name(request.version()),
+            trace_id: match &context {
+                Some(context) => Some(context.trace_id_hex()),
+                None => incoming_trace_id(request.headers()),
+            },
+        });
+        let server_span = context.as_ref().filter(|c| c.sampled).map(|_| ServerSpan {
+            start: std::time::SystemTime::now(),
+            path: request.uri().path().to_owned(),
+            user_agent: user_agent(),
+            scheme: if conn.tls { "https" } else { "http" },
+            protocol: version_name(request.version()),
+        });
+        let client_ip =
+            forward::client_ip(conn.peer, request.headers(), &conn.listener.trusted_proxies);
+        let web = grpc::web::encoding(request.headers());
+        let grpc = (web.is_some() || grpc::is_grpc(request.headers())).then(|| GrpcCall {
+            deadline: grpc::deadline(request.headers(), started),
+            web: web.map(|encoding| {
+                (
+                    encoding,
+                    grpc::web::response_content_type(request.headers(), encoding),
+                )
+            }),
+            web_status: web.map(|_| Arc::new(std::sync::atomic::AtomicU8::new(NO_STATUS))),
+        });
+        let mut trace = RequestTrace {
+            context,
+            grpc,
+            mesh_caller: conn
+                .listener
+                .mesh
+                .then(|| conn.client_certificate.clone())
+                .flatten(),
+            ..RequestTrace::default()
+        };
+        let result =
+            route_and_respond(&snapshot, conn, request, &request_id, client_ip, &mut trace).await;
+        let mut reason = None;
+        let mut response = match result {
+            Ok(response) => response,
+            Err(err) => {
+                if matches!(err.status().as_u16(), 500..=599) {
+                    tracing::warn!(request_id = ?request_id, error = %err, "request failed");
                 }
-                None => err.into_response(Some(&request_id)),
+                reason = Some(err.code());
+                match &trace.grpc {
+                    Some(call) => {
+                        let mut response = grpc::error_response(err, Some(&request_id));
+                        if let Some((_, content_type)) = &call.web {
+                            response
+                                .headers_mut()
+                                .insert(header::CONTENT_TYPE, content_type.clone());
+                        }
+                        response
+                    }
+                    None => err.into_response(Some(&request_id)),
+                }
             }
+        };
+        for (name, value) in std::mem::take(&mut trace.response_headers) {
+            response.headers_mut().append(name, value);
         }
-    };
-    for (name, value) in std::mem::take(&mut trace.response_headers) {
-        response.headers_mut().append(name, value);
-    }
-    let metrics = snapshot.config.metrics.enabled;
-    if !metrics && logged.is_none() && server_span.is_none() {
-        // Telemetry off: no log phase at all.
+        let metrics = snapshot.config.metrics.enabled;
+        if !metrics && logged.is_none() && server_span.is_none() {
+            // Telemetry off: no log phase at all.
+            response.headers_mut().insert(X_REQUEST_ID, request_id);
+            return response;
+        }
+        let status = response.status().as_u16();
+        // A trailers-only answer carries the call's status in its head; otherwise the
+        // trailers will.
+        let grpc_status = trace.grpc.as_ref().and_then(|_| {
+            response
+                .headers()
+                .get(grpc::GRPC_STATUS)
+                .map(grpc::Code::from_header)
+        });
+        let finish = Finish {
+            grpc_status,
+            snapshot,
+            telemetry,
+            metrics,
+            started,
+            trace,
+            method,
+            status,
+            reason,
+            bytes_in,
+            bytes_out: 0,
+            client_ip,
+            // A counted reference, not a copy (see `forward::request_id`).
+            request_id: request_id.clone(),
+            logged,
+            server_span,
+        };
         response.headers_mut().insert(X_REQUEST_ID, request_id);
-        return response;
+        response.map(|body| body::counted(body, finish))
     }
-    let status = response.status().as_u16();
-    // A trailers-only answer carries the call's status in its head; otherwise the
-    // trailers will.
-    let grpc_status = trace.grpc.as_ref().and_then(|_| {
-        response
-            .headers()
-            .get(grpc::GRPC_STATUS)
-            .map(grpc::Code::from_header)
-    });
-    let finish = Finish {
-        grpc_status,
-        snapshot: snapshot.clone(),
-        telemetry: telemetry.clone(),
-        metrics,
-        started,
-        trace,
-        method,
-        status,
-        reason,
-        bytes_in,
-        bytes_out: 0,
-        client_ip,
-        // A counted reference, not a copy (see `forward::request_id`).
-        request_id: request_id.clone(),
-        logged,
-        server_span,
-    };
-    response.headers_mut().insert(X_REQUEST_ID, request_id);
-    response.map(|body| body::counted(body, finish))
 }
 
 fn version_name(version: Version) -> &'static str {
@@ -633,503 +641,522 @@ impl Finish {
     }
 }
 
-async fn route_and_respond(
-    snapshot: &Arc<Snapshot>,
-    conn: &ConnInfo,
+/// Route the request and run its route's policies and action.
+///
+/// A function returning an `async` block (see `Service::call`); locals used only before
+/// the upstream call live in blocks of their own, so the state that waits for the answer
+/// holds only what is used after it.
+// An `async fn` would store its arguments twice (see `Service::call`).
+#[allow(clippy::manual_async_fn)]
+fn route_and_respond<'a>(
+    snapshot: &'a Arc<Snapshot>,
+    conn: &'a ConnInfo,
     mut request: Request<RequestBody>,
-    request_id: &HeaderValue,
+    request_id: &'a HeaderValue,
     client_ip: std::net::IpAddr,
-    trace: &mut RequestTrace,
-) -> Result<Response<ProxyBody>, GatewayError> {
-    reject_ambiguous_framing(&request)?;
-    // Only the gateway asserts a peer identity (set in `proxy` from the verified
-    // certificate); a client's copy never reaches routing or the upstream.
-    request.headers_mut().remove(X_PEER_IDENTITY);
-    let host = request_host(&request)?;
-    if let Some(redirect) = &conn.listener.redirect_to_https {
-        let port = if redirect.port == 443 {
-            String::new()
-        } else {
-            format!(":{}", redirect.port)
-        };
-        let location = format!("https://{host}{port}{}", path_and_query(request.uri()));
-        return Ok(redirect_response(redirect.status, &location));
-    }
-    let path = normalize_path(request.uri().path())
-        .ok_or(GatewayError::BadRequest("path escapes the root"))?;
-    let view = RequestView {
-        host: &host,
-        method: request.method(),
-        path: &path,
-        query: request.uri().query(),
-        headers: request.headers(),
-        listener: Some(&conn.listener.name),
-    };
-    // A CORS preflight is routed as the request it announces and answered here.
-    if cors::is_preflight(request.method(), request.headers()) {
-        if let Some(method) = cors::requested_method(request.headers()) {
-            let announced = RequestView {
-                method: &method,
-                ..view
+    trace: &'a mut RequestTrace,
+) -> impl Future<Output = Result<Response<ProxyBody>, GatewayError>> + use<'a> {
+    async move {
+        reject_ambiguous_framing(&request)?;
+        // Only the gateway asserts a peer identity (set in `proxy` from the verified
+        // certificate); a client's copy never reaches routing or the upstream.
+        request.headers_mut().remove(X_PEER_IDENTITY);
+        let host = request_host(&request)?;
+        if let Some(redirect) = &conn.listener.redirect_to_https {
+            let port = if redirect.port == 443 {
+                String::new()
+            } else {
+                format!(":{}", redirect.port)
             };
-            if let Some(matched) = snapshot.router.find(&announced) {
-                if let Some(policy) = &matched.route.payload.cors {
-                    if let Some(authorization) = &matched.route.payload.authorization {
-                        authorization
-                            .check(conn.client_certificate.as_deref(), &method, &path)
-                            .map_err(GatewayError::Rejected)?;
-                    }
-                    if let Some(filter) = &matched.route.payload.ip_filter {
-                        filter.check(client_ip).map_err(GatewayError::Rejected)?;
-                    }
-                    let answer = policy
-                        .preflight(request.headers())
-                        .map_err(GatewayError::Rejected)?;
-                    return Ok(answer.map(body::full));
-                }
-            }
+            let location = format!("https://{host}{port}{}", path_and_query(request.uri()));
+            return Ok(redirect_response(redirect.status, &location));
         }
-    }
-    let Some(matched) = snapshot.router.find(&view) else {
-        return Err(GatewayError::NoRoute {
-            method: request.method().to_string(),
-            host,
-            path: path.into_owned(),
-        });
-    };
-    let route = &matched.route.payload;
-    trace.route = Some(matched.route.index);
-    if let Some(policy) = &route.cors {
-        trace
-            .response_headers
-            .extend(policy.response_headers(request.headers()));
-    }
-    if let Some(authorization) = &route.authorization {
-        let decided =
-            authorization.check(conn.client_certificate.as_deref(), request.method(), &path);
-        trace.authorization = Some(match &decided {
-            Ok(decision) => decision.label(),
-            Err(_) => "deny",
-        });
-        decided.map_err(GatewayError::Rejected)?;
-    }
-    if let Some(filter) = &route.ip_filter {
-        filter.check(client_ip).map_err(GatewayError::Rejected)?;
-    }
-    if let Some(shaping) = &route.shaping {
-        shaping
-            .check(
-                request.method(),
-                path_and_query(request.uri()),
-                request.headers(),
-            )
-            .map_err(GatewayError::Rejected)?;
-    }
-    let granted = match &route.access {
-        Some(access) => {
-            let info = RequestInfo {
+        let path = normalize_path(request.uri().path())
+            .ok_or(GatewayError::BadRequest("path escapes the root"))?;
+        let matched = {
+            let view = RequestView {
+                host: &host,
                 method: request.method(),
                 path: &path,
                 query: request.uri().query(),
                 headers: request.headers(),
-                captures: &matched.captures,
-                client_ip,
-                client_certificate: conn.client_certificate.as_deref(),
-                scheme: if conn.tls { "https" } else { "http" },
-                authority: request_authority(&request),
+                listener: Some(&conn.listener.name),
             };
-            trace.auth_passed = Some(false);
-            match Box::pin(access.check(&info))
-                .await
-                .map_err(GatewayError::Rejected)?
-            {
-                AccessOutcome::Granted(granted) => {
-                    trace.auth_passed = Some(true);
-                    trace.identity = Some(granted.identity.clone());
-                    Some(granted)
+            // A CORS preflight is routed as the request it announces and answered here.
+            if cors::is_preflight(request.method(), request.headers()) {
+                if let Some(method) = cors::requested_method(request.headers()) {
+                    let announced = RequestView {
+                        method: &method,
+                        ..view
+                    };
+                    if let Some(matched) = snapshot.router.find(&announced) {
+                        if let Some(policy) = &matched.route.payload.cors {
+                            if let Some(authorization) = &matched.route.payload.authorization {
+                                authorization
+                                    .check(conn.client_certificate.as_deref(), &method, &path)
+                                    .map_err(GatewayError::Rejected)?;
+                            }
+                            if let Some(filter) = &matched.route.payload.ip_filter {
+                                filter.check(client_ip).map_err(GatewayError::Rejected)?;
+                            }
+                            let answer = policy
+                                .preflight(request.headers())
+                                .map_err(GatewayError::Rejected)?;
+                            return Ok(answer.map(body::full));
+                        }
+                    }
                 }
-                AccessOutcome::Respond(response) => {
-                    // A login redirect or callback: neither a grant nor a refusal.
-                    trace.auth_passed = None;
-                    return Ok(response.map(body::full));
+            }
+            snapshot.router.find(&view)
+        };
+        let Some(matched) = matched else {
+            return Err(GatewayError::NoRoute {
+                method: request.method().to_string(),
+                host,
+                path: path.into_owned(),
+            });
+        };
+        let route = &matched.route.payload;
+        trace.route = Some(matched.route.index);
+        if let Some(policy) = &route.cors {
+            trace
+                .response_headers
+                .extend(policy.response_headers(request.headers()));
+        }
+        if let Some(authorization) = &route.authorization {
+            let decided =
+                authorization.check(conn.client_certificate.as_deref(), request.method(), &path);
+            trace.authorization = Some(match &decided {
+                Ok(decision) => decision.label(),
+                Err(_) => "deny",
+            });
+            decided.map_err(GatewayError::Rejected)?;
+        }
+        if let Some(filter) = &route.ip_filter {
+            filter.check(client_ip).map_err(GatewayError::Rejected)?;
+        }
+        if let Some(shaping) = &route.shaping {
+            shaping
+                .check(
+                    request.method(),
+                    path_and_query(request.uri()),
+                    request.headers(),
+                )
+                .map_err(GatewayError::Rejected)?;
+        }
+        let granted = match &route.access {
+            Some(access) => {
+                let info = RequestInfo {
+                    method: request.method(),
+                    path: &path,
+                    query: request.uri().query(),
+                    headers: request.headers(),
+                    captures: &matched.captures,
+                    client_ip,
+                    client_certificate: conn.client_certificate.as_deref(),
+                    scheme: if conn.tls { "https" } else { "http" },
+                    authority: request_authority(&request),
+                };
+                trace.auth_passed = Some(false);
+                match Box::pin(access.check(&info))
+                    .await
+                    .map_err(GatewayError::Rejected)?
+                {
+                    AccessOutcome::Granted(granted) => {
+                        trace.auth_passed = Some(true);
+                        trace.identity = Some(granted.identity.clone());
+                        Some(granted)
+                    }
+                    AccessOutcome::Respond(response) => {
+                        // A login redirect or callback: neither a grant nor a refusal.
+                        trace.auth_passed = None;
+                        return Ok(response.map(body::full));
+                    }
+                }
+            }
+            None => None,
+        };
+        let mut policy_headers = Vec::new();
+        // API products: most gateways sell nothing, and pay one atomic load and a check of an
+        // empty map; the admission itself is boxed off this (large) future.
+        let mut sandbox_service = None;
+        // Scoped, as are the routing locals above: dead by the upstream call.
+        {
+            let identity = granted.as_ref().map(|g| &*g.identity);
+            let sandbox_key = identity.is_some_and(|identity| identity.sandbox);
+            let access = {
+                // The guard is dropped before any await: the store follower swaps the catalog.
+                let catalog = snapshot.products.load();
+                (sandbox_key || catalog.governs(&matched.route.name)).then(|| {
+                    catalog.access(
+                        &matched.route.name,
+                        identity.map(|identity| identity.consumer.id.as_str()),
+                        sandbox_key,
+                    )
+                })
+            };
+            if let Some(access) = access {
+                let limit_request = LimitRequest {
+                    identity,
+                    client_ip,
+                    route: &matched.route.name,
+                    headers: request.headers(),
+                };
+                let admitted = Box::pin(admit_product(access, &limit_request, trace)).await?;
+                policy_headers.extend(admitted.headers);
+                match admitted.sandbox.as_deref().map(|rules| &rules.target) {
+                    Some(SandboxTarget::Mock(Ok(document))) => {
+                        // The mock answers here: nothing goes upstream.
+                        let answer = document
+                            .mock(
+                                request.method(),
+                                &path,
+                                request.uri().query(),
+                                request.headers(),
+                            )
+                            .map_err(GatewayError::Rejected)?;
+                        let mut response = mock_response(answer);
+                        if let Some(granted) = &granted {
+                            for (name, value) in granted.response_headers() {
+                                response.headers_mut().append(name, value);
+                            }
+                        }
+                        for (name, value) in policy_headers {
+                            response.headers_mut().append(name, value);
+                        }
+                        return Ok(response);
+                    }
+                    Some(SandboxTarget::Mock(Err(reason))) => {
+                        return Err(GatewayError::Rejected(Rejection::unavailable(
+                            "sandbox_unavailable",
+                            format!("the sandbox cannot answer: {reason}"),
+                        )))
+                    }
+                    Some(SandboxTarget::Service(name)) => match snapshot.services.get(name) {
+                        Some(service) => sandbox_service = Some(service.clone()),
+                        None => {
+                            return Err(GatewayError::Rejected(Rejection::unavailable(
+                                "sandbox_unavailable",
+                                format!(
+                                    "the sandbox's service `{name}` is not in the configuration"
+                                ),
+                            )))
+                        }
+                    },
+                    None => {}
                 }
             }
         }
-        None => None,
-    };
-    let mut policy_headers = Vec::new();
-    // API products: most gateways sell nothing, and pay one atomic load and a check of an
-    // empty map; the admission itself is boxed off this (large) future.
-    let identity = granted.as_ref().map(|g| &*g.identity);
-    let sandbox_key = identity.is_some_and(|identity| identity.sandbox);
-    let access = {
-        // The guard is dropped before any await: the store follower swaps the catalog.
-        let catalog = snapshot.products.load();
-        (sandbox_key || catalog.governs(&matched.route.name)).then(|| {
-            catalog.access(
-                &matched.route.name,
-                identity.map(|identity| identity.consumer.id.as_str()),
-                sandbox_key,
-            )
-        })
-    };
-    let mut sandbox_service = None;
-    if let Some(access) = access {
-        let limit_request = LimitRequest {
-            identity,
-            client_ip,
-            route: &matched.route.name,
-            headers: request.headers(),
-        };
-        let admitted = Box::pin(admit_product(access, &limit_request, trace)).await?;
-        policy_headers.extend(admitted.headers);
-        match admitted.sandbox.as_deref().map(|rules| &rules.target) {
-            Some(SandboxTarget::Mock(Ok(document))) => {
-                // The mock answers here: nothing goes upstream.
-                let answer = document
-                    .mock(
+        if !route.rate_limits.is_empty() || !route.quotas.is_empty() {
+            let limit_request = LimitRequest {
+                identity: granted.as_ref().map(|g| &*g.identity),
+                client_ip,
+                route: &matched.route.name,
+                headers: request.headers(),
+            };
+            if !route.rate_limits.is_empty() {
+                trace.rate_limits_passed = Some(false);
+                for limiter in &route.rate_limits {
+                    // Boxed: a limiter's check (which may ask Redis) is larger than the
+                    // rest of this future's state.
+                    let headers = Box::pin(limiter.check(&limit_request))
+                        .await
+                        .map_err(GatewayError::Rejected)?;
+                    policy_headers.extend(headers);
+                }
+                trace.rate_limits_passed = Some(true);
+            }
+            if !route.quotas.is_empty() {
+                trace.quotas_passed = Some(false);
+                for quota in &route.quotas {
+                    let headers = Box::pin(quota.check(&limit_request))
+                        .await
+                        .map_err(GatewayError::Rejected)?;
+                    policy_headers.extend(headers);
+                }
+                trace.quotas_passed = Some(true);
+            }
+        }
+        let operation = match &route.openapi {
+            Some(rules) => Some(
+                rules
+                    .check_request(
                         request.method(),
                         &path,
                         request.uri().query(),
                         request.headers(),
                     )
-                    .map_err(GatewayError::Rejected)?;
-                let mut response = mock_response(answer);
-                if let Some(granted) = &granted {
-                    for (name, value) in granted.response_headers() {
-                        response.headers_mut().append(name, value);
-                    }
-                }
-                for (name, value) in policy_headers {
-                    response.headers_mut().append(name, value);
-                }
-                return Ok(response);
-            }
-            Some(SandboxTarget::Mock(Err(reason))) => {
-                return Err(GatewayError::Rejected(Rejection::unavailable(
-                    "sandbox_unavailable",
-                    format!("the sandbox cannot answer: {reason}"),
-                )))
-            }
-            Some(SandboxTarget::Service(name)) => match snapshot.services.get(name) {
-                Some(service) => sandbox_service = Some(service.clone()),
-                None => {
-                    return Err(GatewayError::Rejected(Rejection::unavailable(
-                        "sandbox_unavailable",
-                        format!("the sandbox's service `{name}` is not in the configuration"),
-                    )))
-                }
-            },
-            None => {}
-        }
-    }
-    if !route.rate_limits.is_empty() || !route.quotas.is_empty() {
-        let limit_request = LimitRequest {
-            identity: granted.as_ref().map(|g| &*g.identity),
-            client_ip,
-            route: &matched.route.name,
-            headers: request.headers(),
+                    .map_err(GatewayError::Rejected)?,
+            ),
+            None => None,
         };
-        if !route.rate_limits.is_empty() {
-            trace.rate_limits_passed = Some(false);
-            for limiter in &route.rate_limits {
-                let headers = limiter
-                    .check(&limit_request)
-                    .await
-                    .map_err(GatewayError::Rejected)?;
-                policy_headers.extend(headers);
-            }
-            trace.rate_limits_passed = Some(true);
-        }
-        if !route.quotas.is_empty() {
-            trace.quotas_passed = Some(false);
-            for quota in &route.quotas {
-                let headers = Box::pin(quota.check(&limit_request))
-                    .await
-                    .map_err(GatewayError::Rejected)?;
-                policy_headers.extend(headers);
-            }
-            trace.quotas_passed = Some(true);
-        }
-    }
-    let operation = match &route.openapi {
-        Some(rules) => Some(
-            rules
-                .check_request(
-                    request.method(),
-                    &path,
-                    request.uri().query(),
-                    request.headers(),
-                )
-                .map_err(GatewayError::Rejected)?,
-        ),
-        None => None,
-    };
-    let route_slot = route
-        .in_flight
-        .as_ref()
-        .map(InFlightLimit::try_acquire)
-        .transpose()
-        .map_err(GatewayError::Rejected)?;
-    let mut response = match &route.action {
-        RouteAction::Respond {
-            status,
-            body,
-            headers,
-        } => {
-            let mut response = Response::new(body::full(body.clone()));
-            *response.status_mut() = *status;
-            *response.headers_mut() = headers.clone();
-            Ok(response)
-        }
-        RouteAction::Redirect(redirect) => {
-            let scheme =
-                redirect
-                    .scheme
-                    .as_deref()
-                    .unwrap_or(if conn.tls { "https" } else { "http" });
-            let target_host = redirect
-                .host
-                .as_deref()
-                .unwrap_or_else(|| request_authority(&request));
-            let target_path = match &redirect.path {
-                Some(template) => fill_template(template, &matched.captures),
-                None => path.clone().into_owned(),
-            };
-            let query = request
-                .uri()
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default();
-            Ok(redirect_response(
-                redirect.status,
-                &format!("{scheme}://{target_host}{target_path}{query}"),
-            ))
-        }
-        RouteAction::Forward {
-            backends,
-            host_rewrite,
-            ..
-        } if route.grpc_transcode.is_some() => {
-            let Some(transcoder) = route.grpc_transcode.as_deref() else {
-                unreachable!("guarded by the match arm")
-            };
-            let service = pick_backend(backends, trace);
-            let Some(call) = transcoder.find(request.method(), &path) else {
-                return Err(GatewayError::NoRoute {
-                    method: request.method().to_string(),
-                    host,
-                    path: path.into_owned(),
-                });
-            };
-            trace.forwarded = true;
-            let (parts, body) = request.into_parts();
-            let bytes = Box::pin(transform::read_request(body, transcoder.max_body())).await?;
-            let message = transcoder.request_message(&call, parts.uri.query(), &bytes)?;
-            let request = transcoder.upstream_request(&call, parts, message);
-            let upstream = Upstream {
-                path: None,
-                host: host_rewrite.as_ref(),
-                client_ip,
-                security: &snapshot.security,
-                granted: granted.as_ref(),
-                identity_applied: false,
-                body_limit: 0,
-                mirror: None,
-                validation: None,
-            };
-            let response =
-                Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
-            Box::pin(transcoder.response(&call, response)).await
-        }
-        RouteAction::Forward {
-            backends,
-            rewrite,
-            host_rewrite,
-        } if trace.grpc.as_ref().is_some_and(|call| call.web.is_some()) && backends.all_http2() => {
-            let service = pick_backend(backends, trace);
-            // gRPC-Web to a gRPC service: translated both ways.
-            let Some(GrpcCall {
-                web: Some((encoding, content_type)),
-                web_status: Some(status),
-                ..
-            }) = trace.grpc.clone()
-            else {
-                unreachable!("guarded by the match arm")
-            };
-            let upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
-            trace.forwarded = true;
-            let (mut parts, body) = request.into_parts();
-            let body = grpc::web::request_to_grpc(&mut parts.headers, body, encoding);
-            let upstream = Upstream {
-                path: upstream_path,
-                host: host_rewrite.as_ref(),
-                client_ip,
-                security: &snapshot.security,
-                granted: granted.as_ref(),
-                identity_applied: false,
-                body_limit: route_body_limit(
-                    conn.listener.limits.max_request_body.0,
-                    route.shaping.as_ref().and_then(|s| s.max_body),
-                ),
-                mirror: None,
-                validation: None,
-            };
-            let request = Request::from_parts(parts, body);
-            let response =
-                Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
-            Ok(grpc::web::response_to_web(
-                response,
-                content_type,
-                encoding,
+        let route_slot = route
+            .in_flight
+            .as_ref()
+            .map(InFlightLimit::try_acquire)
+            .transpose()
+            .map_err(GatewayError::Rejected)?;
+        let mut response = match &route.action {
+            RouteAction::Respond {
                 status,
-            ))
-        }
-        RouteAction::Forward {
-            backends,
-            rewrite,
-            host_rewrite,
-        } => {
-            let mut upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
-            let version = match &route.api {
-                Some(api) => {
-                    let forwarded = upstream_path.as_deref().unwrap_or(&path);
-                    let selected = api.select(
-                        forwarded,
-                        request.uri().query(),
-                        request.headers(),
-                        trace.identity.as_ref().map(|i| &*i.consumer),
-                    )?;
-                    if selected.from_path {
-                        upstream_path = Some(versioning::strip_first_segment(forwarded));
-                    }
-                    Some((&**api, selected))
-                }
-                None => None,
-            };
-            let service = match (
-                &sandbox_service,
-                version.and_then(|(api, selected)| api.service(selected)),
-            ) {
-                (Some(own), _) | (None, Some(own)) => {
-                    trace.version_service = Some(own.clone());
-                    own
-                }
-                (None, None) => pick_backend(backends, trace),
-            };
-            let lookup = route.cache.as_ref().and_then(|cache| {
-                let lookup = cache.lookup(&cache::CacheRequest {
-                    method: request.method(),
-                    host: &host,
-                    path: &path,
-                    query: request.uri().query(),
-                    headers: request.headers(),
-                    consumer: trace.identity.as_ref().map(|i| i.consumer.id.as_str()),
-                    // The backend's version: its answer is stored, and downgraded per request.
-                    version: version.map(|(api, selected)| api.version_name(selected.target)),
-                    backend: match backends {
-                        Backends::One(_) => None,
-                        _ => Some(service.name.as_str()),
-                    },
-                });
-                lookup.map(|lookup| (cache, lookup))
-            });
-            trace.forwarded = true;
-            let upstream = Upstream {
-                path: upstream_path,
-                host: host_rewrite.as_ref(),
-                client_ip,
-                security: &snapshot.security,
-                granted: granted.as_ref(),
-                identity_applied: false,
-                body_limit: route_body_limit(
-                    conn.listener.limits.max_request_body.0,
-                    route.shaping.as_ref().and_then(|s| s.max_body),
-                ),
-                mirror: route.mirror.as_ref().filter(|m| m.sample()),
-                validation: route.openapi.as_ref().zip(operation.as_ref()).map(
-                    |(rules, matched)| Validation {
-                        rules,
-                        operation: matched.operation,
-                    },
-                ),
-            };
-            let head = request.method() == Method::HEAD;
-            let transform = route.transform.as_ref();
-            let mut request = request;
-            if transform.is_some() || version.is_some() {
-                let (mut parts, body) = request.into_parts();
-                if let Some((api, selected)) = version {
-                    api.edit_forwarded_request(selected, &mut parts);
-                }
-                if let Some(transform) = transform {
-                    transform.edit_request_head(&mut parts);
-                }
-                request = Request::from_parts(parts, body);
+                body,
+                headers,
+            } => {
+                let mut response = Response::new(body::full(body.clone()));
+                *response.status_mut() = *status;
+                *response.headers_mut() = headers.clone();
+                Ok(response)
             }
-            let has_json_body = (transform.is_some() || version.is_some())
-                && !http_body::Body::is_end_stream(request.body())
-                && transform::is_json(request.headers());
-            let upgrades =
-                version.filter(|(api, selected)| has_json_body && api.upgrades_requests(*selected));
-            let rewrites = transform.filter(|t| has_json_body && t.rewrites_request_body());
-            let response = if upgrades.is_some() || rewrites.is_some() {
-                let max = [
-                    upgrades.map(|(api, _)| api.max_body),
-                    rewrites.map(|t| t.max_body()),
-                ]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(usize::MAX);
-                let (mut parts, body) = request.into_parts();
-                let mut bytes = Box::pin(transform::read_request(body, max)).await?;
-                if let Some((api, selected)) = upgrades {
-                    bytes = api.upgrade_request(selected, &bytes)?;
-                }
-                if let Some(transform) = rewrites {
-                    bytes = transform.rewrite_request(bytes)?;
-                }
-                transform::set_length(&mut parts.headers, bytes.len());
-                let request = Request::from_parts(parts, http_body_util::Full::new(bytes));
-                let response =
-                    Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await;
-                bypass_cache(route, trace, response)
-            } else if let Some((cache, lookup)) = lookup {
-                let context = CacheContext {
-                    cache,
-                    snapshot,
-                    route: matched.route,
-                    service,
-                    request_id,
+            RouteAction::Redirect(redirect) => {
+                let scheme =
+                    redirect
+                        .scheme
+                        .as_deref()
+                        .unwrap_or(if conn.tls { "https" } else { "http" });
+                let target_host = redirect
+                    .host
+                    .as_deref()
+                    .unwrap_or_else(|| request_authority(&request));
+                let target_path = match &redirect.path {
+                    Some(template) => fill_template(template, &matched.captures),
+                    None => path.clone().into_owned(),
                 };
-                Box::pin(cached(context, lookup, conn, request, trace, upstream)).await
-            } else {
-                let response = proxy(service, conn, request, trace, upstream, request_id).await;
-                bypass_cache(route, trace, response)
-            };
-            let mut response = match transform {
-                Some(transform) => Box::pin(transform.response(response?, head)).await?,
-                None => response?,
-            };
-            if let Some((api, selected)) = version {
-                response = Box::pin(downgrade(api, selected, response, head)).await?;
+                let query = request
+                    .uri()
+                    .query()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default();
+                Ok(redirect_response(
+                    redirect.status,
+                    &format!("{scheme}://{target_host}{target_path}{query}"),
+                ))
             }
-            Ok(response)
+            RouteAction::Forward {
+                backends,
+                host_rewrite,
+                ..
+            } if route.grpc_transcode.is_some() => {
+                let Some(transcoder) = route.grpc_transcode.as_deref() else {
+                    unreachable!("guarded by the match arm")
+                };
+                let service = pick_backend(backends, trace);
+                let Some(call) = transcoder.find(request.method(), &path) else {
+                    return Err(GatewayError::NoRoute {
+                        method: request.method().to_string(),
+                        host,
+                        path: path.into_owned(),
+                    });
+                };
+                trace.forwarded = true;
+                let (parts, body) = request.into_parts();
+                let bytes = Box::pin(transform::read_request(body, transcoder.max_body())).await?;
+                let message = transcoder.request_message(&call, parts.uri.query(), &bytes)?;
+                let request = transcoder.upstream_request(&call, parts, message);
+                let upstream = Upstream {
+                    path: None,
+                    host: host_rewrite.as_ref(),
+                    client_ip,
+                    security: &snapshot.security,
+                    granted: granted.as_ref(),
+                    identity_applied: false,
+                    body_limit: 0,
+                    mirror: None,
+                    validation: None,
+                };
+                let response =
+                    Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
+                Box::pin(transcoder.response(&call, response)).await
+            }
+            RouteAction::Forward {
+                backends,
+                rewrite,
+                host_rewrite,
+            } if trace.grpc.as_ref().is_some_and(|call| call.web.is_some())
+                && backends.all_http2() =>
+            {
+                let service = pick_backend(backends, trace);
+                // gRPC-Web to a gRPC service: translated both ways.
+                let Some(GrpcCall {
+                    web: Some((encoding, content_type)),
+                    web_status: Some(status),
+                    ..
+                }) = trace.grpc.clone()
+                else {
+                    unreachable!("guarded by the match arm")
+                };
+                let upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
+                trace.forwarded = true;
+                let (mut parts, body) = request.into_parts();
+                let body = grpc::web::request_to_grpc(&mut parts.headers, body, encoding);
+                let upstream = Upstream {
+                    path: upstream_path,
+                    host: host_rewrite.as_ref(),
+                    client_ip,
+                    security: &snapshot.security,
+                    granted: granted.as_ref(),
+                    identity_applied: false,
+                    body_limit: route_body_limit(
+                        conn.listener.limits.max_request_body.0,
+                        route.shaping.as_ref().and_then(|s| s.max_body),
+                    ),
+                    mirror: None,
+                    validation: None,
+                };
+                let request = Request::from_parts(parts, body);
+                let response =
+                    Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
+                Ok(grpc::web::response_to_web(
+                    response,
+                    content_type,
+                    encoding,
+                    status,
+                ))
+            }
+            RouteAction::Forward {
+                backends,
+                rewrite,
+                host_rewrite,
+            } => {
+                let mut upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
+                let version = match &route.api {
+                    Some(api) => {
+                        let forwarded = upstream_path.as_deref().unwrap_or(&path);
+                        let selected = api.select(
+                            forwarded,
+                            request.uri().query(),
+                            request.headers(),
+                            trace.identity.as_ref().map(|i| &*i.consumer),
+                        )?;
+                        if selected.from_path {
+                            upstream_path = Some(versioning::strip_first_segment(forwarded));
+                        }
+                        Some((&**api, selected))
+                    }
+                    None => None,
+                };
+                let service = match (
+                    &sandbox_service,
+                    version.and_then(|(api, selected)| api.service(selected)),
+                ) {
+                    (Some(own), _) | (None, Some(own)) => {
+                        trace.version_service = Some(own.clone());
+                        own
+                    }
+                    (None, None) => pick_backend(backends, trace),
+                };
+                let lookup = route.cache.as_ref().and_then(|cache| {
+                    let lookup = cache.lookup(&cache::CacheRequest {
+                        method: request.method(),
+                        host: &host,
+                        path: &path,
+                        query: request.uri().query(),
+                        headers: request.headers(),
+                        consumer: trace.identity.as_ref().map(|i| i.consumer.id.as_str()),
+                        // The backend's version: its answer is stored, and downgraded per request.
+                        version: version.map(|(api, selected)| api.version_name(selected.target)),
+                        backend: match backends {
+                            Backends::One(_) => None,
+                            _ => Some(service.name.as_str()),
+                        },
+                    });
+                    lookup.map(|lookup| (cache, lookup))
+                });
+                trace.forwarded = true;
+                let upstream = Upstream {
+                    path: upstream_path,
+                    host: host_rewrite.as_ref(),
+                    client_ip,
+                    security: &snapshot.security,
+                    granted: granted.as_ref(),
+                    identity_applied: false,
+                    body_limit: route_body_limit(
+                        conn.listener.limits.max_request_body.0,
+                        route.shaping.as_ref().and_then(|s| s.max_body),
+                    ),
+                    mirror: route.mirror.as_ref().filter(|m| m.sample()),
+                    validation: route.openapi.as_ref().zip(operation.as_ref()).map(
+                        |(rules, matched)| Validation {
+                            rules,
+                            operation: matched.operation,
+                        },
+                    ),
+                };
+                let head = request.method() == Method::HEAD;
+                let transform = route.transform.as_ref();
+                if transform.is_some() || version.is_some() {
+                    let (mut parts, body) = request.into_parts();
+                    if let Some((api, selected)) = version {
+                        api.edit_forwarded_request(selected, &mut parts);
+                    }
+                    if let Some(transform) = transform {
+                        transform.edit_request_head(&mut parts);
+                    }
+                    request = Request::from_parts(parts, body);
+                }
+                let has_json_body = (transform.is_some() || version.is_some())
+                    && !http_body::Body::is_end_stream(request.body())
+                    && transform::is_json(request.headers());
+                let upgrades = version
+                    .filter(|(api, selected)| has_json_body && api.upgrades_requests(*selected));
+                let rewrites = transform.filter(|t| has_json_body && t.rewrites_request_body());
+                let response = if upgrades.is_some() || rewrites.is_some() {
+                    let max = [
+                        upgrades.map(|(api, _)| api.max_body),
+                        rewrites.map(|t| t.max_body()),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(usize::MAX);
+                    let (mut parts, body) = request.into_parts();
+                    let mut bytes = Box::pin(transform::read_request(body, max)).await?;
+                    if let Some((api, selected)) = upgrades {
+                        bytes = api.upgrade_request(selected, &bytes)?;
+                    }
+                    if let Some(transform) = rewrites {
+                        bytes = transform.rewrite_request(bytes)?;
+                    }
+                    transform::set_length(&mut parts.headers, bytes.len());
+                    let request = Request::from_parts(parts, http_body_util::Full::new(bytes));
+                    let response =
+                        Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await;
+                    bypass_cache(route, trace, response)
+                } else if let Some((cache, lookup)) = lookup {
+                    let context = CacheContext {
+                        cache,
+                        snapshot,
+                        route: matched.route,
+                        service,
+                        request_id,
+                    };
+                    Box::pin(cached(context, lookup, conn, request, trace, upstream)).await
+                } else {
+                    let response = proxy(service, conn, request, trace, upstream, request_id).await;
+                    bypass_cache(route, trace, response)
+                };
+                let mut response = match transform {
+                    Some(transform) => Box::pin(transform.response(response?, head)).await?,
+                    None => response?,
+                };
+                if let Some((api, selected)) = version {
+                    response = Box::pin(downgrade(api, selected, response, head)).await?;
+                }
+                Ok(response)
+            }
+        }?;
+        if let Some(granted) = &granted {
+            for (name, value) in granted.response_headers() {
+                response.headers_mut().append(name, value);
+            }
         }
-    }?;
-    if let Some(granted) = &granted {
-        for (name, value) in granted.response_headers() {
+        for (name, value) in policy_headers {
             response.headers_mut().append(name, value);
         }
+        if let Some(slot) = route_slot {
+            response = response.map(|body| body::with_guard(body, slot));
+        }
+        Ok(response)
     }
-    for (name, value) in policy_headers {
-        response.headers_mut().append(name, value);
-    }
-    if let Some(slot) = route_slot {
-        response = response.map(|body| body::with_guard(body, slot));
-    }
-    Ok(response)
 }
 
 /// The service that takes this request: a plain route's own, or the one its traffic split
@@ -1562,187 +1589,208 @@ fn route_body_limit(listener: u64, route: Option<u64>) -> u64 {
     }
 }
 
-async fn proxy<B>(
-    service: &Service,
-    conn: &ConnInfo,
+/// Forward the request to `service` and prepare its answer.
+///
+/// Written as a function returning an `async` block (see `Service::call`), and the request
+/// is taken apart in a block of its own: what the block leaves behind is dead by the
+/// upstream call, so it takes no room in the state that waits for the answer.
+// An `async fn` would store its arguments twice (see `Service::call`).
+#[allow(clippy::manual_async_fn)]
+fn proxy<'a, B>(
+    service: &'a Service,
+    conn: &'a ConnInfo,
     mut request: Request<B>,
-    trace: &mut RequestTrace,
-    upstream: Upstream<'_>,
-    request_id: &HeaderValue,
-) -> Result<Response<ProxyBody>, GatewayError>
+    trace: &'a mut RequestTrace,
+    upstream: Upstream<'a>,
+    request_id: &'a HeaderValue,
+) -> impl Future<Output = Result<Response<ProxyBody>, GatewayError>> + use<'a, B>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let upstream_path = upstream.path;
-    let client_ip = upstream.client_ip;
-    let service_slot = service
-        .in_flight
-        .as_ref()
-        .map(InFlightLimit::try_acquire)
-        .transpose()
-        .map_err(GatewayError::Rejected)?;
-    let limit = upstream.body_limit;
-    let declared_length = content_length(request.headers());
-    if limit > 0 && declared_length.is_some_and(|len| len > limit) {
-        return Err(GatewayError::PayloadTooLarge { limit });
-    }
-    let upgrade =
-        request.version() == Version::HTTP_11 && forward::is_upgrade_request(request.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let (parts, incoming) = request.into_parts();
-    let mut headers = parts.headers;
-    let original_host = headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    let peer_trusted = forward::is_trusted(conn.peer.ip(), &conn.listener.trusted_proxies);
-    forward::strip_hop_by_hop(&mut headers, upgrade);
-    headers.remove(header::EXPECT); // 100-continue is answered here, when the body is read
-
-    // The verified peer identity, set after the hop-by-hop removal so that a client cannot
-    // drop it by naming it in `Connection`.
-    if let Some(id) = conn
-        .client_certificate
-        .as_deref()
-        .and_then(ClientCertificate::spiffe_id)
-        .and_then(|id| HeaderValue::from_str(id).ok())
-    {
-        headers.insert(X_PEER_IDENTITY, id);
-    }
-    forward::set_forwarded(
-        &mut headers,
-        &conn.peer_ip,
-        peer_trusted,
-        if conn.tls { "https" } else { "http" },
-        original_host.as_ref(),
-    );
-    forward::add_via(&mut headers, parts.version);
-    headers.insert(X_REQUEST_ID, request_id.clone());
-    let query_override = if upstream.identity_applied {
-        None
-    } else {
-        upstream
-            .security
-            .prepare_upstream(upstream.granted, &mut headers, parts.uri.query())
-    };
-    match upstream.host.or(original_host.as_ref()) {
-        Some(host) => {
-            headers.insert(header::HOST, host.clone());
-        }
-        None => {
-            headers.remove(header::HOST);
-        }
-    }
-
-    let hash_key = service.hash_on().and_then(|on| match on {
-        gatehouse_config::HashOn::Header(name) => {
-            headers.get(name.as_str()).map(|v| hash_of(&v.as_bytes()))
-        }
-        gatehouse_config::HashOn::Cookie(name) => {
-            forward::cookie(&headers, name).map(|v| hash_of(&v))
-        }
-        gatehouse_config::HashOn::ClientIp => Some(hash_of(&client_ip)),
-        gatehouse_config::HashOn::Path => Some(hash_of(
-            &upstream_path.as_deref().unwrap_or(parts.uri.path()),
-        )),
-    });
-
-    let retry_policy = &service.config.retries;
-    let retryable = !upgrade && (is_idempotent(&parts.method) || retry_policy.non_idempotent);
-    let validated_body = upstream
-        .validation
-        .as_ref()
-        .filter(|v| v.rules.validate_requests && v.operation.has_body());
-    let body = if http_body::Body::is_end_stream(&incoming) {
-        if let Some(validation) = validated_body {
-            validation
-                .rules
-                .check_body(validation.operation, &headers, &Bytes::new())
+    async move {
+        let (outgoing, client_upgrade, service_slot) = {
+            let upstream_path = upstream.path;
+            let client_ip = upstream.client_ip;
+            let service_slot = service
+                .in_flight
+                .as_ref()
+                .map(InFlightLimit::try_acquire)
+                .transpose()
                 .map_err(GatewayError::Rejected)?;
-        }
-        OutgoingBody::Buffered(Bytes::new())
-    } else if let Some(validation) = validated_body {
-        // The body is read whole to be checked against the operation's schema.
-        let max = validation.rules.max_body;
-        if declared_length.is_some_and(|len| len > max) {
-            return Err(GatewayError::PayloadTooLarge { limit: max });
-        }
-        let collected = Limited::new(incoming, max as usize)
-            .collect()
-            .await
-            .map_err(|err| {
-                if err.is::<LengthLimitError>() {
-                    GatewayError::PayloadTooLarge { limit: max }
-                } else {
-                    GatewayError::BadRequest("malformed request body")
-                }
-            })?
-            .to_bytes();
-        validation
-            .rules
-            .check_body(validation.operation, &headers, &collected)
-            .map_err(GatewayError::Rejected)?;
-        if declared_length.is_none() {
-            trace.chunked_bytes_in = Some(Arc::new(AtomicU64::new(collected.len() as u64)));
-        }
-        OutgoingBody::Buffered(collected)
-    } else if let Some(buffer) = declared_length.filter(|len| {
-        !upgrade
-            && ((retry_policy.attempts > 0 && *len <= retry_policy.replay_buffer.0)
-                || upstream.mirror.is_some_and(|m| *len <= m.max_body))
-    }) {
-        let collected = Limited::new(incoming, buffer as usize)
-            .collect()
-            .await
-            .map_err(|_| GatewayError::BadRequest("malformed request body"))?;
-        OutgoingBody::Buffered(collected.to_bytes())
-    } else if limit > 0 {
-        let limited = Limited::new(incoming, limit as usize).map_err(move |err| {
-            if err.is::<LengthLimitError>() {
-                ClientBodyError::TooLarge(limit)
-            } else {
-                ClientBodyError::Malformed(err)
+            let limit = upstream.body_limit;
+            let declared_length = content_length(request.headers());
+            if limit > 0 && declared_length.is_some_and(|len| len > limit) {
+                return Err(GatewayError::PayloadTooLarge { limit });
             }
-        });
-        OutgoingBody::Streaming(count_chunked(body::boxed(limited), declared_length, trace))
-    } else {
-        let marked = incoming.map_err(|err| ClientBodyError::Malformed(err.into()));
-        OutgoingBody::Streaming(count_chunked(body::boxed(marked), declared_length, trace))
-    };
+            let upgrade = request.version() == Version::HTTP_11
+                && forward::is_upgrade_request(request.headers());
+            let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+            let (parts, incoming) = request.into_parts();
+            let mut headers = parts.headers;
+            let original_host = headers.get(header::HOST).cloned().or_else(|| {
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+            let peer_trusted = forward::is_trusted(conn.peer.ip(), &conn.listener.trusted_proxies);
+            forward::strip_hop_by_hop(&mut headers, upgrade);
+            headers.remove(header::EXPECT); // 100-continue is answered here, when the body is read
 
-    let path_and_query = match (upstream_path, parts.uri.path_and_query(), query_override) {
-        (None, Some(original), None) => original.clone(),
-        (upstream_path, _, query_override) => {
-            let path = upstream_path.as_deref().unwrap_or(parts.uri.path());
-            let query = match query_override {
-                Some(replaced) => replaced,
-                None => parts.uri.query().map(str::to_owned),
-            };
-            match query {
-                Some(query) => format!("{path}?{query}").parse(),
-                None => path.parse(),
+            // The verified peer identity, set after the hop-by-hop removal so that a client cannot
+            // drop it by naming it in `Connection`.
+            if let Some(id) = conn
+                .client_certificate
+                .as_deref()
+                .and_then(ClientCertificate::spiffe_id)
+                .and_then(|id| HeaderValue::from_str(id).ok())
+            {
+                headers.insert(X_PEER_IDENTITY, id);
             }
-            .map_err(|_| GatewayError::BadRequest("invalid request target"))?
-        }
-    };
-    if let (Some(mirror), OutgoingBody::Buffered(bytes)) = (upstream.mirror, &body) {
-        mirror.send(
-            parts.method.clone(),
-            path_and_query.clone(),
-            headers.clone(),
-            bytes.clone(),
-        );
-    }
-    let tracing = trace
-        .context
-        .as_ref()
-        .map(|context| (context, &mut trace.attempt_spans));
-    let (mut response, info) = service
-        .call(
-            UpstreamRequest {
+            forward::set_forwarded(
+                &mut headers,
+                &conn.peer_ip,
+                peer_trusted,
+                if conn.tls { "https" } else { "http" },
+                original_host.as_ref(),
+            );
+            forward::add_via(&mut headers, parts.version);
+            headers.insert(X_REQUEST_ID, request_id.clone());
+            let query_override = if upstream.identity_applied {
+                None
+            } else {
+                upstream.security.prepare_upstream(
+                    upstream.granted,
+                    &mut headers,
+                    parts.uri.query(),
+                )
+            };
+            match upstream.host.or(original_host.as_ref()) {
+                Some(host) => {
+                    headers.insert(header::HOST, host.clone());
+                }
+                None => {
+                    headers.remove(header::HOST);
+                }
+            }
+
+            let hash_key = service.hash_on().and_then(|on| match on {
+                gatehouse_config::HashOn::Header(name) => {
+                    headers.get(name.as_str()).map(|v| hash_of(&v.as_bytes()))
+                }
+                gatehouse_config::HashOn::Cookie(name) => {
+                    forward::cookie(&headers, name).map(|v| hash_of(&v))
+                }
+                gatehouse_config::HashOn::ClientIp => Some(hash_of(&client_ip)),
+                gatehouse_config::HashOn::Path => Some(hash_of(
+                    &upstream_path.as_deref().unwrap_or(parts.uri.path()),
+                )),
+            });
+
+            let retry_policy = &service.config.retries;
+            let retryable =
+                !upgrade && (is_idempotent(&parts.method) || retry_policy.non_idempotent);
+            let validated_body = upstream
+                .validation
+                .as_ref()
+                .filter(|v| v.rules.validate_requests && v.operation.has_body());
+            let end_stream = http_body::Body::is_end_stream(&incoming);
+            // A body checked against the operation's schema, or kept to replay, is read
+            // whole, at one await for both: a local held across two awaits takes room in
+            // every state of this future.
+            let read_whole = if end_stream {
+                None
+            } else if let Some(validation) = validated_body {
+                let max = validation.rules.max_body;
+                if declared_length.is_some_and(|len| len > max) {
+                    return Err(GatewayError::PayloadTooLarge { limit: max });
+                }
+                Some(max)
+            } else {
+                declared_length.filter(|len| {
+                    !upgrade
+                        && ((retry_policy.attempts > 0 && *len <= retry_policy.replay_buffer.0)
+                            || upstream.mirror.is_some_and(|m| *len <= m.max_body))
+                })
+            };
+            let body = match read_whole {
+                Some(max) => {
+                    let collected = match transform::read_request(incoming, max as usize).await {
+                        Ok(collected) => collected,
+                        Err(err) if validated_body.is_some() => return Err(err),
+                        // Longer than its own Content-Length: malformed, not too large.
+                        Err(_) => return Err(GatewayError::BadRequest("malformed request body")),
+                    };
+                    if let Some(validation) = validated_body {
+                        validation
+                            .rules
+                            .check_body(validation.operation, &headers, &collected)
+                            .map_err(GatewayError::Rejected)?;
+                        if declared_length.is_none() {
+                            trace.chunked_bytes_in =
+                                Some(Arc::new(AtomicU64::new(collected.len() as u64)));
+                        }
+                    }
+                    OutgoingBody::Buffered(collected)
+                }
+                None if end_stream => {
+                    if let Some(validation) = validated_body {
+                        validation
+                            .rules
+                            .check_body(validation.operation, &headers, &Bytes::new())
+                            .map_err(GatewayError::Rejected)?;
+                    }
+                    OutgoingBody::Buffered(Bytes::new())
+                }
+                None if limit > 0 => {
+                    let limited = Limited::new(incoming, limit as usize).map_err(move |err| {
+                        if err.is::<LengthLimitError>() {
+                            ClientBodyError::TooLarge(limit)
+                        } else {
+                            ClientBodyError::Malformed(err)
+                        }
+                    });
+                    OutgoingBody::Streaming(count_chunked(
+                        body::boxed(limited),
+                        declared_length,
+                        trace,
+                    ))
+                }
+                None => {
+                    let marked = incoming.map_err(|err| ClientBodyError::Malformed(err.into()));
+                    OutgoingBody::Streaming(count_chunked(
+                        body::boxed(marked),
+                        declared_length,
+                        trace,
+                    ))
+                }
+            };
+
+            let path_and_query = match (upstream_path, parts.uri.path_and_query(), query_override) {
+                (None, Some(original), None) => original.clone(),
+                (upstream_path, _, query_override) => {
+                    let path = upstream_path.as_deref().unwrap_or(parts.uri.path());
+                    let query = match query_override {
+                        Some(replaced) => replaced,
+                        None => parts.uri.query().map(str::to_owned),
+                    };
+                    match query {
+                        Some(query) => format!("{path}?{query}").parse(),
+                        None => path.parse(),
+                    }
+                    .map_err(|_| GatewayError::BadRequest("invalid request target"))?
+                }
+            };
+            if let (Some(mirror), OutgoingBody::Buffered(bytes)) = (upstream.mirror, &body) {
+                mirror.send(
+                    parts.method.clone(),
+                    path_and_query.clone(),
+                    headers.clone(),
+                    bytes.clone(),
+                );
+            }
+            let outgoing = UpstreamRequest {
                 method: parts.method,
                 path_and_query,
                 headers,
@@ -1751,57 +1799,62 @@ where
                 retryable,
                 upgrade,
                 deadline: trace.grpc.as_ref().and_then(|call| call.deadline),
-            },
-            tracing,
-        )
-        .await?;
+            };
+            (outgoing, client_upgrade, service_slot)
+        };
+        let tracing = trace
+            .context
+            .as_ref()
+            .map(|context| (context, &mut trace.attempt_spans));
+        let (mut response, info) = service.call(outgoing, tracing).await?;
 
-    trace.endpoint = Some(info.endpoint);
-    trace.upstream = Some(info.elapsed);
-    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((client, upstream)) => {
-                    let mut client = TokioIo::new(client);
-                    let mut upstream = TokioIo::new(upstream);
-                    if let Err(err) =
-                        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                    {
-                        tracing::debug!(%err, "upgraded connection ended with an error");
+        trace.endpoint = Some(info.endpoint);
+        trace.upstream = Some(info.elapsed);
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        if let Err(err) =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                        {
+                            tracing::debug!(%err, "upgraded connection ended with an error");
+                        }
                     }
+                    Err(err) => tracing::debug!(%err, "protocol upgrade failed"),
                 }
-                Err(err) => tracing::debug!(%err, "protocol upgrade failed"),
-            }
-        });
+            });
+        }
+        let (mut parts, body) = response.into_parts();
+        forward::strip_hop_by_hop(&mut parts.headers, switching);
+        forward::add_via(&mut parts.headers, parts.version);
+        let mut body = body::boxed(body);
+        if let Some(validation) = upstream.validation.as_ref().filter(|v| {
+            v.rules
+                .wants_response(v.operation, parts.status, &parts.headers)
+        }) {
+            body = Box::pin(validate_response(
+                validation,
+                parts.status,
+                &parts.headers,
+                body,
+            ))
+            .await?;
+        }
+        if let Some(deadline) = trace.grpc.as_ref().and_then(|call| call.deadline) {
+            // A trailers-only answer carries its status in the head.
+            grpc::status_after_deadline(&mut parts.headers, deadline, std::time::Instant::now());
+            body = grpc::with_deadline(body, deadline);
+        }
+        let body = match service_slot {
+            Some(slot) => body::with_guard(body, slot),
+            None => body,
+        };
+        Ok(Response::from_parts(parts, body))
     }
-    let (mut parts, body) = response.into_parts();
-    forward::strip_hop_by_hop(&mut parts.headers, switching);
-    forward::add_via(&mut parts.headers, parts.version);
-    let mut body = body::boxed(body);
-    if let Some(validation) = upstream.validation.as_ref().filter(|v| {
-        v.rules
-            .wants_response(v.operation, parts.status, &parts.headers)
-    }) {
-        body = Box::pin(validate_response(
-            validation,
-            parts.status,
-            &parts.headers,
-            body,
-        ))
-        .await?;
-    }
-    if let Some(deadline) = trace.grpc.as_ref().and_then(|call| call.deadline) {
-        // A trailers-only answer carries its status in the head.
-        grpc::status_after_deadline(&mut parts.headers, deadline, std::time::Instant::now());
-        body = grpc::with_deadline(body, deadline);
-    }
-    let body = match service_slot {
-        Some(slot) => body::with_guard(body, slot),
-        None => body,
-    };
-    Ok(Response::from_parts(parts, body))
 }
 
 /// A body without a declared length is counted as it streams, for the log phase.

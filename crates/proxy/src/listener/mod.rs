@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
+use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -292,17 +293,21 @@ impl Handler {
         &self,
         request: http::Request<RequestBody>,
     ) -> impl Future<Output = http::Response<GuardedBody>> + Send + 'static {
-        let store = self.store.clone();
-        let conn_info = self.conn_info.clone();
         let guard = RequestGuard::start(&self.state, request.version());
-        async move {
-            let response =
-                pipeline::handle(store.snapshot(), &conn_info, &store.telemetry, request).await;
+        // A combinator, not an `async` block: a block would hold the request and then the
+        // pipeline's future beside it, and each request's state is written in full.
+        pipeline::handle(
+            self.store.snapshot(),
+            self.conn_info.clone(),
+            self.store.telemetry.clone(),
+            request,
+        )
+        .map(move |response| {
             response.map(|inner| GuardedBody {
                 inner,
                 _guard: guard,
             })
-        }
+        })
     }
 }
 

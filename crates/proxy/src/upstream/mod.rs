@@ -8,6 +8,7 @@ mod h1;
 pub mod metrics;
 mod pool;
 
+use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -315,131 +316,140 @@ impl Service {
     ///
     /// With `tracing`, each attempt carries its own span id in `traceparent`, and when the
     /// trace is sampled each attempt's span is added to the list.
-    pub async fn call(
-        &self,
+    ///
+    /// A function returning an `async` block, not an `async fn`: an `async fn` keeps a
+    /// second copy of its arguments in its state (rust-lang/rust#62958), and this state is
+    /// part of every in-flight request's.
+    // An `async fn` would store its arguments twice (see `Service::call`).
+    #[allow(clippy::manual_async_fn)]
+    pub fn call<'a>(
+        &'a self,
         mut request: UpstreamRequest,
-        mut tracing: Option<(&TraceContext, &mut Vec<SpanRecord>)>,
-    ) -> Result<(Response<PooledBody>, UpstreamInfo), GatewayError> {
-        let policy = &self.config.retries;
-        let started = Instant::now();
-        self.budget.deposit();
-        let replayable = matches!(request.body, OutgoingBody::Buffered(_));
-        let mut retries_left = if request.upgrade { 0 } else { policy.attempts };
-        let mut previous: Option<Arc<Endpoint>> = None;
-        let mut attempt: u32 = 0;
-        loop {
-            let set = self.endpoints.load();
-            let endpoint = self
-                .balancer
-                .pick(&set, request.hash_key, previous.as_deref())
-                .ok_or_else(|| GatewayError::NoHealthyEndpoint {
-                    service: self.name.clone(),
-                })?;
-            drop(set);
-            let may_retry_after = retries_left > 0 && replayable;
-            let body = match &mut request.body {
-                OutgoingBody::Buffered(bytes) => OutgoingBody::Buffered(bytes.clone()),
-                OutgoingBody::Streaming(stream) => {
-                    OutgoingBody::Streaming(std::mem::replace(stream, body::empty()))
-                }
-            };
-            // Each attempt sets its own trace context in place: the fields it writes
-            // replace those of the attempt before.
-            let attempt_span = tracing.as_ref().map(|(context, _)| {
-                let span_id = new_span_id();
-                context.inject(span_id, &mut request.headers);
-                (span_id, SystemTime::now())
-            });
-            // The first attempt starts when the call does: one clock read less.
-            let attempt_started = if attempt == 0 {
-                started
-            } else {
-                Instant::now()
-            };
-            let outcome = self
-                .attempt(
-                    &endpoint,
-                    &mut request,
-                    may_retry_after,
-                    body,
-                    attempt_started,
-                )
-                .await;
-            if let (Some((span_id, start)), Some((context, spans))) =
-                (attempt_span, tracing.as_mut())
-            {
-                if context.sampled {
-                    spans.push(self.attempt_span(
-                        context,
-                        (span_id, start),
-                        &request.method,
+        mut tracing: Option<(&'a TraceContext, &'a mut Vec<SpanRecord>)>,
+    ) -> impl Future<Output = Result<(Response<PooledBody>, UpstreamInfo), GatewayError>> + use<'a>
+    {
+        async move {
+            let policy = &self.config.retries;
+            let started = Instant::now();
+            self.budget.deposit();
+            let replayable = matches!(request.body, OutgoingBody::Buffered(_));
+            let mut retries_left = if request.upgrade { 0 } else { policy.attempts };
+            let mut previous: Option<Arc<Endpoint>> = None;
+            let mut attempt: u32 = 0;
+            loop {
+                let set = self.endpoints.load();
+                let endpoint = self
+                    .balancer
+                    .pick(&set, request.hash_key, previous.as_deref())
+                    .ok_or_else(|| GatewayError::NoHealthyEndpoint {
+                        service: self.name.clone(),
+                    })?;
+                drop(set);
+                let may_retry_after = retries_left > 0 && replayable;
+                let body = match &mut request.body {
+                    OutgoingBody::Buffered(bytes) => OutgoingBody::Buffered(bytes.clone()),
+                    OutgoingBody::Streaming(stream) => {
+                        OutgoingBody::Streaming(std::mem::replace(stream, body::empty()))
+                    }
+                };
+                // Each attempt sets its own trace context in place: the fields it writes
+                // replace those of the attempt before.
+                let attempt_span = tracing.as_ref().map(|(context, _)| {
+                    let span_id = new_span_id();
+                    context.inject(span_id, &mut request.headers);
+                    (span_id, SystemTime::now())
+                });
+                // The first attempt starts when the call does: one clock read less.
+                let attempt_started = if attempt == 0 {
+                    started
+                } else {
+                    Instant::now()
+                };
+                let outcome = self
+                    .attempt(
                         &endpoint,
-                        attempt,
-                        &outcome,
-                    ));
+                        &mut request,
+                        may_retry_after,
+                        body,
+                        attempt_started,
+                    )
+                    .await;
+                if let (Some((span_id, start)), Some((context, spans))) =
+                    (attempt_span, tracing.as_mut())
+                {
+                    if context.sampled {
+                        spans.push(self.attempt_span(
+                            context,
+                            (span_id, start),
+                            &request.method,
+                            &endpoint,
+                            attempt,
+                            &outcome,
+                        ));
+                    }
                 }
+                let (retry_reason, error) = match outcome {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        self.record(&endpoint, status < 500);
+                        let retry_status = policy.on_status.contains(&status) && request.retryable;
+                        if !self.may_retry(retry_status && may_retry_after) {
+                            let info = UpstreamInfo {
+                                endpoint: endpoint.addr,
+                                elapsed: started.elapsed(),
+                            };
+                            return Ok((response, info));
+                        }
+                        ("status", None)
+                    }
+                    Err(AttemptError::Connect(message)) => {
+                        self.record(&endpoint, false);
+                        // Nothing reached the upstream: safe to retry any method whose body we
+                        // still have. A streamed body went with the failed attempt.
+                        let retry = self.may_retry(retries_left > 0 && replayable);
+                        if !retry {
+                            return Err(GatewayError::UpstreamConnect(message));
+                        }
+                        ("connect", Some(message))
+                    }
+                    Err(AttemptError::Timeout(timeout)) => {
+                        self.record(&endpoint, false);
+                        if !self.may_retry(request.retryable && may_retry_after) {
+                            return Err(GatewayError::UpstreamTimeout {
+                                timeout_ms: timeout.as_millis(),
+                            });
+                        }
+                        ("timeout", None)
+                    }
+                    Err(AttemptError::DeadlineExceeded) => {
+                        // The client's budget ran out, not the endpoint's: no outlier
+                        // record, no retry.
+                        return Err(GatewayError::DeadlineExceeded);
+                    }
+                    Err(AttemptError::BodyTooLarge(limit)) => {
+                        return Err(GatewayError::PayloadTooLarge { limit })
+                    }
+                    Err(AttemptError::MalformedBody) => {
+                        return Err(GatewayError::BadRequest("malformed request body"))
+                    }
+                    Err(AttemptError::Other(message)) => {
+                        self.record(&endpoint, false);
+                        if !self.may_retry(request.retryable && may_retry_after) {
+                            return Err(GatewayError::BadGateway(message));
+                        }
+                        ("reset", Some(message))
+                    }
+                };
+                attempt += 1;
+                retries_left -= 1;
+                self.retry_stats.count(retry_reason);
+                tracing::debug!(service = %self.name, endpoint = %endpoint.addr, attempt, reason = retry_reason, error = ?error, "retrying upstream request");
+                previous = Some(endpoint);
+                let base = policy.backoff.0.saturating_mul(1 << (attempt - 1).min(10));
+                // Jitter (50-100 % of the backoff) keeps many clients' retries from lining up.
+                let delay = base.mul_f64(0.5 + fastrand::f64() * 0.5);
+                tokio::time::sleep(delay).await;
             }
-            let (retry_reason, error) = match outcome {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    self.record(&endpoint, status < 500);
-                    let retry_status = policy.on_status.contains(&status) && request.retryable;
-                    if !self.may_retry(retry_status && may_retry_after) {
-                        let info = UpstreamInfo {
-                            endpoint: endpoint.addr,
-                            elapsed: started.elapsed(),
-                        };
-                        return Ok((response, info));
-                    }
-                    ("status", None)
-                }
-                Err(AttemptError::Connect(message)) => {
-                    self.record(&endpoint, false);
-                    // Nothing reached the upstream: safe to retry any method whose body we
-                    // still have. A streamed body went with the failed attempt.
-                    let retry = self.may_retry(retries_left > 0 && replayable);
-                    if !retry {
-                        return Err(GatewayError::UpstreamConnect(message));
-                    }
-                    ("connect", Some(message))
-                }
-                Err(AttemptError::Timeout(timeout)) => {
-                    self.record(&endpoint, false);
-                    if !self.may_retry(request.retryable && may_retry_after) {
-                        return Err(GatewayError::UpstreamTimeout {
-                            timeout_ms: timeout.as_millis(),
-                        });
-                    }
-                    ("timeout", None)
-                }
-                Err(AttemptError::DeadlineExceeded) => {
-                    // The client's budget ran out, not the endpoint's: no outlier
-                    // record, no retry.
-                    return Err(GatewayError::DeadlineExceeded);
-                }
-                Err(AttemptError::BodyTooLarge(limit)) => {
-                    return Err(GatewayError::PayloadTooLarge { limit })
-                }
-                Err(AttemptError::MalformedBody) => {
-                    return Err(GatewayError::BadRequest("malformed request body"))
-                }
-                Err(AttemptError::Other(message)) => {
-                    self.record(&endpoint, false);
-                    if !self.may_retry(request.retryable && may_retry_after) {
-                        return Err(GatewayError::BadGateway(message));
-                    }
-                    ("reset", Some(message))
-                }
-            };
-            attempt += 1;
-            retries_left -= 1;
-            self.retry_stats.count(retry_reason);
-            tracing::debug!(service = %self.name, endpoint = %endpoint.addr, attempt, reason = retry_reason, error = ?error, "retrying upstream request");
-            previous = Some(endpoint);
-            let base = policy.backoff.0.saturating_mul(1 << (attempt - 1).min(10));
-            // Jitter (50-100 % of the backoff) keeps many clients' retries from lining up.
-            let delay = base.mul_f64(0.5 + fastrand::f64() * 0.5);
-            tokio::time::sleep(delay).await;
         }
     }
 
