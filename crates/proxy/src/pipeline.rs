@@ -132,32 +132,32 @@ impl body::BodyObserver for RequestBytes {
 /// The log phase (metrics, access log) runs when the response body has been sent.
 ///
 /// A function returning an `async` block (see `Service::call`).
-// An `async fn` would store its arguments twice (see `Service::call`).
-#[allow(clippy::manual_async_fn)]
 pub fn handle(
     snapshot: Arc<Snapshot>,
     conn: Arc<ConnInfo>,
     telemetry: Arc<Telemetry>,
     request: Request<RequestBody>,
 ) -> impl Future<Output = Response<ProxyBody>> + 'static {
-    async move {
-        let conn = &*conn;
-        let started = std::time::Instant::now();
-        let request_id = forward::request_id(request.headers());
-        let method = request.method().clone();
-        let bytes_in = content_length(request.headers()).unwrap_or(0);
-        let context = telemetry
-            .tracer
-            .as_ref()
-            .map(|tracer| tracer.begin(request.headers()));
-        let user_agent = || {
-            request
-                .headers()
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let logged = telemetry.access_log.as_ref().map(|_| Logged {
+    // What the log phase needs from the head is read here, before the future: the
+    // locals this takes stay on the stack, out of the request's state.
+    let started = std::time::Instant::now();
+    let request_id = forward::request_id(request.headers());
+    let method = request.method().clone();
+    let bytes_in = content_length(request.headers()).unwrap_or(0);
+    let context = telemetry
+        .tracer
+        .as_ref()
+        .map(|tracer| tracer.begin(request.headers()));
+    let user_agent = || {
+        request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    // Boxed, as is the span below: both ride in every request's state, mostly absent.
+    let logged = telemetry.access_log.as_ref().map(|_| {
+        Box::new(Logged {
             uri: request.uri().clone(),
             user_agent: request.headers().get(header::USER_AGENT).cloned(),
             protocol: version_name(request.version()),
@@ -165,37 +165,45 @@ pub fn handle(
                 Some(context) => Some(context.trace_id_hex()),
                 None => incoming_trace_id(request.headers()),
             },
-        });
-        let server_span = context.as_ref().filter(|c| c.sampled).map(|_| ServerSpan {
+        })
+    });
+    let server_span = context.as_ref().filter(|c| c.sampled).map(|_| {
+        Box::new(ServerSpan {
             start: std::time::SystemTime::now(),
             path: request.uri().path().to_owned(),
             user_agent: user_agent(),
             scheme: if conn.tls { "https" } else { "http" },
             protocol: version_name(request.version()),
-        });
-        let client_ip =
-            forward::client_ip(conn.peer, request.headers(), &conn.listener.trusted_proxies);
-        let web = grpc::web::encoding(request.headers());
-        let grpc = (web.is_some() || grpc::is_grpc(request.headers())).then(|| GrpcCall {
-            deadline: grpc::deadline(request.headers(), started),
-            web: web.map(|encoding| {
-                (
-                    encoding,
-                    grpc::web::response_content_type(request.headers(), encoding),
-                )
-            }),
-            web_status: web.map(|_| Arc::new(std::sync::atomic::AtomicU8::new(NO_STATUS))),
-        });
-        let mut trace = RequestTrace {
-            context,
-            grpc,
-            mesh_caller: conn
-                .listener
-                .mesh
-                .then(|| conn.client_certificate.clone())
-                .flatten(),
-            ..RequestTrace::default()
-        };
+        })
+    });
+    let client_ip =
+        forward::client_ip(conn.peer, request.headers(), &conn.listener.trusted_proxies);
+    let web = grpc::web::encoding(request.headers());
+    let grpc = (web.is_some() || grpc::is_grpc(request.headers())).then(|| GrpcCall {
+        deadline: grpc::deadline(request.headers(), started),
+        web: web.map(|encoding| {
+            (
+                encoding,
+                grpc::web::response_content_type(request.headers(), encoding),
+            )
+        }),
+        web_status: web.map(|_| Arc::new(std::sync::atomic::AtomicU8::new(NO_STATUS))),
+    });
+    let mut trace = RequestTrace {
+        context,
+        grpc,
+        mesh_caller: conn
+            .listener
+            .mesh
+            .then(|| conn.client_certificate.clone())
+            .flatten(),
+        ..RequestTrace::default()
+    };
+    // Boxed once: each stage's future keeps its request argument for as long as it runs,
+    // and three stages take it.
+    let request = Box::new(request);
+    async move {
+        let conn = &*conn;
         let result =
             route_and_respond(&snapshot, conn, request, &request_id, client_ip, &mut trace).await;
         let mut reason = None;
@@ -305,8 +313,8 @@ pub struct Finish {
     bytes_out: u64,
     client_ip: std::net::IpAddr,
     request_id: HeaderValue,
-    logged: Option<Logged>,
-    server_span: Option<ServerSpan>,
+    logged: Option<Box<Logged>>,
+    server_span: Option<Box<ServerSpan>>,
     /// The status a gRPC call ended with, from the response head or trailers.
     grpc_status: Option<grpc::Code>,
 }
@@ -362,7 +370,7 @@ impl Drop for Finish {
                 });
         }
         if let Some(span) = self.server_span.take() {
-            self.record_spans(span);
+            self.record_spans(*span);
         }
         let (Some(log), Some(logged)) = (&self.telemetry.access_log, self.logged.take()) else {
             return;
@@ -651,7 +659,7 @@ impl Finish {
 fn route_and_respond<'a>(
     snapshot: &'a Arc<Snapshot>,
     conn: &'a ConnInfo,
-    mut request: Request<RequestBody>,
+    mut request: Box<Request<RequestBody>>,
     request_id: &'a HeaderValue,
     client_ip: std::net::IpAddr,
     trace: &'a mut RequestTrace,
@@ -948,24 +956,29 @@ fn route_and_respond<'a>(
                     });
                 };
                 trace.forwarded = true;
-                let (parts, body) = request.into_parts();
-                let bytes = Box::pin(transform::read_request(body, transcoder.max_body())).await?;
-                let message = transcoder.request_message(&call, parts.uri.query(), &bytes)?;
-                let request = transcoder.upstream_request(&call, parts, message);
-                let upstream = Upstream {
-                    path: None,
-                    host: host_rewrite.as_ref(),
-                    client_ip,
-                    security: &snapshot.security,
-                    granted: granted.as_ref(),
-                    identity_applied: false,
-                    body_limit: 0,
-                    mirror: None,
-                    validation: None,
-                };
-                let response =
-                    Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
-                Box::pin(transcoder.response(&call, response)).await
+                // One box for the translation's three awaits: what it holds across them
+                // would otherwise take room in every request's state.
+                Box::pin(async {
+                    let (parts, body) = request.into_parts();
+                    let bytes = transform::read_request(body, transcoder.max_body()).await?;
+                    let message = transcoder.request_message(&call, parts.uri.query(), &bytes)?;
+                    let request = Box::new(transcoder.upstream_request(&call, parts, message));
+                    let upstream = Upstream {
+                        path: None,
+                        host: host_rewrite.as_ref(),
+                        client_ip,
+                        security: &snapshot.security,
+                        granted: granted.as_ref(),
+                        identity_applied: false,
+                        body_limit: 0,
+                        mirror: None,
+                        validation: None,
+                    };
+                    let response =
+                        proxy(service, conn, request, trace, upstream, request_id).await?;
+                    transcoder.response(&call, response).await
+                })
+                .await
             }
             RouteAction::Forward {
                 backends,
@@ -986,8 +999,13 @@ fn route_and_respond<'a>(
                 };
                 let upstream_path = forwarded_path(rewrite.as_ref(), &path, &matched.captures);
                 trace.forwarded = true;
-                let (mut parts, body) = request.into_parts();
-                let body = grpc::web::request_to_grpc(&mut parts.headers, body, encoding);
+                // Scoped: the parts are borrowed, and would otherwise be kept across the
+                // upstream call.
+                let request = {
+                    let (mut parts, body) = request.into_parts();
+                    let body = grpc::web::request_to_grpc(&mut parts.headers, body, encoding);
+                    Box::new(Request::from_parts(parts, body))
+                };
                 let upstream = Upstream {
                     path: upstream_path,
                     host: host_rewrite.as_ref(),
@@ -1002,7 +1020,6 @@ fn route_and_respond<'a>(
                     mirror: None,
                     validation: None,
                 };
-                let request = Request::from_parts(parts, body);
                 let response =
                     Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await?;
                 Ok(grpc::web::response_to_web(
@@ -1091,7 +1108,7 @@ fn route_and_respond<'a>(
                     if let Some(transform) = transform {
                         transform.edit_request_head(&mut parts);
                     }
-                    request = Request::from_parts(parts, body);
+                    *request = Request::from_parts(parts, body);
                 }
                 let has_json_body = (transform.is_some() || version.is_some())
                     && !http_body::Body::is_end_stream(request.body())
@@ -1100,27 +1117,32 @@ fn route_and_respond<'a>(
                     .filter(|(api, selected)| has_json_body && api.upgrades_requests(*selected));
                 let rewrites = transform.filter(|t| has_json_body && t.rewrites_request_body());
                 let response = if upgrades.is_some() || rewrites.is_some() {
-                    let max = [
-                        upgrades.map(|(api, _)| api.max_body),
-                        rewrites.map(|t| t.max_body()),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .unwrap_or(usize::MAX);
-                    let (mut parts, body) = request.into_parts();
-                    let mut bytes = Box::pin(transform::read_request(body, max)).await?;
-                    if let Some((api, selected)) = upgrades {
-                        bytes = api.upgrade_request(selected, &bytes)?;
-                    }
-                    if let Some(transform) = rewrites {
-                        bytes = transform.rewrite_request(bytes)?;
-                    }
-                    transform::set_length(&mut parts.headers, bytes.len());
-                    let request = Request::from_parts(parts, http_body_util::Full::new(bytes));
-                    let response =
-                        Box::pin(proxy(service, conn, request, trace, upstream, request_id)).await;
-                    bypass_cache(route, trace, response)
+                    // Boxed, as the translations above are.
+                    Box::pin(async {
+                        let max = [
+                            upgrades.map(|(api, _)| api.max_body),
+                            rewrites.map(|t| t.max_body()),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .min()
+                        .unwrap_or(usize::MAX);
+                        let (mut parts, body) = request.into_parts();
+                        let mut bytes = transform::read_request(body, max).await?;
+                        if let Some((api, selected)) = upgrades {
+                            bytes = api.upgrade_request(selected, &bytes)?;
+                        }
+                        if let Some(transform) = rewrites {
+                            bytes = transform.rewrite_request(bytes)?;
+                        }
+                        transform::set_length(&mut parts.headers, bytes.len());
+                        let request =
+                            Box::new(Request::from_parts(parts, http_body_util::Full::new(bytes)));
+                        let response =
+                            proxy(service, conn, request, trace, upstream, request_id).await;
+                        bypass_cache(route, trace, response)
+                    })
+                    .await
                 } else if let Some((cache, lookup)) = lookup {
                     let context = CacheContext {
                         cache,
@@ -1321,7 +1343,7 @@ async fn cached(
     context: CacheContext<'_>,
     mut lookup: cache::Lookup,
     conn: &ConnInfo,
-    mut request: Request<RequestBody>,
+    mut request: Box<Request<RequestBody>>,
     trace: &mut RequestTrace,
     upstream: Upstream<'_>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
@@ -1476,7 +1498,10 @@ impl Revalidation {
             mirror: None,
             validation: None,
         };
-        let request = Request::from_parts(self.head, http_body_util::Empty::<Bytes>::new());
+        let request = Box::new(Request::from_parts(
+            self.head,
+            http_body_util::Empty::<Bytes>::new(),
+        ));
         let mut trace = RequestTrace::default();
         let result = proxy(
             &self.service,
@@ -1599,7 +1624,7 @@ fn route_body_limit(listener: u64, route: Option<u64>) -> u64 {
 fn proxy<'a, B>(
     service: &'a Service,
     conn: &'a ConnInfo,
-    mut request: Request<B>,
+    mut request: Box<Request<B>>,
     trace: &'a mut RequestTrace,
     upstream: Upstream<'a>,
     request_id: &'a HeaderValue,
@@ -1625,7 +1650,7 @@ where
             }
             let upgrade = request.version() == Version::HTTP_11
                 && forward::is_upgrade_request(request.headers());
-            let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+            let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *request));
             let (parts, incoming) = request.into_parts();
             let mut headers = parts.headers;
             let original_host = headers.get(header::HOST).cloned().or_else(|| {

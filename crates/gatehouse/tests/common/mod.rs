@@ -133,6 +133,20 @@ impl Gateway {
             .expect("metrics text")
     }
 
+    /// The Prometheus text of `/metrics` once it holds every one of `expected`: the log
+    /// phase runs when a response body is done, which can be after its client has read it.
+    /// After five seconds, the text as it is, for the caller's assertion to show.
+    pub async fn metrics_with(&self, expected: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = self.metrics().await;
+            if expected.iter().all(|line| text.contains(line)) || Instant::now() > deadline {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
