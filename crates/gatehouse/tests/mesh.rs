@@ -433,7 +433,11 @@ async fn audit_mode_logs_what_it_would_deny_and_denies_nothing() {
         assert!(Instant::now() < deadline, "no audit line:\n{log}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = orders.process.metrics().await;
+    // The decision is counted in the log phase, which may end after the line is logged.
+    let metrics = orders
+        .process
+        .metrics_with(&["decision=\"audit_deny\""])
+        .await;
     assert!(
         metrics.contains("decision=\"audit_deny\""),
         "audit decisions are counted:\n{metrics}"
