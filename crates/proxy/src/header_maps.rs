@@ -64,29 +64,80 @@ pub fn give_back(mut map: HeaderMap) {
 
 /// Field names remembered per position; later ones are parsed every time.
 const REMEMBERED_NAMES: usize = 24;
+/// The longest spelling remembered: with the name, one 64-byte entry. Longer names (a few
+/// CORS fields, custom ones) are parsed every time.
+const LONGEST_REMEMBERED: usize = 31;
 
 /// The field names of a connection's last head, by position, as the peer spelled them.
+///
+/// Each spelling is kept beside its name, so recognising a field reads one entry: with
+/// many connections, each connection's names have left the cache by its next head, and a
+/// spelling in an allocation of its own would be a second miss.
 #[derive(Default)]
 pub struct FieldNames {
-    seen: Vec<(Box<[u8]>, HeaderName)>,
+    seen: Vec<Remembered>,
+}
+
+struct Remembered {
+    name: HeaderName,
+    len: u8,
+    spelled: [u8; LONGEST_REMEMBERED],
 }
 
 impl FieldNames {
     /// The name of the `position`th field of a head, spelled `raw`.
     pub fn name(&mut self, position: usize, raw: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
-        if let Some((spelled, name)) = self.seen.get(position) {
-            if **spelled == *raw {
-                return Ok(name.clone());
+        if let Some(remembered) = self.seen.get(position) {
+            if remembered
+                .spelled
+                .get(..usize::from(remembered.len))
+                .is_some_and(|spelled| same_spelling(spelled, raw))
+            {
+                return Ok(remembered.name.clone());
             }
         }
         let name = HeaderName::from_bytes(raw)?;
-        let remembered = (Box::from(raw), name.clone());
-        if let Some(slot) = self.seen.get_mut(position) {
-            *slot = remembered;
-        } else if position == self.seen.len() && position < REMEMBERED_NAMES {
-            self.seen.push(remembered);
+        if let Ok(len) = u8::try_from(raw.len()) {
+            let mut spelled = [0; LONGEST_REMEMBERED];
+            if let Some(room) = spelled.get_mut(..raw.len()) {
+                room.copy_from_slice(raw);
+                let remembered = Remembered {
+                    name: name.clone(),
+                    len,
+                    spelled,
+                };
+                if let Some(slot) = self.seen.get_mut(position) {
+                    *slot = remembered;
+                } else if position == self.seen.len() && position < REMEMBERED_NAMES {
+                    self.seen.push(remembered);
+                }
+            }
         }
         Ok(name)
+    }
+}
+
+/// Byte equality for field names, which are short: whole words compared in line, where
+/// `==` on slices calls `memcmp`.
+fn same_spelling(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut a_rest, mut b_rest) = (a, b);
+    while let (Some((a_word, a_next)), Some((b_word, b_next))) = (
+        a_rest.split_first_chunk::<8>(),
+        b_rest.split_first_chunk::<8>(),
+    ) {
+        if a_word != b_word {
+            return false;
+        }
+        (a_rest, b_rest) = (a_next, b_next);
+    }
+    // Fewer than eight left: the last eight, overlapping words already compared, when
+    // there are eight; otherwise byte by byte.
+    match (a.split_last_chunk::<8>(), b.split_last_chunk::<8>()) {
+        (Some((_, a_last)), Some((_, b_last))) => a_last == b_last,
+        _ => a_rest.iter().zip(b_rest).all(|(x, y)| x == y),
     }
 }
 
@@ -132,5 +183,65 @@ mod tests {
         // Positions beyond the next one are parsed without being remembered.
         assert_eq!(names.name(5, b"accept").unwrap(), "accept");
         assert_eq!(names.seen.len(), 2);
+    }
+
+    #[test]
+    fn long_names_are_judged_every_time_and_leave_the_others_remembered() {
+        let mut names = FieldNames::default();
+        let long = b"Access-Control-Allow-Credentials";
+        assert!(long.len() > LONGEST_REMEMBERED);
+        assert_eq!(names.name(0, b"Host").unwrap(), "host");
+        assert_eq!(
+            names.name(1, long).unwrap(),
+            "access-control-allow-credentials"
+        );
+        assert_eq!(names.seen.len(), 1);
+        assert_eq!(
+            names.name(1, long).unwrap(),
+            "access-control-allow-credentials"
+        );
+        assert!(names.name(1, b"Access-Control-Allow-Credentials:").is_err());
+        assert_eq!(names.name(0, b"Host").unwrap(), "host");
+        // The longest remembered spelling fills its entry exactly.
+        let longest = b"X-Thirty-One-Bytes-Long-Name-Ok";
+        assert_eq!(longest.len(), LONGEST_REMEMBERED);
+        assert_eq!(
+            names.name(1, longest).unwrap(),
+            "x-thirty-one-bytes-long-name-ok"
+        );
+        assert_eq!(names.seen.len(), 2);
+        assert_eq!(
+            names.name(1, longest).unwrap(),
+            "x-thirty-one-bytes-long-name-ok"
+        );
+        assert_eq!(std::mem::size_of::<Remembered>(), 64);
+    }
+
+    #[test]
+    fn spellings_compare_equal_only_when_every_byte_does() {
+        let cases: [(&[u8], &[u8], bool); 8] = [
+            (b"", b"", true),
+            (b"Host", b"Host", true),
+            (b"Host", b"host", false),
+            (b"Content-Type", b"Content-Type", true),
+            (b"Content-Type", b"Content-Typf", false),
+            (b"Content-Type", b"Dontent-Type", false),
+            (b"X-Forwarded-For", b"X-Forwarded-Fox", false),
+            (b"Date", b"Dates", false),
+        ];
+        for (a, b, equal) in cases {
+            assert_eq!(same_spelling(a, b), equal, "{a:?} {b:?}");
+            assert_eq!(same_spelling(b, a), equal, "{b:?} {a:?}");
+        }
+        // Every length up to two words, with a difference at every place.
+        let long = b"abcdefghijklmnopq";
+        for len in 0..=long.len() {
+            assert!(same_spelling(&long[..len], &long[..len]));
+            for at in 0..len {
+                let mut other = long[..len].to_vec();
+                other[at] ^= 0x20;
+                assert!(!same_spelling(&long[..len], &other), "{len} {at}");
+            }
+        }
     }
 }
