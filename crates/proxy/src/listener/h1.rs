@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::body::{BoxError, RequestBody};
 use crate::forward::tokens;
 use crate::header_maps::{self, FieldNames};
-use crate::read_buffer;
+use crate::io_buffer;
 
 /// The most fields in one request head (hyper's default; more is hyper's 431).
 const MAX_HEADERS: usize = 100;
@@ -114,7 +114,6 @@ where
     B::Error: Into<BoxError>,
 {
     let mut buf = BytesMut::new();
-    let mut out = Vec::new();
     let mut names = FieldNames::default();
     let mut spans = Vec::new();
     loop {
@@ -143,7 +142,9 @@ where
             }
         };
         let keep_alive = !client_closes && !closing.is_requested();
+        let mut out = io_buffer::take_write_buffer();
         let keep_alive = write_response(&mut io, &mut out, response, keep_alive).await?;
+        io_buffer::give_back_write_buffer(out);
         if !keep_alive || closing.is_requested() {
             let _ = io.shutdown().await;
             return Ok(Ended::Closed);
@@ -205,7 +206,7 @@ async fn read_request<I: AsyncRead + Unpin>(
 
 /// Read more into the buffer; `Ok(0)` at the connection's end.
 async fn fill<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) -> io::Result<usize> {
-    read_buffer::make_room(buf, READ_CHUNK);
+    io_buffer::make_room(buf, READ_CHUNK);
     io.read_buf(buf).await
 }
 

@@ -27,7 +27,7 @@ use super::endpoint::Endpoint;
 use crate::body::BoxError;
 use crate::forward::tokens;
 use crate::header_maps::{self, FieldNames};
-use crate::read_buffer;
+use crate::io_buffer;
 
 /// The most response head (status line and fields) or trailer section read before the
 /// upstream is judged broken.
@@ -60,8 +60,6 @@ pub struct Connection {
     io: TcpStream,
     /// Bytes read and not yet consumed; response heads and body chunks are split off it.
     buf: BytesMut,
-    /// The request head is encoded here; kept to reuse its allocation.
-    out: Vec<u8>,
     /// The field names of the last response head.
     names: FieldNames,
 }
@@ -71,7 +69,6 @@ impl Connection {
         Self {
             io,
             buf: BytesMut::new(),
-            out: Vec::new(),
             names: FieldNames::default(),
         }
     }
@@ -94,16 +91,19 @@ impl Connection {
         body: &Bytes,
         endpoint: &Arc<Endpoint>,
     ) -> Result<Response<ResponseBody>, Error> {
-        self.encode_head(method, target, headers, body);
+        // The head is gathered in a buffer of the thread's, given back once written.
+        let mut out = io_buffer::take_write_buffer();
+        encode_head(&mut out, method, target, headers, body);
         let written = if body.len() <= BODY_IN_HEAD_WRITE {
-            self.out.extend_from_slice(body);
-            self.io.write_all(&self.out).await
+            out.extend_from_slice(body);
+            self.io.write_all(&out).await
         } else {
-            match self.io.write_all(&self.out).await {
+            match self.io.write_all(&out).await {
                 Ok(()) => self.io.write_all(body).await,
                 Err(err) => Err(err),
             }
         };
+        io_buffer::give_back_write_buffer(out);
         if let Err(err) = written {
             // An upstream may answer (413, say) and close before taking the whole body:
             // read what it said, or report that nothing came.
@@ -131,35 +131,6 @@ impl Connection {
         };
         body.release_if_done();
         Response::from_parts(head.parts, body)
-    }
-
-    fn encode_head(&mut self, method: &Method, target: &str, headers: &HeaderMap, body: &Bytes) {
-        let out = &mut self.out;
-        out.clear();
-        out.extend_from_slice(method.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut declared_length = false;
-        for (name, value) in headers {
-            // The body is whole: its length is the framing, whatever the client declared.
-            if name == header::CONTENT_LENGTH {
-                declared_length = true;
-                continue;
-            }
-            if name == header::TRANSFER_ENCODING {
-                continue;
-            }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if declared_length || !body.is_empty() {
-            // Writing into a Vec cannot fail.
-            let _ = write!(out, "content-length: {}\r\n", body.len());
-        }
-        out.extend_from_slice(b"\r\n");
     }
 
     /// Read and parse the response head, skipping interim (1xx) responses.
@@ -321,9 +292,43 @@ impl Connection {
     /// `poll_read`, which takes a short read as the socket drained: the next wait costs no
     /// system call that would only say "nothing yet".
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        read_buffer::make_room(&mut self.buf, READ_CHUNK);
+        io_buffer::make_room(&mut self.buf, READ_CHUNK);
         pin!(self.io.read_buf(&mut self.buf)).poll(cx)
     }
+}
+
+/// A request head for a whole `body` into `out`.
+fn encode_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut declared_length = false;
+    for (name, value) in headers {
+        // The body is whole: its length is the framing, whatever the client declared.
+        if name == header::CONTENT_LENGTH {
+            declared_length = true;
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if declared_length || !body.is_empty() {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "content-length: {}\r\n", body.len());
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 enum Parsed {
