@@ -16,6 +16,8 @@ use std::cell::RefCell;
 use http::header::{HeaderName, InvalidHeaderName};
 use http::HeaderMap;
 
+use crate::spares;
+
 /// Spare maps kept per thread: enough for the requests that finish between two that start
 /// on a busy connection set, few enough that a burst leaves little behind.
 const SPARE_MAPS: usize = 64;
@@ -28,16 +30,7 @@ thread_local! {
 
 /// An empty map with room for at least `fields` fields.
 pub fn take(fields: usize) -> HeaderMap {
-    let spare = SPARE
-        .try_with(|spare| {
-            spare
-                .try_borrow_mut()
-                .ok()
-                .and_then(|mut spare| spare.pop())
-        })
-        .ok()
-        .flatten();
-    match spare {
+    match spares::take(&SPARE) {
         Some(mut map) => {
             map.reserve(fields);
             map
@@ -52,14 +45,7 @@ pub fn give_back(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    // A thread being torn down has no spares left to keep: the map is simply freed.
-    let _ = SPARE.try_with(|spare| {
-        if let Ok(mut spare) = spare.try_borrow_mut() {
-            if spare.len() < SPARE_MAPS {
-                spare.push(map);
-            }
-        }
-    });
+    spares::give_back(&SPARE, map, SPARE_MAPS);
 }
 
 /// Field names remembered per position; later ones are parsed every time.

@@ -4,6 +4,8 @@ use std::cell::RefCell;
 
 use bytes::BytesMut;
 
+use crate::spares;
+
 /// Spare write buffers kept per thread (as `crate::header_maps` keeps header maps).
 const SPARE_WRITE_BUFFERS: usize = 16;
 /// Write buffers that grew past this (a large body gathered) are freed, not kept.
@@ -15,20 +17,10 @@ thread_local! {
 
 /// An empty buffer to gather a head (and a small body) in before it is written.
 ///
-/// Taken per write and given back after it rather than kept per connection: the last one
-/// given back is still in the cache, where a connection's own buffer has left it by the
-/// connection's next write when many are open (docs/benchmarks.md, "A simulated cache").
+/// Taken per write and given back after it rather than kept per connection (see
+/// `crate::spares`).
 pub(crate) fn take_write_buffer() -> Vec<u8> {
-    SPARE_WRITE
-        .try_with(|spare| {
-            spare
-                .try_borrow_mut()
-                .ok()
-                .and_then(|mut spare| spare.pop())
-        })
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    spares::take(&SPARE_WRITE).unwrap_or_default()
 }
 
 /// Give back a buffer from [`take_write_buffer`] once what it gathered is written.
@@ -37,14 +29,7 @@ pub(crate) fn give_back_write_buffer(mut buffer: Vec<u8>) {
         return;
     }
     buffer.clear();
-    // A thread being torn down keeps nothing: the buffer is simply freed.
-    let _ = SPARE_WRITE.try_with(|spare| {
-        if let Ok(mut spare) = spare.try_borrow_mut() {
-            if spare.len() < SPARE_WRITE_BUFFERS {
-                spare.push(buffer);
-            }
-        }
-    });
+    spares::give_back(&SPARE_WRITE, buffer, SPARE_WRITE_BUFFERS);
 }
 
 /// Makes room in `buf` for the next read: at least 1 KiB, growing by `chunk`.

@@ -21,6 +21,7 @@ pub mod reload;
 pub mod router;
 pub mod sidecar;
 pub mod snapshot;
+mod spares;
 pub mod timer;
 pub mod tls;
 pub mod transform;
