@@ -83,23 +83,27 @@ impl FieldNames {
             }
         }
         let name = HeaderName::from_bytes(raw)?;
-        if let Ok(len) = u8::try_from(raw.len()) {
-            let mut spelled = [0; LONGEST_REMEMBERED];
-            if let Some(room) = spelled.get_mut(..raw.len()) {
-                room.copy_from_slice(raw);
-                let remembered = Remembered {
-                    name: name.clone(),
-                    len,
-                    spelled,
-                };
-                if let Some(slot) = self.seen.get_mut(position) {
-                    *slot = remembered;
-                } else if position == self.seen.len() && position < REMEMBERED_NAMES {
-                    self.seen.push(remembered);
-                }
+        if let Some(remembered) = Remembered::new(&name, raw) {
+            if let Some(slot) = self.seen.get_mut(position) {
+                *slot = remembered;
+            } else if position == self.seen.len() && position < REMEMBERED_NAMES {
+                self.seen.push(remembered);
             }
         }
         Ok(name)
+    }
+}
+
+impl Remembered {
+    /// `name` as spelled `raw`; `None` when the spelling is too long to keep.
+    fn new(name: &HeaderName, raw: &[u8]) -> Option<Self> {
+        let mut spelled = [0; LONGEST_REMEMBERED];
+        spelled.get_mut(..raw.len())?.copy_from_slice(raw);
+        Some(Self {
+            name: name.clone(),
+            len: u8::try_from(raw.len()).ok()?,
+            spelled,
+        })
     }
 }
 
@@ -176,30 +180,27 @@ mod tests {
         let mut names = FieldNames::default();
         let long = b"Access-Control-Allow-Credentials";
         assert!(long.len() > LONGEST_REMEMBERED);
+        // Parsed the first time, and the second: never remembered.
         assert_eq!(names.name(0, b"Host").unwrap(), "host");
-        assert_eq!(
-            names.name(1, long).unwrap(),
-            "access-control-allow-credentials"
-        );
-        assert_eq!(names.seen.len(), 1);
-        assert_eq!(
-            names.name(1, long).unwrap(),
-            "access-control-allow-credentials"
-        );
+        for _ in 0..2 {
+            assert_eq!(
+                names.name(1, long).unwrap(),
+                "access-control-allow-credentials"
+            );
+            assert_eq!(names.seen.len(), 1);
+        }
         assert!(names.name(1, b"Access-Control-Allow-Credentials:").is_err());
         assert_eq!(names.name(0, b"Host").unwrap(), "host");
-        // The longest remembered spelling fills its entry exactly.
+        // The longest remembered spelling fills its entry exactly: parsed, then recognised.
         let longest = b"X-Thirty-One-Bytes-Long-Name-Ok";
         assert_eq!(longest.len(), LONGEST_REMEMBERED);
-        assert_eq!(
-            names.name(1, longest).unwrap(),
-            "x-thirty-one-bytes-long-name-ok"
-        );
-        assert_eq!(names.seen.len(), 2);
-        assert_eq!(
-            names.name(1, longest).unwrap(),
-            "x-thirty-one-bytes-long-name-ok"
-        );
+        for _ in 0..2 {
+            assert_eq!(
+                names.name(1, longest).unwrap(),
+                "x-thirty-one-bytes-long-name-ok"
+            );
+            assert_eq!(names.seen.len(), 2);
+        }
         assert_eq!(std::mem::size_of::<Remembered>(), 64);
     }
 
