@@ -30,7 +30,7 @@ use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{BoxError, RequestBody};
 use crate::forward::tokens;
@@ -206,8 +206,7 @@ async fn read_request<I: AsyncRead + Unpin>(
 
 /// Read more into the buffer; `Ok(0)` at the connection's end.
 async fn fill<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) -> io::Result<usize> {
-    io_buffer::make_room(buf, READ_CHUNK);
-    io.read_buf(buf).await
+    poll_fn(|cx| io_buffer::poll_fill(io, buf, READ_CHUNK, cx)).await
 }
 
 #[allow(clippy::large_enum_variant)] // as `Next`
@@ -557,7 +556,7 @@ mod tests {
     use std::time::Duration;
 
     use http_body_util::{BodyExt, Full, StreamBody};
-    use tokio::io::{duplex, DuplexStream};
+    use tokio::io::{duplex, AsyncReadExt, DuplexStream};
     use tokio::task::JoinHandle;
 
     use super::*;

@@ -9,10 +9,9 @@
 //! head with httparse in place, and reads the body through the same buffer. Streaming
 //! request bodies, upgrades, TLS and HTTP/2 stay on hyper (see `pool.rs`).
 
-use std::future::Future as _;
 use std::io::Write as _;
 use std::mem::MaybeUninit;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -20,7 +19,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::endpoint::Endpoint;
@@ -292,8 +291,7 @@ impl Connection {
     /// `poll_read`, which takes a short read as the socket drained: the next wait costs no
     /// system call that would only say "nothing yet".
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        io_buffer::make_room(&mut self.buf, READ_CHUNK);
-        pin!(self.io.read_buf(&mut self.buf)).poll(cx)
+        io_buffer::poll_fill(&mut self.io, &mut self.buf, READ_CHUNK, cx)
     }
 }
 
@@ -382,10 +380,12 @@ impl ResponseBody {
         if !matches!(self.framing, Framing::Done) {
             return;
         }
-        if let Some((connection, endpoint)) = self.connection.take() {
+        if let Some((mut connection, endpoint)) = self.connection.take() {
             // Bytes after the response's end were not asked for: the connection is not
             // trusted further.
             if self.keep_alive && connection.buf.is_empty() {
+                // An idle connection holds no read buffer.
+                io_buffer::give_back_read_buffer(&mut connection.buf);
                 endpoint.pool.put_direct(connection);
             }
         }
@@ -563,6 +563,7 @@ mod tests {
     use std::sync::Mutex;
 
     use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
     use tokio::sync::mpsc;
 
@@ -675,6 +676,13 @@ mod tests {
         assert_eq!(first.head.status, StatusCode::OK);
         assert_eq!(first.head.headers["x-answer"], "yes");
         assert_eq!(first.body.unwrap().0, b"hello");
+        let pooled = endpoint.pool.take_direct(60_000).unwrap();
+        assert_eq!(
+            pooled.buf.capacity(),
+            0,
+            "an idle connection holds a read buffer"
+        );
+        endpoint.pool.put_direct(pooled);
         let sent = requests.recv().await.unwrap();
         assert_eq!(sent, b"GET /path?q=1 HTTP/1.1\r\nhost: upstream\r\n\r\n");
 
