@@ -142,15 +142,22 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
 
 /// Append `Via: <version> gatehouse`.
 pub fn add_via(headers: &mut HeaderMap, version: Version) {
+    // Checked once at compile time, not byte by byte on every request and response.
     let entry = match version {
-        Version::HTTP_10 => "1.0 gatehouse",
-        Version::HTTP_2 => "2 gatehouse",
-        Version::HTTP_3 => "3 gatehouse",
-        _ => "1.1 gatehouse",
+        Version::HTTP_10 => const { HeaderValue::from_static("1.0 gatehouse") },
+        Version::HTTP_2 => const { HeaderValue::from_static("2 gatehouse") },
+        Version::HTTP_3 => const { HeaderValue::from_static("3 gatehouse") },
+        _ => const { HeaderValue::from_static("1.1 gatehouse") },
     };
     let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(existing) => HeaderValue::from_str(&format!("{existing}, {entry}")).ok(),
-        None => Some(HeaderValue::from_static(entry)),
+        Some(existing) => {
+            let mut joined = Vec::with_capacity(existing.len() + 2 + entry.len());
+            joined.extend_from_slice(existing.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(entry.as_bytes());
+            HeaderValue::from_maybe_shared(joined).ok()
+        }
+        None => Some(entry),
     };
     if let Some(value) = value {
         headers.insert(header::VIA, value);
@@ -297,5 +304,20 @@ mod tests {
             client_ip(untrusted_peer, &headers, &trusted),
             untrusted_peer.ip()
         );
+    }
+
+    #[test]
+    fn via_names_this_hop_after_the_earlier_ones() {
+        let mut headers = HeaderMap::new();
+        add_via(&mut headers, Version::HTTP_11);
+        assert_eq!(headers[header::VIA], "1.1 gatehouse");
+        add_via(&mut headers, Version::HTTP_2);
+        assert_eq!(headers[header::VIA], "1.1 gatehouse, 2 gatehouse");
+        headers.insert(
+            header::VIA,
+            HeaderValue::from_bytes(b"1.1 caf\xe9").unwrap(),
+        );
+        add_via(&mut headers, Version::HTTP_10);
+        assert_eq!(headers[header::VIA], "1.0 gatehouse");
     }
 }

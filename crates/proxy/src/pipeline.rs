@@ -720,7 +720,7 @@ fn route_and_respond<'a>(
         let Some(matched) = matched else {
             return Err(GatewayError::NoRoute {
                 method: request.method().to_string(),
-                host,
+                host: host.into_owned(),
                 path: path.into_owned(),
             });
         };
@@ -951,7 +951,7 @@ fn route_and_respond<'a>(
                 let Some(call) = transcoder.find(request.method(), &path) else {
                     return Err(GatewayError::NoRoute {
                         method: request.method().to_string(),
-                        host,
+                        host: host.into_owned(),
                         path: path.into_owned(),
                     });
                 };
@@ -1941,8 +1941,9 @@ fn reject_ambiguous_framing<B>(request: &Request<B>) -> Result<(), GatewayError>
 }
 
 /// The request's host, lowercase and without port, for routing: from the target URI's
-/// authority (HTTP/2 `:authority`, absolute form) or `Host`.
-fn request_host<B>(request: &Request<B>) -> Result<String, GatewayError> {
+/// authority (HTTP/2 `:authority`, absolute form) or `Host`. Borrowed when the client
+/// sent it in lowercase already, as nearly all do: no allocation a request.
+fn request_host<B>(request: &Request<B>) -> Result<Cow<'_, str>, GatewayError> {
     // One lookup of `Host` serves the repetition check and the value.
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();
@@ -1950,16 +1951,24 @@ fn request_host<B>(request: &Request<B>) -> Result<String, GatewayError> {
         return Err(GatewayError::BadRequest("repeated Host header"));
     }
     if let Some(authority) = request.uri().authority() {
-        return Ok(authority.host().to_ascii_lowercase());
+        return Ok(lowercase(authority.host()));
     }
     match host_header {
         Some(value) => host_of(value.as_bytes())
-            .map(str::to_ascii_lowercase)
+            .map(lowercase)
             .ok_or(GatewayError::BadRequest("invalid Host header")),
         None if request.version() == Version::HTTP_11 => {
             Err(GatewayError::BadRequest("HTTP/1.1 request without Host"))
         }
-        None => Ok(String::new()),
+        None => Ok(Cow::Borrowed("")),
+    }
+}
+
+fn lowercase(host: &str) -> Cow<'_, str> {
+    if host.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
     }
 }
 
@@ -2109,5 +2118,30 @@ mod tests {
         ] {
             assert_eq!(host_of(bad), None, "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn the_routing_host_is_lowercase_and_borrowed_when_sent_so() {
+        let host = |uri: &str, host: Option<&'static str>| {
+            let mut request = Request::builder().uri(uri);
+            if let Some(host) = host {
+                request = request.header(header::HOST, host);
+            }
+            let request = request.body(()).unwrap();
+            request_host(&request).map(|host| (host.to_string(), matches!(host, Cow::Borrowed(_))))
+        };
+        assert_eq!(
+            host("/", Some("api.example.com:8080")).unwrap(),
+            ("api.example.com".to_string(), true)
+        );
+        assert_eq!(
+            host("/", Some("API.Example.com")).unwrap(),
+            ("api.example.com".to_string(), false)
+        );
+        assert_eq!(
+            host("https://Other.Example/x", Some("api.example.com")).unwrap(),
+            ("other.example".to_string(), false)
+        );
+        assert!(host("/", None).is_err(), "HTTP/1.1 without Host");
     }
 }

@@ -291,6 +291,10 @@ impl Connection {
     /// `poll_read`, which takes a short read as the socket drained: the next wait costs no
     /// system call that would only say "nothing yet".
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            // Before the response comes: wait without taking a buffer to give back at once.
+            std::task::ready!(self.io.poll_read_ready(cx))?;
+        }
         io_buffer::poll_fill(&mut self.io, &mut self.buf, READ_CHUNK, cx)
     }
 }
