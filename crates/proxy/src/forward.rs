@@ -320,4 +320,18 @@ mod tests {
         add_via(&mut headers, Version::HTTP_10);
         assert_eq!(headers[header::VIA], "1.0 gatehouse");
     }
+
+    #[test]
+    fn list_tokens_are_trimmed_and_a_value_that_is_not_text_has_none() {
+        let listed = |value: &[u8]| {
+            let value = HeaderValue::from_bytes(value).unwrap();
+            tokens(&value).map(str::to_owned).collect::<Vec<_>>()
+        };
+        assert_eq!(listed(b"close"), ["close"]);
+        assert_eq!(
+            listed(b" keep-alive ,\tUpgrade,,x "),
+            ["keep-alive", "Upgrade", "", "x"]
+        );
+        assert_eq!(listed(b"gzip, chunked\xff"), [""]);
+    }
 }
