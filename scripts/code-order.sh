@@ -8,7 +8,7 @@
 # demo and the peer benchmark's gateway, under traffic and idle) and lists every function of
 # the binary that ran: the profile sees exactly the functions of the binary it orders, the
 # precompiled standard library and the C code included. Needs valgrind and curl. Takes about
-# three minutes on 2 cores after the release build.
+# three minutes on 2 cores after the release build. Run it after scripts/pgo-profile.sh.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,11 +16,13 @@ target=${CARGO_TARGET_DIR:-$root/target}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-echo "code-order: release build in $target" >&2
-(cd "$root" && cargo build --release --locked --bin gatehouse)
+# The profile-guided build (scripts/release-build.sh): its inlining decides which functions
+# exist, so the order names the functions of the binary that is shipped and measured.
+echo "code-order: profile-guided release build" >&2
+built=$("$root/scripts/release-build.sh" | tail -1)
 # A copy: the next release build relinks the original with the new order.
 binary="$work/gatehouse"
-cp "$target/release/gatehouse" "$binary"
+cp "$built" "$binary"
 
 # Runs the binary under callgrind, children included, one profile per process. Function
 # names stay mangled: they are what the linker's ordering file names.
