@@ -357,27 +357,37 @@ async fn http_export_follows_the_parent_sampling_decision_and_the_ratio() {
         async move {
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), 200);
-            upstream_traceparent(&response.json::<Value>().await.unwrap())
+            let request_id = response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let (trace_id, _, flags) =
+                upstream_traceparent(&response.json::<Value>().await.unwrap());
+            (trace_id, flags, request_id)
         }
     };
     // A sampled parent is followed even though the ratio is 0.
     let sampled_trace = "0af7651916cd43dd8448eb211c80319c";
-    let (trace_id, _, flags) = call(Some(format!("00-{sampled_trace}-b7ad6b7169203331-01"))).await;
+    let (trace_id, flags, sampled_request) =
+        call(Some(format!("00-{sampled_trace}-b7ad6b7169203331-01"))).await;
     assert_eq!((trace_id.as_str(), flags.as_str()), (sampled_trace, "01"));
     // An unsampled parent: propagated as unsampled, not exported.
     let unsampled_trace = "1af7651916cd43dd8448eb211c80319c";
-    let (trace_id, _, flags) =
+    let (trace_id, flags, unsampled_request) =
         call(Some(format!("00-{unsampled_trace}-b7ad6b7169203331-00"))).await;
     assert_eq!((trace_id.as_str(), flags.as_str()), (unsampled_trace, "00"));
     // No context: a new trace, not sampled at ratio 0, still propagated.
-    let (fresh_trace, _, flags) = call(None).await;
+    let (fresh_trace, flags, fresh_request) = call(None).await;
     assert_eq!(fresh_trace.len(), 32);
     assert_eq!(flags, "00");
     // A malformed traceparent starts a new trace too.
-    let (restarted, _, _) = call(Some("00-xyz-b7ad6b7169203331-01".to_owned())).await;
+    let (restarted, _, restarted_request) =
+        call(Some("00-xyz-b7ad6b7169203331-01".to_owned())).await;
     assert_ne!(restarted, fresh_trace);
 
-    // The access log names the trace each request belongs to, the new ones included.
+    // The access log names the trace each request belongs to, the new ones included. Lines
+    // are matched to requests by request id: a line is written once its response has been
+    // sent, so requests that ran on different connections (and threads) may log out of order.
     let deadline = Instant::now() + Duration::from_secs(5);
     let logged: Vec<Value> = loop {
         let lines: Vec<Value> = std::fs::read_to_string(&log)
@@ -391,14 +401,24 @@ async fn http_export_follows_the_parent_sampling_decision_and_the_ratio() {
         assert!(Instant::now() < deadline, "access log: {lines:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let logged: Vec<&str> = logged
+    let logged: std::collections::BTreeMap<&str, &str> = logged
         .iter()
-        .map(|l| l["trace_id"].as_str().unwrap())
+        .map(|l| {
+            (
+                l["request_id"].as_str().unwrap(),
+                l["trace_id"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(
-        logged,
-        [sampled_trace, unsampled_trace, &fresh_trace, &restarted]
-    );
+    let expected: std::collections::BTreeMap<&str, &str> = [
+        (sampled_request.as_str(), sampled_trace),
+        (unsampled_request.as_str(), unsampled_trace),
+        (fresh_request.as_str(), fresh_trace.as_str()),
+        (restarted_request.as_str(), restarted.as_str()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(logged, expected);
 
     let exported = wait_for_spans(&received, sampled_trace, 2).await;
     assert_eq!(exported.len(), 2);
