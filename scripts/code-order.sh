@@ -32,34 +32,9 @@ profiled() {
         --dump-line=no --demangle=no "$binary" "$@"
 }
 
-# Stops a process and its children with SIGTERM (callgrind writes each profile on the way
-# out; under it, shutting down takes seconds) and waits for them.
-stop_tree() {
-    local pid=$1 child
-    for child in $(pgrep -P "$pid" || true); do
-        kill -TERM "$child" 2>/dev/null || true
-    done
-    sleep 20
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-# Requests `count` times over one keep-alive connection.
-requests() {
-    local url=$1 count=$2 args=()
-    for _ in $(seq "$count"); do args+=("$url"); done
-    curl -s "${args[@]}" > /dev/null || true
-}
-
-wait_for() {
-    local url=$1
-    for _ in $(seq 300); do
-        curl -s -o /dev/null "$url" && return 0
-        sleep 1
-    done
-    echo "code-order: $url never answered" >&2
-    return 1
-}
+# wait_for, requests, stop_tree. Under callgrind, shutting down takes seconds: children
+# get 20 of them.
+source "$root/scripts/traffic.sh"
 
 echo "code-order: mesh demo" >&2
 profiled demo --mesh --listen 127.0.0.1:18480 --admin 127.0.0.1:18481 \
@@ -70,7 +45,7 @@ for _ in 1 2 3; do
     requests http://127.0.0.1:18480/products/7 100
     sleep 20 # idle: heartbeats, snapshot pushes, timers
 done
-stop_tree "$mesh"
+stop_tree "$mesh" 20
 
 echo "code-order: gateway demo and the peer benchmark's gateway" >&2
 profiled demo --listen 127.0.0.1:18490 --admin 127.0.0.1:18491 \
@@ -90,8 +65,8 @@ for path in /api/books /api/books/2 '/echo/hello?x=1' /nowhere; do
 done
 requests http://127.0.0.1:18495/api/books 200
 sleep 20
-stop_tree "$bench"
-stop_tree "$demo"
+stop_tree "$bench" 20
+stop_tree "$demo" 20
 
 # Functions are grouped by the roles that ran them so that each role's code is one stretch:
 # the gateway's groups, then those it shares with the sidecar, then the sidecar's own, then

@@ -30,34 +30,8 @@ echo "pgo-profile: instrumented release build in $target/pgo-generate" >&2
     cargo build --release --locked --bin gatehouse --target-dir "$target/pgo-generate")
 binary="$target/pgo-generate/release/gatehouse"
 
-wait_for() {
-    local url=$1
-    for _ in $(seq 120); do
-        curl -s -o /dev/null "$url" && return 0
-        sleep 1
-    done
-    echo "pgo-profile: $url never answered" >&2
-    return 1
-}
-
-# SIGTERM to a process's children (the mesh demo's sidecars), then to it, then wait: each
-# drains and exits, writing its counters on the way out.
-stop() {
-    local pid=$1 child
-    for child in $(pgrep -P "$pid" || true); do
-        kill -TERM "$child" 2>/dev/null || true
-    done
-    sleep 2
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" || true
-}
-
-# Requests `count` times over one keep-alive connection.
-requests() {
-    local url=$1 count=$2 args=()
-    for _ in $(seq "$count"); do args+=("$url"); done
-    curl -s "${args[@]}" > /dev/null || true
-}
+# wait_for, requests, stop_tree.
+source "$root/scripts/traffic.sh"
 
 echo "pgo-profile: gateway demo and the peer benchmark's gateway in front of it" >&2
 "$binary" demo --listen 127.0.0.1:18590 --admin 127.0.0.1:18591 --portal 127.0.0.1:18592 \
@@ -75,8 +49,8 @@ done
 # The benchmark's load: 64 keep-alive connections, as docs/benchmarks.md measures.
 wrk -t1 -c64 -d10s http://127.0.0.1:18595/api/books > "$work/wrk.out"
 wrk -t1 -c4 -d5s http://127.0.0.1:18595/api/books/2 >> "$work/wrk.out"
-stop "$bench"
-stop "$demo"
+stop_tree "$bench" 2
+stop_tree "$demo" 2
 
 echo "pgo-profile: mesh demo" >&2
 "$binary" demo --mesh --listen 127.0.0.1:18580 --admin 127.0.0.1:18581 \
@@ -84,7 +58,7 @@ echo "pgo-profile: mesh demo" >&2
 mesh=$!
 wait_for http://127.0.0.1:18580/products/7
 requests http://127.0.0.1:18580/products/7 300
-stop "$mesh"
+stop_tree "$mesh" 2
 
 "$profdata_tool" merge --sparse -o "$root/crates/gatehouse/pgo.profdata" "$work"/raw/*.profraw
 echo "pgo-profile: $(ls "$work"/raw | wc -l) profiles merged into crates/gatehouse/pgo.profdata" \
