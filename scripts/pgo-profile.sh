@@ -53,6 +53,11 @@ done
 # The benchmark's load: 64 keep-alive connections, as docs/benchmarks.md measures.
 wrk -t1 -c64 -d10s http://127.0.0.1:18595/api/books > "$work/wrk.out"
 wrk -t1 -c4 -d5s http://127.0.0.1:18595/api/books/2 >> "$work/wrk.out"
+# A profile of failing requests would lay out the error path as the hot one.
+if grep -E "Non-2xx|Socket errors" "$work/wrk.out" >&2; then
+    echo "pgo-profile: the load saw failed requests; no profile written" >&2
+    exit 1
+fi
 stop_tree "$bench" 2
 stop_tree "$demo" 2
 
