@@ -62,8 +62,9 @@ def steal_adjusted(label, points):
     resampled = sorted(
         ratio_at_equal_steal([draw.choice(points) for _ in points]) for _ in range(2000)
     )
+    # The 2.5th and 97.5th percentiles of 2,000 resamples.
     return (
-        f"{label}: {estimate:.3f} (95 % bootstrap interval {resampled[49]:.3f}"
+        f"{label}: {estimate:.3f} (95 % bootstrap interval {resampled[50]:.3f}"
         f" to {resampled[1949]:.3f}, {len(points)} rounds)"
     )
 
@@ -81,11 +82,10 @@ def main():
         print(path)
         for number, mine, theirs in rounds_of(path, args.target, args.peer):
             ratio = float(mine["p99_us"]) / float(theirs["p99_us"])
-            steal = max(float(mine["steal_pct"]), float(theirs["steal_pct"]))
-            calm = steal <= args.max_steal
+            my_steal, their_steal = float(mine["steal_pct"]), float(theirs["steal_pct"])
+            calm = max(my_steal, their_steal) <= args.max_steal
             all_ratios.append(ratio)
-            steal_gap = float(mine["steal_pct"]) - float(theirs["steal_pct"])
-            steal_points.append((steal_gap, math.log(ratio)))
+            steal_points.append((my_steal - their_steal, math.log(ratio)))
             if calm:
                 calm_ratios.append(ratio)
             print(
